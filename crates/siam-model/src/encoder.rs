@@ -1,0 +1,417 @@
+//! Encoders: the shared CNN that maps an (N, C, H, W) batch to (N, D) embeddings.
+//!
+//! - `seed-cnn`: Conv(C→32, 5×5) ReLU MaxPool 2, Conv(32→64, 3×3) ReLU MaxPool 2, flatten,
+//!   Linear(→ D). The flatten size follows from the input (64·5·5 = 1600 at 28×28).
+//! - `convnet`: blocks of two 3×3 convolutions with BatchNorm and ReLU, max-pooling between
+//!   blocks, global average pooling, optional dropout, a projection head.
+
+use std::sync::Mutex;
+
+use candle_core::{D, Module, ModuleT, Result, Tensor};
+use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, VarBuilder};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Channels, height and width of the images a model takes, and how they are normalised.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct InputSpec {
+    /// 1 (gray) or 3 (RGB).
+    pub channels: usize,
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+    /// Per-channel mean subtracted after scaling pixels to [0, 1].
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation divided by.
+    pub std: Vec<f32>,
+}
+
+impl InputSpec {
+    /// Gray 28×28 with Fashion-MNIST's mean and std.
+    pub fn fashion_mnist() -> Self {
+        Self {
+            channels: 1,
+            height: 28,
+            width: 28,
+            mean: vec![0.286],
+            std: vec![0.353],
+        }
+    }
+}
+
+/// Which encoder to build, and its settings.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum EncoderConfig {
+    /// The two-convolution network the project grew from.
+    SeedCnn {
+        /// Embedding dimension (default 128).
+        #[serde(default = "default_dim")]
+        embedding_dim: usize,
+    },
+    /// A deeper configurable encoder with BatchNorm.
+    Convnet {
+        /// Output channels of each block (each block halves the resolution but the last).
+        #[serde(default = "default_channels")]
+        channels: Vec<usize>,
+        /// Width of the hidden layer of the projection head (0: a single linear layer).
+        #[serde(default = "default_hidden")]
+        hidden: usize,
+        /// Dropout probability before the head (0 = off).
+        #[serde(default)]
+        dropout: f32,
+        /// Embedding dimension.
+        #[serde(default = "default_dim")]
+        embedding_dim: usize,
+    },
+}
+
+fn default_dim() -> usize {
+    128
+}
+fn default_channels() -> Vec<usize> {
+    vec![32, 64, 128]
+}
+fn default_hidden() -> usize {
+    256
+}
+
+impl Default for EncoderConfig {
+    fn default() -> Self {
+        Self::SeedCnn { embedding_dim: 128 }
+    }
+}
+
+impl EncoderConfig {
+    /// The embedding dimension.
+    pub fn embedding_dim(&self) -> usize {
+        match self {
+            Self::SeedCnn { embedding_dim } | Self::Convnet { embedding_dim, .. } => *embedding_dim,
+        }
+    }
+
+    /// The name used in configs and the model file.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::SeedCnn { .. } => "seed-cnn",
+            Self::Convnet { .. } => "convnet",
+        }
+    }
+
+    /// Builds the encoder for `input` under `vb`.
+    pub fn build(&self, input: &InputSpec, vb: VarBuilder<'_>) -> Result<Encoder> {
+        if input.channels == 0 || input.height == 0 || input.width == 0 {
+            candle_core::bail!(
+                "input {}x{}x{} is empty",
+                input.channels,
+                input.height,
+                input.width
+            )
+        }
+        if self.embedding_dim() == 0 {
+            candle_core::bail!("embedding-dim must be at least 1")
+        }
+        match self {
+            Self::SeedCnn { embedding_dim } => {
+                Ok(Encoder::SeedCnn(SeedCnn::new(input, *embedding_dim, vb)?))
+            }
+            Self::Convnet {
+                channels,
+                hidden,
+                dropout,
+                embedding_dim,
+            } => Ok(Encoder::Convnet(ConvNet::new(
+                input,
+                channels,
+                *hidden,
+                *dropout,
+                *embedding_dim,
+                vb,
+            )?)),
+        }
+    }
+}
+
+/// Output side of a valid (unpadded) convolution followed by 2×2 max-pooling.
+fn conv_pool(side: usize, kernel: usize) -> Result<usize> {
+    if side < kernel + 1 {
+        candle_core::bail!(
+            "input side {side} is too small for a {kernel}×{kernel} convolution and 2×2 pooling"
+        )
+    }
+    let conv = side - kernel + 1;
+    Ok(conv / 2)
+}
+
+/// The seed network.
+#[derive(Debug)]
+pub struct SeedCnn {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    fc: Linear,
+    flatten_dim: usize,
+}
+
+impl SeedCnn {
+    /// Flatten size after the two conv/pool stages for an H×W input: 64·h'·w'.
+    pub fn flatten_dim(height: usize, width: usize) -> Result<usize> {
+        let h = conv_pool(conv_pool(height, 5)?, 3)?;
+        let w = conv_pool(conv_pool(width, 5)?, 3)?;
+        Ok(64 * h * w)
+    }
+
+    fn new(input: &InputSpec, dim: usize, vb: VarBuilder<'_>) -> Result<Self> {
+        let flatten_dim = Self::flatten_dim(input.height, input.width)?;
+        let cfg = Conv2dConfig::default();
+        Ok(Self {
+            conv1: candle_nn::conv2d(input.channels, 32, 5, cfg, vb.pp("conv1"))?,
+            conv2: candle_nn::conv2d(32, 64, 3, cfg, vb.pp("conv2"))?,
+            fc: candle_nn::linear(flatten_dim, dim, vb.pp("fc"))?,
+            flatten_dim,
+        })
+    }
+
+    /// The flatten size of this instance.
+    pub fn flatten_size(&self) -> usize {
+        self.flatten_dim
+    }
+}
+
+impl Module for SeedCnn {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.conv1.forward(x)?.relu()?.max_pool2d(2)?;
+        let x = self.conv2.forward(&x)?.relu()?.max_pool2d(2)?;
+        self.fc.forward(&x.flatten_from(1)?)
+    }
+}
+
+/// Dropout whose masks come from a seeded ChaCha stream (candle's CPU RNG cannot be seeded).
+#[derive(Debug)]
+pub struct SeededDropout {
+    p: f32,
+    rng: Mutex<ChaCha8Rng>,
+}
+
+impl SeededDropout {
+    /// Dropout with probability `p`.
+    pub fn new(p: f32) -> Self {
+        Self {
+            p,
+            rng: Mutex::new(ChaCha8Rng::seed_from_u64(0)),
+        }
+    }
+
+    /// Restarts the mask stream (the trainer reseeds it every step).
+    pub fn reseed(&self, seed: u64) {
+        if let Ok(mut r) = self.rng.lock() {
+            *r = ChaCha8Rng::seed_from_u64(seed);
+        }
+    }
+}
+
+impl ModuleT for SeededDropout {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train || self.p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let keep = 1.0 - self.p;
+        let mask: Vec<f32> = {
+            let mut rng = self
+                .rng
+                .lock()
+                .map_err(|_| candle_core::Error::Msg("dropout RNG poisoned".into()))?;
+            (0..x.elem_count())
+                .map(|_| {
+                    if rng.random::<f32>() < keep {
+                        1.0 / keep
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        };
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        x * mask
+    }
+}
+
+/// Two 3×3 convolutions with BatchNorm and ReLU.
+#[derive(Debug)]
+struct Block {
+    c1: Conv2d,
+    b1: BatchNorm,
+    c2: Conv2d,
+    b2: BatchNorm,
+}
+
+impl Block {
+    fn new(cin: usize, cout: usize, vb: VarBuilder<'_>) -> Result<Self> {
+        let cfg = Conv2dConfig {
+            padding: 1,
+            ..Default::default()
+        };
+        let bn = BatchNormConfig::default();
+        Ok(Self {
+            c1: candle_nn::conv2d_no_bias(cin, cout, 3, cfg, vb.pp("conv1"))?,
+            b1: candle_nn::batch_norm(cout, bn, vb.pp("bn1"))?,
+            c2: candle_nn::conv2d_no_bias(cout, cout, 3, cfg, vb.pp("conv2"))?,
+            b2: candle_nn::batch_norm(cout, bn, vb.pp("bn2"))?,
+        })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let x = self.b1.forward_t(&self.c1.forward(x)?, train)?.relu()?;
+        self.b2.forward_t(&self.c2.forward(&x)?, train)?.relu()
+    }
+}
+
+/// The deeper encoder.
+#[derive(Debug)]
+pub struct ConvNet {
+    blocks: Vec<Block>,
+    dropout: SeededDropout,
+    hidden: Option<Linear>,
+    out: Linear,
+}
+
+impl ConvNet {
+    fn new(
+        input: &InputSpec,
+        channels: &[usize],
+        hidden: usize,
+        dropout: f32,
+        dim: usize,
+        vb: VarBuilder<'_>,
+    ) -> Result<Self> {
+        if channels.is_empty() || channels.contains(&0) {
+            candle_core::bail!(
+                "convnet channels must be a non-empty list of positive numbers, got {channels:?}"
+            )
+        }
+        if !(0.0..1.0).contains(&dropout) {
+            candle_core::bail!("dropout {dropout} must be in [0, 1)")
+        }
+        let min_side = 1usize << (channels.len() - 1);
+        if input.height < min_side || input.width < min_side {
+            candle_core::bail!(
+                "a {}-block convnet halves the input {} times; {}x{} is too small",
+                channels.len(),
+                channels.len() - 1,
+                input.height,
+                input.width
+            )
+        }
+        let mut blocks = Vec::with_capacity(channels.len());
+        let mut cin = input.channels;
+        for (i, &c) in channels.iter().enumerate() {
+            blocks.push(Block::new(cin, c, vb.pp(format!("block{i}")))?);
+            cin = c;
+        }
+        let (hidden, out) = if hidden > 0 {
+            (
+                Some(candle_nn::linear(cin, hidden, vb.pp("head.hidden"))?),
+                candle_nn::linear(hidden, dim, vb.pp("head.out"))?,
+            )
+        } else {
+            (None, candle_nn::linear(cin, dim, vb.pp("head.out"))?)
+        };
+        Ok(Self {
+            blocks,
+            dropout: SeededDropout::new(dropout),
+            hidden,
+            out,
+        })
+    }
+}
+
+impl ModuleT for ConvNet {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut x = x.clone();
+        let last = self.blocks.len() - 1;
+        for (i, b) in self.blocks.iter().enumerate() {
+            x = b.forward_t(&x, train)?;
+            if i < last {
+                x = x.max_pool2d(2)?;
+            }
+        }
+        let x = x.mean(D::Minus1)?.mean(D::Minus1)?; // global average pooling
+        let x = self.dropout.forward_t(&x, train)?;
+        let x = match &self.hidden {
+            Some(h) => h.forward(&x)?.relu()?,
+            None => x,
+        };
+        self.out.forward(&x)
+    }
+}
+
+/// Any encoder.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)] // one per model, never in bulk
+pub enum Encoder {
+    /// See [`SeedCnn`].
+    SeedCnn(SeedCnn),
+    /// See [`ConvNet`].
+    Convnet(ConvNet),
+}
+
+impl Encoder {
+    /// Reseeds dropout masks (no-op for encoders without dropout).
+    pub fn reseed_dropout(&self, seed: u64) {
+        if let Self::Convnet(c) = self {
+            c.dropout.reseed(seed);
+        }
+    }
+}
+
+impl ModuleT for Encoder {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Self::SeedCnn(m) => m.forward(x),
+            Self::Convnet(m) => m.forward_t(x, train),
+        }
+    }
+}
+
+/// PyTorch's default initialisation drawn from our seeded RNG, applied to every variable of a
+/// `VarMap` in name order: conv and linear weights and biases `U(±1/√fan_in)`; BatchNorm
+/// weight 1, bias 0, running mean 0, running variance 1.
+pub fn init_pytorch_default(varmap: &candle_nn::VarMap, seed: u64) -> Result<()> {
+    let data = varmap
+        .data()
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("var map poisoned".into()))?;
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let is_bn = |prefix: &str| data.contains_key(&format!("{prefix}.running_mean"));
+    for name in names {
+        let var = &data[name];
+        let (prefix, leaf) = name.rsplit_once('.').unwrap_or(("", name.as_str()));
+        let shape = var.shape().clone();
+        let dev = var.device().clone();
+        let konst = |v: f32| Tensor::full(v, shape.clone(), &dev)?.to_dtype(var.dtype());
+        let value = match leaf {
+            "running_mean" => konst(0.0)?,
+            "running_var" => konst(1.0)?,
+            "weight" if is_bn(prefix) => konst(1.0)?,
+            "bias" if is_bn(prefix) => konst(0.0)?,
+            "weight" | "bias" => {
+                let w = data.get(&format!("{prefix}.weight")).ok_or_else(|| {
+                    candle_core::Error::Msg(format!("{name} has no sibling weight"))
+                })?;
+                let dims = w.dims();
+                let fan_in: usize = dims[1..].iter().product();
+                let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
+                let vals: Vec<f32> = (0..shape.elem_count())
+                    .map(|_| rng.random_range(-bound..bound))
+                    .collect();
+                Tensor::from_vec(vals, shape.clone(), &dev)?.to_dtype(var.dtype())?
+            }
+            other => candle_core::bail!("no initialisation rule for variable {name} ({other})"),
+        };
+        var.set(&value)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,500 @@
+//! `SiameseModel`: one shared encoder, a distance, an optional pair head, and the model file —
+//! one `.safetensors` with the weights and JSON metadata that carries everything inference
+//! needs (format version, encoder, input spec, distance, normalisation, threshold, summary).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, ModuleT, Tensor};
+use candle_nn::{Linear, VarBuilder, VarMap};
+
+use crate::distance::{self, Distance};
+use crate::encoder::{self, Encoder, EncoderConfig, InputSpec};
+use crate::error::{ModelError, Result};
+
+/// The model-file format this build writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// The safetensors metadata key holding siam's JSON.
+pub const METADATA_KEY: &str = "siam";
+
+/// What a model is made of.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The shared encoder.
+    #[serde(default)]
+    pub encoder: EncoderConfig,
+    /// The images it takes.
+    pub input: InputSpec,
+    /// L2-normalise embeddings (they then lie on the unit sphere; Euclidean distances ≤ 2).
+    #[serde(default)]
+    pub normalize: bool,
+    /// The distance pairs are compared with.
+    #[serde(default)]
+    pub distance: Distance,
+    /// A learned head over |e₁ − e₂| giving a "same" logit (Koch et al. 2015), for BCE training.
+    #[serde(default)]
+    pub pair_head: bool,
+}
+
+/// Quantiles of validation distances, to say where a new distance falls.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DistanceQuantiles {
+    /// Distances of same-class pairs at quantiles 0, 0.05, …, 1 (21 values).
+    pub same: Vec<f32>,
+    /// Distances of different-class pairs at the same quantiles.
+    pub different: Vec<f32>,
+}
+
+/// The metadata stored in a model file.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ModelMeta {
+    /// Format version of the file.
+    pub format_version: u32,
+    /// What the model is made of.
+    #[serde(flatten)]
+    pub config: ModelConfig,
+    /// Embedding dimension.
+    pub embedding_dim: usize,
+    /// Calibrated decision threshold: a pair is "same" when its distance is at most this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f32>,
+    /// Validation distance quantiles behind the threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distance_quantiles: Option<DistanceQuantiles>,
+    /// Free-form training summary (recipe, metrics, timings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training: Option<serde_json::Value>,
+}
+
+/// The result of comparing two inputs.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Comparison {
+    /// Distance between the two embeddings.
+    pub distance: f32,
+    /// The model's calibrated threshold, if any.
+    pub threshold: Option<f32>,
+    /// `distance <= threshold`, when there is a threshold.
+    pub same: Option<bool>,
+}
+
+/// A Siamese network: one encoder shared by both inputs.
+pub struct SiameseModel {
+    encoder: Encoder,
+    head: Option<Linear>,
+    varmap: VarMap,
+    meta: ModelMeta,
+    device: Device,
+}
+
+impl std::fmt::Debug for SiameseModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SiameseModel")
+            .field("meta", &self.meta)
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+fn build(config: &ModelConfig, device: &Device) -> Result<(Encoder, Option<Linear>, VarMap)> {
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
+    let input = &config.input;
+    for (k, v) in [("mean", &input.mean), ("std", &input.std)] {
+        if v.len() != 1 && v.len() != input.channels {
+            return Err(ModelError::Config(format!(
+                "input.{k} has {} values for {} channels",
+                v.len(),
+                input.channels
+            )));
+        }
+    }
+    if input.std.iter().any(|s| !(*s > 0.0)) {
+        return Err(ModelError::Config(
+            "input.std values must be positive".into(),
+        ));
+    }
+    let encoder = config.encoder.build(input, vb.pp("encoder"))?;
+    let head = if config.pair_head {
+        Some(candle_nn::linear(
+            config.encoder.embedding_dim(),
+            1,
+            vb.pp("head"),
+        )?)
+    } else {
+        None
+    };
+    Ok((encoder, head, varmap))
+}
+
+impl SiameseModel {
+    /// A new model with weights drawn from `seed` (PyTorch's default scheme).
+    pub fn new(config: &ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        let (encoder, head, varmap) = build(config, device)?;
+        encoder::init_pytorch_default(&varmap, seed)?;
+        Ok(Self {
+            encoder,
+            head,
+            varmap,
+            meta: ModelMeta {
+                format_version: FORMAT_VERSION,
+                config: config.clone(),
+                embedding_dim: config.encoder.embedding_dim(),
+                threshold: None,
+                distance_quantiles: None,
+                training: None,
+            },
+            device: device.clone(),
+        })
+    }
+
+    /// The metadata.
+    pub fn meta(&self) -> &ModelMeta {
+        &self.meta
+    }
+
+    /// The metadata, to set the threshold or the training summary before saving.
+    pub fn meta_mut(&mut self) -> &mut ModelMeta {
+        &mut self.meta
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.meta.config
+    }
+
+    /// Every variable (weights and BatchNorm statistics), for optimizers and checkpoints.
+    pub fn varmap(&self) -> &VarMap {
+        &self.varmap
+    }
+
+    /// The trainable variables: all but BatchNorm running statistics, in name order.
+    pub fn trainable_vars(&self) -> Vec<candle_core::Var> {
+        let data = self.varmap.data().lock().expect("var map lock");
+        let mut v: Vec<(&String, &candle_core::Var)> = data
+            .iter()
+            .filter(|(k, _)| !k.ends_with(".running_mean") && !k.ends_with(".running_var"))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v.into_iter().map(|(_, var)| var.clone()).collect()
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The distance in use.
+    pub fn distance_kind(&self) -> Distance {
+        self.meta.config.distance
+    }
+
+    /// Restarts the dropout mask stream (the trainer calls this each step).
+    pub fn reseed_dropout(&self, seed: u64) {
+        self.encoder.reseed_dropout(seed);
+    }
+
+    /// Embeds an (N, C, H, W) batch; `train` selects BatchNorm batch statistics and dropout.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        let e = self.encoder.forward_t(x, train)?;
+        if self.meta.config.normalize {
+            distance::l2_normalize(&e)
+        } else {
+            Ok(e)
+        }
+    }
+
+    /// Embeds an (N, C, H, W) batch in eval mode: (N, D). An image's embedding does not
+    /// depend on the rest of its batch.
+    pub fn embed(&self, x: &Tensor) -> Result<Tensor> {
+        let s = &self.meta.config.input;
+        match x.dims() {
+            [_, c, h, w] if (*c, *h, *w) == (s.channels, s.height, s.width) => {
+                Ok(self.forward_t(x, false)?)
+            }
+            d => Err(ModelError::Config(format!(
+                "embed takes (N, {}, {}, {}) tensors, got {d:?}",
+                s.channels, s.height, s.width
+            ))),
+        }
+    }
+
+    /// Embeds in eval mode `chunk` images at a time, to bound memory on large sets.
+    pub fn embed_chunked(&self, x: &Tensor, chunk: usize) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let mut parts = Vec::new();
+        let mut i = 0;
+        while i < n {
+            let k = chunk.max(1).min(n - i);
+            parts.push(self.embed(&x.narrow(0, i, k)?)?);
+            i += k;
+        }
+        if parts.is_empty() {
+            return Ok(Tensor::zeros(
+                (0, self.meta.embedding_dim),
+                DType::F32,
+                &self.device,
+            )?);
+        }
+        Ok(Tensor::cat(&parts, 0)?)
+    }
+
+    /// Row-wise distance between (N, D) embeddings under the model's distance.
+    pub fn distance(&self, a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+        self.meta.config.distance.rowwise(a, b)
+    }
+
+    /// "Same" logits of the pair head over |e₁ − e₂| (models built with `pair-head`).
+    pub fn pair_logits(&self, e1: &Tensor, e2: &Tensor) -> candle_core::Result<Tensor> {
+        match &self.head {
+            Some(h) => h.forward(&(e1 - e2)?.abs()?)?.squeeze(1),
+            None => {
+                candle_core::bail!("this model has no pair head (build it with pair-head = true)")
+            }
+        }
+    }
+
+    /// Compares two preprocessed images, each (C, H, W) or (1, C, H, W).
+    pub fn compare(&self, a: &Tensor, b: &Tensor) -> Result<Comparison> {
+        let one = |t: &Tensor| -> Result<Tensor> {
+            Ok(if t.rank() == 3 {
+                t.unsqueeze(0)?
+            } else {
+                t.clone()
+            })
+        };
+        let x = Tensor::cat(&[one(a)?, one(b)?], 0)?;
+        let e = self.embed(&x)?;
+        let d: Vec<f32> = self
+            .distance(&e.narrow(0, 0, 1)?, &e.narrow(0, 1, 1)?)?
+            .to_vec1()?;
+        let threshold = self.meta.threshold;
+        Ok(Comparison {
+            distance: d[0],
+            threshold,
+            same: threshold.map(|t| d[0] <= t),
+        })
+    }
+
+    /// Writes the model as one safetensors file with metadata, atomically.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let json =
+            serde_json::to_string(&self.meta).map_err(|e| ModelError::file(path, e.to_string()))?;
+        let tensors: BTreeMap<String, Tensor> = {
+            let data = self.varmap.data().lock().expect("var map lock");
+            data.iter()
+                .map(|(k, v)| (k.clone(), v.as_tensor().to_device(&Device::Cpu)))
+                .map(|(k, t)| t.map(|t| (k, t)))
+                .collect::<candle_core::Result<_>>()?
+        };
+        let meta = HashMap::from([(METADATA_KEY.to_string(), json)]);
+        let bytes =
+            safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(meta))
+                .map_err(|e| ModelError::file(path, format!("cannot serialise: {e}")))?;
+        write_atomic(path, &bytes).map_err(|e| ModelError::file(path, format!("cannot write: {e}")))
+    }
+
+    /// Loads a model file, checking the metadata, every tensor's presence and shape, and that
+    /// every weight is finite.
+    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes =
+            std::fs::read(path).map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
+        let meta = read_meta(path, &bytes)?;
+        let (encoder, head, varmap) =
+            build(&meta.config, device).map_err(|e| ModelError::file(path, e.to_string()))?;
+        let st = safetensors::SafeTensors::deserialize(&bytes)
+            .map_err(|e| ModelError::file(path, format!("not a safetensors file: {e}")))?;
+        {
+            let data = varmap.data().lock().expect("var map lock");
+            let mut problems = Vec::new();
+            let mut expected: Vec<&String> = data.keys().collect();
+            expected.sort();
+            for name in &expected {
+                match st.tensor(name) {
+                    Err(_) => problems.push(format!("missing tensor {name}")),
+                    Ok(view) => {
+                        let want = data[*name].dims();
+                        if view.shape() != want {
+                            problems.push(format!(
+                                "tensor {name} has shape {:?}, the model needs {want:?}",
+                                view.shape()
+                            ));
+                        }
+                    }
+                }
+            }
+            let mut extra: Vec<String> = st
+                .names()
+                .into_iter()
+                .filter(|n| !data.contains_key(*n))
+                .map(String::from)
+                .collect();
+            extra.sort();
+            problems.extend(extra.into_iter().map(|n| format!("unexpected tensor {n}")));
+            if !problems.is_empty() {
+                return Err(ModelError::file(path, problems.join("; ")));
+            }
+            let loaded = candle_core::safetensors::load_buffer(&bytes, device)
+                .map_err(|e| ModelError::file(path, format!("cannot read tensors: {e}")))?;
+            for name in expected {
+                let t = loaded[name].to_dtype(DType::F32)?;
+                let finite: f32 = t.abs()?.max_all()?.to_dtype(DType::F32)?.to_scalar()?;
+                if !finite.is_finite() {
+                    return Err(ModelError::file(
+                        path,
+                        format!("tensor {name} holds NaN or infinite values"),
+                    ));
+                }
+                data[name].set(&t)?;
+            }
+        }
+        Ok(Self {
+            encoder,
+            head,
+            varmap,
+            meta,
+            device: device.clone(),
+        })
+    }
+
+    /// Converts a decoded image into a (1, C, H, W) tensor exactly as in training: resize to
+    /// the input size (triangle filter), gray or RGB, scale to [0, 1], normalise.
+    #[cfg(feature = "image")]
+    pub fn preprocess(&self, img: &image::DynamicImage) -> Result<Tensor> {
+        let s = &self.meta.config.input;
+        let img = if (img.height() as usize, img.width() as usize) != (s.height, s.width) {
+            img.resize_exact(
+                s.width as u32,
+                s.height as u32,
+                image::imageops::FilterType::Triangle,
+            )
+        } else {
+            img.clone()
+        };
+        let plane = s.height * s.width;
+        let mut v = vec![0f32; s.channels * plane];
+        match s.channels {
+            1 => {
+                for (o, p) in v.iter_mut().zip(img.to_luma8().into_raw()) {
+                    *o = f32::from(p) / 255.0;
+                }
+            }
+            3 => {
+                for (i, px) in img.to_rgb8().into_raw().chunks_exact(3).enumerate() {
+                    for c in 0..3 {
+                        v[c * plane + i] = f32::from(px[c]) / 255.0;
+                    }
+                }
+            }
+            c => {
+                return Err(ModelError::Config(format!(
+                    "cannot preprocess images for {c} channels"
+                )));
+            }
+        }
+        for c in 0..s.channels {
+            let m = s.mean[if s.mean.len() == 1 { 0 } else { c }];
+            let sd = s.std[if s.std.len() == 1 { 0 } else { c }];
+            for x in &mut v[c * plane..(c + 1) * plane] {
+                *x = (*x - m) / sd;
+            }
+        }
+        Ok(Tensor::from_vec(
+            v,
+            (1, s.channels, s.height, s.width),
+            &self.device,
+        )?)
+    }
+
+    /// Decodes and preprocesses an image file into a (1, C, H, W) tensor.
+    #[cfg(feature = "image")]
+    pub fn load_image(&self, path: impl AsRef<Path>) -> Result<Tensor> {
+        let path = path.as_ref();
+        let img = image::open(path).map_err(|e| ModelError::Image {
+            path: path.into(),
+            msg: format!("cannot decode image: {e}"),
+        })?;
+        self.preprocess(&img)
+    }
+
+    /// Embeds a decoded image: (1, D).
+    #[cfg(feature = "image")]
+    pub fn embed_image(&self, img: &image::DynamicImage) -> Result<Tensor> {
+        self.embed(&self.preprocess(img)?)
+    }
+
+    /// Embeds an image file: (1, D).
+    #[cfg(feature = "image")]
+    pub fn embed_path(&self, path: impl AsRef<Path>) -> Result<Tensor> {
+        self.embed(&self.load_image(path)?)
+    }
+
+    /// Compares two image files.
+    #[cfg(feature = "image")]
+    pub fn compare_paths(&self, a: impl AsRef<Path>, b: impl AsRef<Path>) -> Result<Comparison> {
+        self.compare(&self.load_image(a)?, &self.load_image(b)?)
+    }
+}
+
+/// Reads and checks the metadata of a model file's bytes.
+fn read_meta(path: &Path, bytes: &[u8]) -> Result<ModelMeta> {
+    let (_, header) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| ModelError::file(path, format!("not a safetensors file: {e}")))?;
+    let json = header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(METADATA_KEY))
+        .ok_or_else(|| ModelError::file(path, "a safetensors file without siam metadata: not a siam model (train one with `siam train`)"))?;
+    let version: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| ModelError::file(path, format!("siam metadata is not JSON: {e}")))?;
+    let v = version
+        .get("format-version")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| ModelError::file(path, "siam metadata has no format-version"))?;
+    if v > u64::from(FORMAT_VERSION) {
+        return Err(ModelError::file(
+            path,
+            format!(
+                "model format version {v} is newer than this build reads ({FORMAT_VERSION}); upgrade siam"
+            ),
+        ));
+    }
+    serde_json::from_value(version)
+        .map_err(|e| ModelError::file(path, format!("invalid siam metadata: {e}")))
+}
+
+/// Reads only the metadata of a model file (fast; no weights are loaded).
+pub fn read_model_meta(path: impl AsRef<Path>) -> Result<ModelMeta> {
+    let path = path.as_ref();
+    let bytes =
+        std::fs::read(path).map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
+    read_meta(path, &bytes)
+}
+
+/// Writes `bytes` to `path` through a temporary file, fsync and rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let r = (|| {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r
+}

@@ -1,0 +1,545 @@
+//! Integration tests of siam-model: encoders, seeded init, BatchNorm modes, the model file and
+//! its failure cases, distances and losses against PyTorch and finite differences.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{D, DType, Device, Tensor, Var};
+use siam_model::distance::{self, Distance};
+use siam_model::encoder::SeedCnn;
+use siam_model::loss::{self, Mining};
+use siam_model::{EncoderConfig, InputSpec, ModelConfig, SiameseModel};
+
+const CPU: Device = Device::Cpu;
+
+fn t64(v: &[f64], shape: (usize, usize)) -> Tensor {
+    Tensor::from_vec(v.to_vec(), shape, &CPU).unwrap()
+}
+
+fn v1(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+fn close(a: &[f64], b: &[f64], tol: f64) {
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= tol * (1.0 + y.abs()),
+            "element {i}: {x} vs {y}"
+        );
+    }
+}
+
+fn convnet(dropout: f32) -> ModelConfig {
+    ModelConfig {
+        encoder: EncoderConfig::Convnet {
+            channels: vec![8, 16],
+            hidden: 32,
+            dropout,
+            embedding_dim: 12,
+        },
+        input: InputSpec::fashion_mnist(),
+        normalize: false,
+        distance: Distance::Euclidean,
+        pair_head: false,
+    }
+}
+
+fn seed_cnn(c: usize, h: usize, w: usize) -> ModelConfig {
+    ModelConfig {
+        encoder: EncoderConfig::SeedCnn { embedding_dim: 16 },
+        input: InputSpec {
+            channels: c,
+            height: h,
+            width: w,
+            mean: vec![0.5],
+            std: vec![0.25],
+        },
+        normalize: true,
+        distance: Distance::Euclidean,
+        pair_head: true,
+    }
+}
+
+fn images(n: usize, c: usize, h: usize, w: usize, seed: u32) -> Tensor {
+    let v: Vec<f32> = (0..n * c * h * w)
+        .map(|i| (((i as u32).wrapping_mul(2654435761u32) ^ seed) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    Tensor::from_vec(v, (n, c, h, w), &CPU).unwrap()
+}
+
+// ---------------------------------------------------------------- encoders
+
+#[test]
+fn seed_cnn_flatten_size_follows_the_input() {
+    assert_eq!(SeedCnn::flatten_dim(28, 28).unwrap(), 64 * 5 * 5); // not the often-copied 64·4·4
+    assert_eq!(SeedCnn::flatten_dim(32, 32).unwrap(), 64 * 6 * 6);
+    assert_eq!(SeedCnn::flatten_dim(64, 48).unwrap(), 64 * 14 * 10); // (64−4)/2=30, (30−2)/2=14; (48−4)/2=22, (22−2)/2=10
+    assert!(SeedCnn::flatten_dim(10, 10).is_err());
+    for (c, h, w) in [(1, 28, 28), (3, 32, 32), (3, 64, 48)] {
+        let m = SiameseModel::new(&seed_cnn(c, h, w), 1, &CPU).unwrap();
+        let e = m.embed(&images(3, c, h, w, 1)).unwrap();
+        assert_eq!(e.dims(), &[3, 16]);
+        // Normalised embeddings have unit norm.
+        close(&v1(&e.sqr().unwrap().sum(1).unwrap()), &[1.0; 3], 1e-5);
+    }
+    let m = SiameseModel::new(&seed_cnn(1, 28, 28), 1, &CPU).unwrap();
+    assert!(
+        m.embed(&images(2, 3, 28, 28, 1))
+            .unwrap_err()
+            .to_string()
+            .contains("(N, 1, 28, 28)")
+    );
+}
+
+#[test]
+fn init_is_seeded_and_follows_pytorch_bounds() {
+    let a = SiameseModel::new(&seed_cnn(1, 28, 28), 7, &CPU).unwrap();
+    let b = SiameseModel::new(&seed_cnn(1, 28, 28), 7, &CPU).unwrap();
+    let c = SiameseModel::new(&seed_cnn(1, 28, 28), 8, &CPU).unwrap();
+    let x = images(2, 1, 28, 28, 3);
+    assert_eq!(v1(&a.embed(&x).unwrap()), v1(&b.embed(&x).unwrap()));
+    assert_ne!(v1(&a.embed(&x).unwrap()), v1(&c.embed(&x).unwrap()));
+    let data = a.varmap().data().lock().unwrap();
+    let w = v1(data["encoder.conv1.weight"].as_tensor());
+    let bound = 1.0 / 25f64.sqrt(); // fan_in = 1·5·5
+    assert!(w.iter().all(|v| v.abs() <= bound));
+    assert!(
+        w.iter().map(|v| v.abs()).fold(0.0, f64::max) > 0.9 * bound,
+        "uniform over the whole range"
+    );
+    let fc = v1(data["encoder.fc.weight"].as_tensor());
+    assert!(fc.iter().all(|v| v.abs() <= 1.0 / 1600f64.sqrt()));
+}
+
+#[test]
+fn batchnorm_train_and_eval_modes() {
+    let m = SiameseModel::new(&convnet(0.0), 3, &CPU).unwrap();
+    let x = images(6, 1, 28, 28, 5);
+    let before =
+        v1(m.varmap().data().lock().unwrap()["encoder.block0.bn1.running_mean"].as_tensor());
+    // Eval: an image's embedding does not depend on its batch.
+    let alone = v1(&m.embed(&x.narrow(0, 2, 1).unwrap()).unwrap());
+    let in_batch = v1(&m.embed(&x).unwrap().narrow(0, 2, 1).unwrap());
+    close(&alone, &in_batch, 1e-5);
+    // Train: batch statistics, so the same image embeds differently in another batch.
+    let t1 = v1(&m.forward_t(&x, true).unwrap().narrow(0, 2, 1).unwrap());
+    let t2 = v1(&m
+        .forward_t(&x.narrow(0, 2, 3).unwrap(), true)
+        .unwrap()
+        .narrow(0, 0, 1)
+        .unwrap());
+    assert!(t1.iter().zip(&t2).any(|(a, b)| (a - b).abs() > 1e-4));
+    let after =
+        v1(m.varmap().data().lock().unwrap()["encoder.block0.bn1.running_mean"].as_tensor());
+    assert_ne!(before, after, "running statistics are updated in training");
+    // Running statistics are not trainable.
+    assert!(m.trainable_vars().len() < m.varmap().all_vars().len());
+}
+
+#[test]
+fn dropout_is_seeded() {
+    let m = SiameseModel::new(&convnet(0.5), 3, &CPU).unwrap();
+    let x = images(4, 1, 28, 28, 9);
+    m.reseed_dropout(11);
+    let a = v1(&m.forward_t(&x, true).unwrap());
+    m.reseed_dropout(11);
+    let b = v1(&m.forward_t(&x, true).unwrap());
+    let c = v1(&m.forward_t(&x, true).unwrap());
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    // No dropout in eval.
+    assert_eq!(v1(&m.embed(&x).unwrap()), v1(&m.embed(&x).unwrap()));
+}
+
+// ---------------------------------------------------------------- model file
+
+#[test]
+fn save_load_round_trip_gives_identical_embeddings() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut m = SiameseModel::new(&convnet(0.1), 3, &CPU).unwrap();
+    m.forward_t(&images(8, 1, 28, 28, 2), true).unwrap(); // move running statistics
+    m.meta_mut().threshold = Some(0.75);
+    m.meta_mut().training = Some(serde_json::json!({"recipe": "test"}));
+    let p = dir.path().join("m.safetensors");
+    m.save(&p).unwrap();
+    let back = SiameseModel::load(&p, &CPU).unwrap();
+    let x = images(5, 1, 28, 28, 4);
+    assert_eq!(v1(&m.embed(&x).unwrap()), v1(&back.embed(&x).unwrap()));
+    assert_eq!(back.meta(), m.meta());
+    assert_eq!(
+        siam_model::read_model_meta(&p).unwrap().threshold,
+        Some(0.75)
+    );
+    let c = back
+        .compare(&x.get(0).unwrap(), &x.get(0).unwrap())
+        .unwrap();
+    assert!(c.distance < 1e-3 && c.same == Some(true));
+    // No temp file is left behind.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+fn rewrite(
+    src: &Path,
+    dst: &Path,
+    edit: impl FnOnce(&mut HashMap<String, Tensor>, &mut serde_json::Value),
+) {
+    let bytes = std::fs::read(src).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut meta: serde_json::Value =
+        serde_json::from_str(&header.metadata().as_ref().unwrap()["siam"]).unwrap();
+    let mut tensors = candle_core::safetensors::load_buffer(&bytes, &CPU).unwrap();
+    edit(&mut tensors, &mut meta);
+    let md = HashMap::from([("siam".to_string(), meta.to_string())]);
+    let out =
+        safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(md)).unwrap();
+    std::fs::write(dst, out).unwrap();
+}
+
+fn load_err(p: &Path) -> String {
+    let e = SiameseModel::load(p, &CPU).unwrap_err().to_string();
+    assert!(
+        e.contains(&p.display().to_string()),
+        "error does not name the file: {e}"
+    );
+    e
+}
+
+#[test]
+fn every_load_failure_is_explained() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.safetensors");
+    SiameseModel::new(&seed_cnn(1, 28, 28), 1, &CPU)
+        .unwrap()
+        .save(&good)
+        .unwrap();
+    let p = dir.path().join("bad.safetensors");
+
+    std::fs::write(&p, b"definitely not a model").unwrap();
+    assert!(load_err(&p).contains("not a safetensors file"));
+
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(load_err(&p).contains("not a safetensors file"));
+
+    let t = HashMap::from([("w".to_string(), Tensor::zeros(3, DType::F32, &CPU).unwrap())]);
+    candle_core::safetensors::save(&t, &p).unwrap();
+    assert!(load_err(&p).contains("without siam metadata"));
+
+    rewrite(&good, &p, |t, _| {
+        t.remove("encoder.conv2.bias");
+    });
+    assert!(load_err(&p).contains("missing tensor encoder.conv2.bias"));
+
+    rewrite(&good, &p, |t, _| {
+        t.insert(
+            "encoder.extra".into(),
+            Tensor::zeros(2, DType::F32, &CPU).unwrap(),
+        );
+    });
+    assert!(load_err(&p).contains("unexpected tensor encoder.extra"));
+
+    rewrite(&good, &p, |t, _| {
+        t.insert(
+            "encoder.fc.weight".into(),
+            Tensor::zeros((16, 1024), DType::F32, &CPU).unwrap(),
+        );
+    });
+    assert!(
+        load_err(&p)
+            .contains("tensor encoder.fc.weight has shape [16, 1024], the model needs [16, 1600]")
+    );
+
+    rewrite(&good, &p, |_, m| m["encoder"]["kind"] = "resnet".into());
+    let e = load_err(&p);
+    assert!(e.contains("unknown variant") && e.contains("resnet"), "{e}");
+
+    rewrite(&good, &p, |_, m| m["format-version"] = 99.into());
+    assert!(load_err(&p).contains("format version 99 is newer"));
+
+    rewrite(&good, &p, |t, _| {
+        let w = t["encoder.conv1.bias"].clone();
+        let nan = (w.ones_like().unwrap() * f64::NAN).unwrap();
+        t.insert("encoder.conv1.bias".into(), nan);
+    });
+    assert!(load_err(&p).contains("encoder.conv1.bias holds NaN"));
+
+    assert!(load_err(&dir.path().join("missing.safetensors")).contains("cannot read"));
+}
+
+#[test]
+fn compare_paths_uses_the_stored_preprocessing() {
+    let fx = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/fashion-mnist-png");
+    let mut m = SiameseModel::new(&seed_cnn(1, 28, 28), 1, &CPU).unwrap();
+    m.meta_mut().threshold = Some(0.1);
+    let a = fx.join("bag/00.png");
+    let c = m.compare_paths(&a, &a).unwrap();
+    assert!(c.distance < 1e-3);
+    assert_eq!(c.same, Some(true));
+    let c = m.compare_paths(&a, fx.join("trouser/00.png")).unwrap();
+    assert!(c.distance > 0.0);
+    // Preprocessing matches (pixel/255 − mean)/std.
+    let x = m.load_image(&a).unwrap();
+    let raw = image::open(&a).unwrap().to_luma8().into_raw();
+    let expect: Vec<f64> = raw
+        .iter()
+        .map(|&p| ((p as f32 / 255.0 - 0.5) / 0.25) as f64)
+        .collect();
+    close(&v1(&x), &expect, 1e-6);
+    let e = m
+        .compare_paths(&a, fx.join("nope.png"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nope.png"), "{e}");
+}
+
+// ---------------------------------------------------------------- distances and losses
+//
+// Reference values: PyTorch 2.15.0, float64, script:
+//   a = [[0.1,-0.3,0.5],[1.0,0.2,-0.4],[0,0,0],[-0.7,0.9,0.3]]
+//   b = [[0.4,-0.1,0.2],[0.3,0.3,0.3],[0,0,0],[0.5,-0.5,1.1]]; same = [1,0,1,0]
+//   d = torch.sqrt(((a-b)**2).sum(1) + 1e-12)
+//   1 - F.cosine_similarity(a[[0,1,3]], b[[0,1,3]], eps=1e-12); torch.cdist(a, b)
+//   L = (same*d**2 + (1-same)*clamp(1-d, min=0)**2).mean(); L.backward()  -> a.grad
+//   triplet: clamp(dap - dan + 0.3, min=0).mean() with dap=[.5,1.2,.1,.9], dan=[.7,.4,1.5,.95]
+//   F.binary_cross_entropy_with_logits([2,-1,.3,-3], same)
+//   mining over e=[[0,.1],[.3,0],[.2,.4],[1,1],[.1,.5],[.9,.2]], labels [0,0,1,1,2,2], m=0.5,
+//   by explicit loops over (a,p,n): batch-all mean over l>1e-16, batch-hard per anchor,
+//   semi-hard over d_ap < d_an < d_ap + m.
+
+const A: [f64; 12] = [
+    0.1, -0.3, 0.5, 1.0, 0.2, -0.4, 0.0, 0.0, 0.0, -0.7, 0.9, 0.3,
+];
+const B: [f64; 12] = [0.4, -0.1, 0.2, 0.3, 0.3, 0.3, 0.0, 0.0, 0.0, 0.5, -0.5, 1.1];
+const SAME: [f64; 4] = [1.0, 0.0, 1.0, 0.0];
+
+#[test]
+fn distances_match_pytorch() {
+    let (a, b) = (t64(&A, (4, 3)), t64(&B, (4, 3)));
+    close(
+        &v1(&distance::euclidean(&a, &b).unwrap()),
+        &[
+            0.46904157598340895,
+            0.9949874371071225,
+            1e-06,
+            2.0099751242244266,
+        ],
+        1e-9,
+    );
+    let idx = Tensor::new(&[0u32, 1, 3], &CPU).unwrap();
+    let (ai, bi) = (
+        a.index_select(&idx, 0).unwrap(),
+        b.index_select(&idx, 0).unwrap(),
+    );
+    close(
+        &v1(&distance::cosine(&ai, &bi).unwrap()),
+        &[0.3729455534711802, 0.578362978644216, 1.3048543543626865],
+        1e-9,
+    );
+    let pw = [
+        0.469041575982343,
+        0.6633249580710799,
+        0.5916079783099616,
+        0.7483314773547883,
+        0.9,
+        0.9949874371066199,
+        1.0954451150103321,
+        1.7291616465790582,
+        0.45825756949558405,
+        0.5196152422706631,
+        0.0,
+        1.307669683062202,
+        1.489966442575134,
+        1.1661903789690602,
+        1.1789826122551597,
+        2.009975124224178,
+    ];
+    close(
+        &v1(&distance::pairwise(&a, &b, Distance::Euclidean).unwrap()),
+        &pw,
+        1e-6,
+    );
+    let sq = v1(&distance::pairwise(&a, &b, Distance::SquaredEuclidean).unwrap());
+    close(&sq, &pw.iter().map(|x| x * x).collect::<Vec<_>>(), 1e-9);
+    // Row-wise and pairwise agree on the diagonal for cosine too.
+    let pc = distance::pairwise(&ai, &bi, Distance::Cosine).unwrap();
+    let pc = v1(&pc);
+    close(
+        &[pc[0], pc[4], pc[8]],
+        &v1(&distance::cosine(&ai, &bi).unwrap()),
+        1e-9,
+    );
+    assert!(distance::euclidean(&a, &b.narrow(0, 0, 2).unwrap()).is_err());
+}
+
+#[test]
+fn losses_match_pytorch() {
+    let (a, b) = (t64(&A, (4, 3)), t64(&B, (4, 3)));
+    let same = Tensor::new(&SAME, &CPU).unwrap();
+    let d = distance::euclidean(&a, &b).unwrap();
+    let l: f64 = loss::contrastive(&d, &same, 1.0)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!((l - 0.05500628144718877).abs() < 1e-9, "{l}");
+    let l: f64 = loss::contrastive_with(&d, &same, 1.0, 0.2)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!((l - 0.018102123848597863).abs() < 1e-9, "{l}");
+    let dap = Tensor::new(&[0.5f64, 1.2, 0.1, 0.9], &CPU).unwrap();
+    let dan = Tensor::new(&[0.7f64, 0.4, 1.5, 0.95], &CPU).unwrap();
+    let l: f64 = loss::triplet(&dap, &dan, 0.3).unwrap().to_scalar().unwrap();
+    assert!((l - 0.3625).abs() < 1e-12);
+    let logits = Tensor::new(&[2.0f64, -1.0, 0.3, -3.0], &CPU).unwrap();
+    let l: f64 = loss::bce_with_logits(&logits, &same)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
+    assert!((l - 0.2607830736508661).abs() < 1e-9, "{l}");
+}
+
+#[test]
+fn contrastive_gradient_matches_pytorch_and_is_finite_at_zero() {
+    let a = Var::from_tensor(&t64(&A, (4, 3))).unwrap();
+    let b = t64(&B, (4, 3));
+    let same = Tensor::new(&SAME, &CPU).unwrap();
+    let l =
+        loss::contrastive(&distance::euclidean(a.as_tensor(), &b).unwrap(), &same, 1.0).unwrap();
+    let g = v1(l.backward().unwrap().get(a.as_tensor()).unwrap());
+    let expect = [
+        -0.15,
+        -0.1,
+        0.15,
+        -0.0017632353405465757,
+        0.0002518907629352251,
+        0.0017632353405465757,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+        0.0,
+    ];
+    close(&g, &expect, 1e-7);
+    // Identical inputs (d = 0) for both a same and a different pair: finite gradients.
+    let z = Var::from_tensor(&Tensor::zeros((2, 3), DType::F32, &CPU).unwrap()).unwrap();
+    let zeros = Tensor::zeros((2, 3), DType::F32, &CPU).unwrap();
+    let s = Tensor::new(&[1f32, 0.0], &CPU).unwrap();
+    for kind in [
+        Distance::Euclidean,
+        Distance::Cosine,
+        Distance::SquaredEuclidean,
+    ] {
+        let l = loss::contrastive(&kind.rowwise(z.as_tensor(), &zeros).unwrap(), &s, 1.0).unwrap();
+        let g = v1(l.backward().unwrap().get(z.as_tensor()).unwrap());
+        assert!(g.iter().all(|x| x.is_finite()), "{kind:?}: {g:?}");
+    }
+}
+
+/// Central finite differences of `f` at `x` against candle's gradient.
+fn check_grad(x0: &[f64], shape: (usize, usize), f: impl Fn(&Tensor) -> Tensor) {
+    let x = Var::from_tensor(&t64(x0, shape)).unwrap();
+    let g = v1(f(x.as_tensor())
+        .backward()
+        .unwrap()
+        .get(x.as_tensor())
+        .unwrap());
+    let h = 1e-6;
+    for i in 0..x0.len() {
+        let mut p = x0.to_vec();
+        p[i] += h;
+        let mut m = x0.to_vec();
+        m[i] -= h;
+        let fp: f64 = f(&t64(&p, shape)).to_scalar().unwrap();
+        let fm: f64 = f(&t64(&m, shape)).to_scalar().unwrap();
+        let fd = (fp - fm) / (2.0 * h);
+        assert!(
+            (fd - g[i]).abs() < 1e-5 * (1.0 + fd.abs()),
+            "coordinate {i}: finite difference {fd}, gradient {}",
+            g[i]
+        );
+    }
+}
+
+const E: [f64; 12] = [0.0, 0.1, 0.3, 0.0, 0.2, 0.4, 1.0, 1.0, 0.1, 0.5, 0.9, 0.2];
+const LABELS: [u32; 6] = [0, 0, 1, 1, 2, 2];
+
+#[test]
+fn losses_match_finite_differences() {
+    let b = t64(&B, (4, 3));
+    let same = Tensor::new(&SAME, &CPU).unwrap();
+    for kind in [
+        Distance::Euclidean,
+        Distance::Cosine,
+        Distance::SquaredEuclidean,
+    ] {
+        check_grad(&A, (4, 3), |a| {
+            loss::contrastive(&kind.rowwise(a, &b).unwrap(), &same, 1.0).unwrap()
+        });
+    }
+    check_grad(&A, (4, 3), |a| {
+        loss::contrastive_with(&distance::euclidean(a, &b).unwrap(), &same, 1.5, 0.2).unwrap()
+    });
+    let n = t64(&B[..], (4, 3)).flip(&[0]);
+    check_grad(&A, (4, 3), |a| {
+        let n = n.as_ref().unwrap();
+        loss::triplet(
+            &distance::euclidean(a, &b).unwrap(),
+            &distance::euclidean(a, n).unwrap(),
+            0.3,
+        )
+        .unwrap()
+    });
+    for mining in [Mining::BatchAll, Mining::BatchHard, Mining::SemiHard] {
+        check_grad(&E, (6, 2), |e| {
+            loss::mined_triplet(e, &LABELS, 0.5, Distance::Euclidean, mining)
+                .unwrap()
+                .loss
+        });
+    }
+}
+
+#[test]
+fn mining_matches_reference_loops() {
+    let e = t64(&E, (6, 2));
+    let r = loss::mined_triplet(&e, &LABELS, 0.5, Distance::Euclidean, Mining::BatchAll).unwrap();
+    assert!((r.loss.to_scalar::<f64>().unwrap() - 0.6343831689150152).abs() < 1e-9);
+    assert_eq!(r.triplets, 21);
+    assert!((r.active_fraction - 21.0 / 24.0).abs() < 1e-6);
+    let r = loss::mined_triplet(&e, &LABELS, 0.5, Distance::Euclidean, Mining::BatchHard).unwrap();
+    assert!((r.loss.to_scalar::<f64>().unwrap() - 0.8078110952741864).abs() < 1e-9);
+    let r = loss::mined_triplet(&e, &LABELS, 0.5, Distance::Euclidean, Mining::SemiHard).unwrap();
+    assert!((r.loss.to_scalar::<f64>().unwrap() - 0.34031088054414954).abs() < 1e-9);
+    assert_eq!(r.triplets, 10);
+}
+
+#[test]
+fn losses_check_shapes_and_the_same_convention() {
+    let d = Tensor::new(&[0.5f32, 1.0], &CPU).unwrap();
+    let e = loss::contrastive(&d, &Tensor::new(&[1f32, 2.0], &CPU).unwrap(), 1.0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("same must be 1.0 (same class) or 0.0"), "{e}");
+    assert!(loss::contrastive(&d, &Tensor::new(&[1f32], &CPU).unwrap(), 1.0).is_err());
+    assert!(loss::contrastive(&d.unsqueeze(1).unwrap(), &d, 1.0).is_err());
+    assert!(loss::contrastive(&d, &Tensor::new(&[1f32, 0.0], &CPU).unwrap(), 0.0).is_err());
+    assert!(loss::triplet(&d, &d.narrow(0, 0, 1).unwrap(), 1.0).is_err());
+    let e = t64(&E, (6, 2));
+    assert!(
+        loss::mined_triplet(&e, &LABELS[..5], 0.5, Distance::Euclidean, Mining::BatchAll).is_err()
+    );
+    // The pair head gives one logit per pair.
+    let m = SiameseModel::new(&seed_cnn(1, 28, 28), 1, &CPU).unwrap();
+    let x = m.embed(&images(3, 1, 28, 28, 1)).unwrap();
+    assert_eq!(
+        m.pair_logits(&x, &x.flip(&[0]).unwrap()).unwrap().dims(),
+        &[3]
+    );
+    let _ = x.sum(D::Minus1).unwrap();
+}
