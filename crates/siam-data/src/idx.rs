@@ -68,18 +68,23 @@ pub struct IdxImages {
     pub pixels: Vec<u8>,
 }
 
-/// Opens `path` and returns a reader over its decompressed content (gzip is detected).
-fn open(path: &Path) -> Result<Box<dyn Read>> {
-    let mut f = BufReader::new(File::open(path).map_err(|e| DataError::io(path, e))?);
+/// Wraps `r` in a gzip decoder when its content starts with the gzip magic.
+fn decompressing<'a>(r: impl Read + 'a, path: &Path) -> Result<Box<dyn Read + 'a>> {
+    let mut r = BufReader::new(r);
     let mut magic = [0u8; 2];
-    let n = read_up_to(&mut f, &mut magic).map_err(|e| DataError::io(path, e))?;
+    let n = read_up_to(&mut r, &mut magic).map_err(|e| DataError::io(path, e))?;
     let head = std::io::Cursor::new(magic[..n].to_vec());
-    let chained = head.chain(f);
+    let chained = head.chain(r);
     if n == 2 && magic == [0x1f, 0x8b] {
         Ok(Box::new(MultiGzDecoder::new(chained)))
     } else {
         Ok(Box::new(chained))
     }
+}
+
+/// Opens `path` and returns a reader over its decompressed content (gzip is detected).
+fn open(path: &Path) -> Result<Box<dyn Read>> {
+    decompressing(File::open(path).map_err(|e| DataError::io(path, e))?, path)
 }
 
 /// Reads until `buf` is full or the stream ends; returns the number of bytes read.
@@ -175,7 +180,22 @@ fn read_payload(r: &mut dyn Read, path: &Path, len: usize, header_len: usize) ->
 /// Reads an IDX image file (`0x00000803`, raw or gzip).
 pub fn read_images(path: impl AsRef<Path>) -> Result<IdxImages> {
     let path = path.as_ref();
-    let mut r = open(path)?;
+    images_from(open(path)?, path)
+}
+
+/// Parses IDX images (raw or gzip) from memory; `name` is used in error messages.
+pub fn images_from_bytes(bytes: &[u8], name: impl AsRef<Path>) -> Result<IdxImages> {
+    let name = name.as_ref();
+    images_from(decompressing(bytes, name)?, name)
+}
+
+/// Parses IDX labels (raw or gzip) from memory; `name` is used in error messages.
+pub fn labels_from_bytes(bytes: &[u8], name: impl AsRef<Path>) -> Result<Vec<u8>> {
+    let name = name.as_ref();
+    labels_from(decompressing(bytes, name)?, name)
+}
+
+fn images_from(mut r: Box<dyn Read + '_>, path: &Path) -> Result<IdxImages> {
     let dims = read_header(&mut *r, path, IMAGES_MAGIC)?;
     let (count, height, width) = (dims[0], dims[1], dims[2]);
     if count == 0 {
@@ -208,7 +228,10 @@ pub fn read_images(path: impl AsRef<Path>) -> Result<IdxImages> {
 /// Reads an IDX label file (`0x00000801`, raw or gzip).
 pub fn read_labels(path: impl AsRef<Path>) -> Result<Vec<u8>> {
     let path = path.as_ref();
-    let mut r = open(path)?;
+    labels_from(open(path)?, path)
+}
+
+fn labels_from(mut r: Box<dyn Read + '_>, path: &Path) -> Result<Vec<u8>> {
     let dims = read_header(&mut *r, path, LABELS_MAGIC)?;
     if dims[0] == 0 {
         return Err(DataError::format(path, "the file declares zero labels"));
@@ -322,9 +345,26 @@ pub fn load_dir(
     let lp = find(dir, split.prefix(), "labels", 1)?;
     let images = read_images(&ip)?;
     let labels = read_labels(&lp)?;
+    let names = match class_names {
+        Some(n) => Some(n),
+        None => read_class_names(dir)?,
+    };
+    assemble(images, labels, names, &ip, &lp)
+}
+
+/// Builds an `ImageSet` from parsed images and labels, checking counts and label range.
+/// Without class names, classes are named by their label numbers.
+pub fn assemble(
+    images: IdxImages,
+    labels: Vec<u8>,
+    class_names: Option<Vec<String>>,
+    images_path: &Path,
+    labels_path: &Path,
+) -> Result<ImageSet> {
+    let (ip, lp) = (images_path, labels_path);
     if labels.len() != images.count {
         return Err(DataError::format(
-            &lp,
+            lp,
             format!(
                 "{} labels for {} images in {}",
                 labels.len(),
@@ -335,13 +375,10 @@ pub fn load_dir(
     }
     let names = match class_names {
         Some(n) => n,
-        None => match read_class_names(dir)? {
-            Some(n) => n,
-            None => {
-                let k = labels.iter().copied().max().map_or(0, |m| m as usize + 1);
-                (0..k).map(|c| c.to_string()).collect()
-            }
-        },
+        None => {
+            let k = labels.iter().copied().max().map_or(0, |m| m as usize + 1);
+            (0..k).map(|c| c.to_string()).collect()
+        }
     };
     if let Some((i, &l)) = labels
         .iter()
@@ -349,7 +386,7 @@ pub fn load_dir(
         .find(|(_, l)| **l as usize >= names.len())
     {
         return Err(DataError::format(
-            &lp,
+            lp,
             format!(
                 "label {l} at index {i} is out of range: {} classes are named",
                 names.len()

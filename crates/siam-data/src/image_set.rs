@@ -182,6 +182,31 @@ impl ImageSet {
         self.subset(&idx)
     }
 
+    /// Per-channel mean and standard deviation of the pixels scaled to [0, 1].
+    pub fn channel_stats(&self) -> (Vec<f32>, Vec<f32>) {
+        let c = self.shape.channels;
+        let plane = self.shape.height * self.shape.width;
+        let mut sum = vec![0f64; c];
+        let mut sq = vec![0f64; c];
+        for i in 0..self.len() {
+            for (ch, px) in self.image(i).chunks_exact(plane).enumerate() {
+                for &p in px {
+                    let v = f64::from(p) / 255.0;
+                    sum[ch] += v;
+                    sq[ch] += v * v;
+                }
+            }
+        }
+        let n = (self.len() * plane).max(1) as f64;
+        let mean: Vec<f32> = sum.iter().map(|s| (s / n) as f32).collect();
+        let std = sq
+            .iter()
+            .zip(&sum)
+            .map(|(q, s)| ((q / n - (s / n) * (s / n)).max(0.0).sqrt() as f32).max(1e-3))
+            .collect();
+        (mean, std)
+    }
+
     /// Writes image `i` into `out` as f32 in [0, 1].
     pub fn write_f32(&self, i: usize, out: &mut [f32]) {
         for (o, &p) in out.iter_mut().zip(self.image(i)) {

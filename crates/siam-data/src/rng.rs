@@ -15,6 +15,12 @@ pub mod stream {
     pub const SAMPLER: u64 = 2;
     /// Per-sample augmentation.
     pub const AUGMENT: u64 = 3;
+    /// Weight initialisation.
+    pub const INIT: u64 = 4;
+    /// Dropout masks, one stream per training step.
+    pub const DROPOUT: u64 = 5;
+    /// The fixed validation and test pairs.
+    pub const EVAL_PAIRS: u64 = 6;
 }
 
 /// SplitMix64 finaliser: a bijective 64-bit mix with good avalanche.

@@ -1,0 +1,499 @@
+//! `TrainConfig`: everything a run needs, as TOML (kebab-case, unknown keys rejected), with
+//! named presets. It is resolved once and written to the run folder.
+
+use std::path::Path;
+
+use siam_data::split::Holdout;
+use siam_data::{AugmentConfig, ColorMode, SamplerConfig};
+use siam_eval::Calibration;
+use siam_model::loss::Mining;
+use siam_model::{Distance, EncoderConfig};
+
+use crate::error::{Result, TrainError};
+
+/// A full training configuration.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The one seed every random draw derives from.
+    pub seed: u64,
+    /// "cpu", "cuda", "cuda:N", "metal" or "auto".
+    pub device: String,
+    /// Passes over `steps-per-epoch` batches.
+    pub epochs: usize,
+    /// Batches per epoch.
+    pub steps_per_epoch: usize,
+    /// Pairs or triplets per batch (P×K batches have P·K images instead).
+    pub batch_size: usize,
+    /// Log a step record every this many steps.
+    pub log_every: usize,
+    /// Where the data comes from and how it is split.
+    pub data: DataConfig,
+    /// How batches are drawn.
+    pub sampler: SamplerConfig,
+    /// Training-time augmentation.
+    pub augment: AugmentConfig,
+    /// The network.
+    pub model: ModelSection,
+    /// The loss.
+    pub loss: LossConfig,
+    /// The optimizer.
+    pub optimizer: OptimizerConfig,
+    /// The learning-rate schedule.
+    pub schedule: ScheduleConfig,
+    /// Validation, model selection and early stopping.
+    pub validation: ValidationConfig,
+    /// Checkpoints.
+    pub checkpoint: CheckpointConfig,
+}
+
+/// Data source and split.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct DataConfig {
+    /// "fixtures" (the embedded Fashion-MNIST subset), "fashion-mnist", "mnist", an IDX
+    /// directory, or an image folder `root/<class>/*.png`.
+    pub source: String,
+    /// Share of each training class held out for validation (stratified split).
+    pub val_fraction: f64,
+    /// Hold out whole classes (for unseen-class evaluation) instead of a stratified split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holdout_classes: Option<Holdout>,
+    /// Share of an image folder held out as the test split (IDX sets have their own).
+    pub test_fraction: f64,
+    /// Keep at most this many training images per class (for quick runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_per_class: Option<usize>,
+    /// Gray or RGB (image folders).
+    pub color: ColorMode,
+    /// Resize image folders to [height, width].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<[usize; 2]>,
+    /// Per-channel mean; computed from the training images when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean: Option<Vec<f32>>,
+    /// Per-channel std; computed from the training images when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub std: Option<Vec<f32>>,
+}
+
+/// The network part of the config (the input spec comes from the data).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ModelSection {
+    /// The shared encoder.
+    pub encoder: EncoderConfig,
+    /// L2-normalise embeddings.
+    pub normalize: bool,
+    /// The distance.
+    pub distance: Distance,
+}
+
+/// The loss, with its margin.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum LossConfig {
+    /// `mean(same·d² + (1−same)·max(0, m−d)²)`; with P×K batches, over all pairs of the batch.
+    Contrastive {
+        /// The margin m.
+        margin: f64,
+        /// Same pairs are only pulled in beyond this distance.
+        #[serde(default)]
+        pos_margin: f64,
+    },
+    /// `max(0, d(a,p) − d(a,n) + m)`; with P×K batches, mined online.
+    Triplet {
+        /// The margin m.
+        margin: f64,
+        /// Mining over P×K batches.
+        #[serde(default)]
+        mining: Mining,
+    },
+    /// Binary cross-entropy on a learned head over |e₁ − e₂|.
+    Bce,
+}
+
+impl LossConfig {
+    /// The margin, for statistics (BCE has none; 1.0 is reported).
+    pub fn margin(&self) -> f64 {
+        match self {
+            Self::Contrastive { margin, .. } | Self::Triplet { margin, .. } => *margin,
+            Self::Bce => 1.0,
+        }
+    }
+}
+
+/// The optimizer.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum OptimizerConfig {
+    /// AdamW (PyTorch's semantics; weight-decay 0 is Adam).
+    Adamw {
+        /// Peak learning rate.
+        lr: f64,
+        /// Decoupled weight decay.
+        #[serde(default)]
+        weight_decay: f64,
+        /// β₁.
+        #[serde(default = "beta1")]
+        beta1: f64,
+        /// β₂.
+        #[serde(default = "beta2")]
+        beta2: f64,
+        /// ε.
+        #[serde(default = "adam_eps")]
+        eps: f64,
+    },
+    /// SGD with momentum (PyTorch's semantics).
+    Sgd {
+        /// Peak learning rate.
+        lr: f64,
+        /// Momentum.
+        #[serde(default = "momentum")]
+        momentum: f64,
+        /// L2 weight decay added to the gradient.
+        #[serde(default)]
+        weight_decay: f64,
+    },
+}
+
+fn beta1() -> f64 {
+    0.9
+}
+fn beta2() -> f64 {
+    0.999
+}
+fn adam_eps() -> f64 {
+    1e-8
+}
+fn momentum() -> f64 {
+    0.9
+}
+
+impl OptimizerConfig {
+    /// The peak learning rate.
+    pub fn lr(&self) -> f64 {
+        match self {
+            Self::Adamw { lr, .. } | Self::Sgd { lr, .. } => *lr,
+        }
+    }
+}
+
+/// Shape of the learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleKind {
+    /// The peak rate throughout.
+    Constant,
+    /// Multiply by `gamma` every `step-epochs` epochs.
+    Step,
+    /// Cosine decay from the peak to `min-lr` over the run.
+    Cosine,
+}
+
+/// The learning-rate schedule, after a linear warmup.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// constant, step or cosine.
+    pub kind: ScheduleKind,
+    /// Linear warmup from 0 over this many steps.
+    #[serde(default)]
+    pub warmup_steps: usize,
+    /// For `step`: epochs between decays.
+    #[serde(default = "one")]
+    pub step_epochs: usize,
+    /// For `step`: the decay factor.
+    #[serde(default = "tenth")]
+    pub gamma: f64,
+    /// For `cosine`: the final rate.
+    #[serde(default)]
+    pub min_lr: f64,
+}
+
+fn one() -> usize {
+    1
+}
+fn tenth() -> f64 {
+    0.1
+}
+
+/// The metric that selects the best model and drives early stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Metric {
+    /// Validation ROC-AUC (higher is better).
+    RocAuc,
+    /// Validation precision@1 (higher is better).
+    PrecisionAt1,
+    /// Validation MAP@R (higher is better).
+    MapAtR,
+    /// Validation loss (lower is better).
+    Loss,
+}
+
+impl Metric {
+    /// True when larger values are better.
+    pub fn higher_is_better(self) -> bool {
+        !matches!(self, Self::Loss)
+    }
+}
+
+/// Validation settings.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ValidationConfig {
+    /// Validate every this many epochs (and after the last).
+    pub every_epochs: usize,
+    /// Balanced validation pairs.
+    pub pairs: usize,
+    /// Balanced test pairs for the final report.
+    pub test_pairs: usize,
+    /// The model-selection metric.
+    pub metric: Metric,
+    /// Stop after this many validations without improvement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patience: Option<usize>,
+    /// How the decision threshold is chosen.
+    pub calibration: Calibration,
+}
+
+/// Checkpoint policy.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Also checkpoint every this many steps within an epoch (0: at epoch ends only).
+    pub every_steps: usize,
+    /// Keep the last N checkpoints (the one of the best model is kept too).
+    pub keep_last: usize,
+}
+
+/// The names of the built-in presets.
+pub const PRESETS: [&str; 3] = ["default", "seed", "quick"];
+
+impl TrainConfig {
+    /// A preset by name: `default` (the recommended recipe), `seed` (the recipe the project
+    /// grew from: seed CNN, contrastive m = 2, random balanced pairs, Adam 1e-3, 5 epochs of
+    /// 60k pairs), `quick` (a minute on the fixtures, for smoke tests).
+    pub fn preset(name: &str) -> Result<Self> {
+        let base = Self {
+            seed: 42,
+            device: "cpu".into(),
+            epochs: 5,
+            steps_per_epoch: 938,
+            batch_size: 64,
+            log_every: 20,
+            data: DataConfig {
+                source: "fixtures".into(),
+                val_fraction: 0.1,
+                holdout_classes: None,
+                test_fraction: 0.2,
+                limit_per_class: None,
+                color: ColorMode::Gray,
+                size: None,
+                mean: None,
+                std: None,
+            },
+            sampler: SamplerConfig::default(),
+            augment: AugmentConfig::none(),
+            model: ModelSection {
+                encoder: EncoderConfig::SeedCnn { embedding_dim: 128 },
+                normalize: false,
+                distance: Distance::Euclidean,
+            },
+            loss: LossConfig::Contrastive {
+                margin: 2.0,
+                pos_margin: 0.0,
+            },
+            optimizer: OptimizerConfig::Adamw {
+                lr: 1e-3,
+                weight_decay: 0.0,
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+            },
+            schedule: ScheduleConfig {
+                kind: ScheduleKind::Constant,
+                warmup_steps: 0,
+                step_epochs: 1,
+                gamma: 0.1,
+                min_lr: 0.0,
+            },
+            validation: ValidationConfig {
+                every_epochs: 1,
+                pairs: 4000,
+                test_pairs: 10000,
+                metric: Metric::MapAtR,
+                patience: None,
+                calibration: Calibration::BalancedAccuracy,
+            },
+            checkpoint: CheckpointConfig {
+                every_steps: 0,
+                keep_last: 2,
+            },
+        };
+        match name {
+            "seed" => Ok(base),
+            "default" => Ok(Self {
+                sampler: SamplerConfig::Pk { p: 16, k: 4 },
+                augment: AugmentConfig {
+                    hflip: true,
+                    crop_padding: 2,
+                    ..AugmentConfig::none()
+                },
+                model: ModelSection {
+                    normalize: true,
+                    ..base.model.clone()
+                },
+                loss: LossConfig::Contrastive {
+                    margin: 1.0,
+                    pos_margin: 0.0,
+                },
+                schedule: ScheduleConfig {
+                    kind: ScheduleKind::Cosine,
+                    warmup_steps: 100,
+                    ..base.schedule.clone()
+                },
+                ..base
+            }),
+            "quick" => {
+                let mut c = Self::preset("default")?;
+                c.epochs = 2;
+                c.steps_per_epoch = 30;
+                c.log_every = 10;
+                c.schedule.warmup_steps = 5;
+                c.validation.pairs = 1000;
+                c.validation.test_pairs = 2000;
+                Ok(c)
+            }
+            other => Err(TrainError::Config(format!(
+                "unknown preset '{other}' (known: {})",
+                PRESETS.join(", ")
+            ))),
+        }
+    }
+
+    /// Parses TOML; unknown keys and wrong types are errors naming the key.
+    pub fn from_toml(text: &str, origin: &Path) -> Result<Self> {
+        let c: Self = toml::from_str(text)
+            .map_err(|e| TrainError::Config(format!("{}: {e}", origin.display())))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Reads and validates a TOML file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+        Self::from_toml(&text, path)
+    }
+
+    /// The config as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot serialise config: {e}\n"))
+    }
+
+    /// Checks values that parse but cannot work; errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, why: String| Err(TrainError::Config(format!("{key}: {why}")));
+        if self.epochs == 0 {
+            return bad("epochs", "must be at least 1".into());
+        }
+        if self.steps_per_epoch == 0 {
+            return bad("steps-per-epoch", "must be at least 1".into());
+        }
+        if self.log_every == 0 {
+            return bad("log-every", "must be at least 1".into());
+        }
+        let pk = matches!(self.sampler, SamplerConfig::Pk { .. });
+        if !pk && self.batch_size < 2 {
+            return bad(
+                "batch-size",
+                format!("{} is too small; use at least 2", self.batch_size),
+            );
+        }
+        if !(0.0..1.0).contains(&self.data.val_fraction) {
+            return bad(
+                "data.val-fraction",
+                format!("{} must be in [0, 1)", self.data.val_fraction),
+            );
+        }
+        if !(0.0..1.0).contains(&self.data.test_fraction) {
+            return bad(
+                "data.test-fraction",
+                format!("{} must be in [0, 1)", self.data.test_fraction),
+            );
+        }
+        if self.data.holdout_classes.is_none() && self.data.val_fraction == 0.0 {
+            return bad(
+                "data.val-fraction",
+                "must be positive: validation calibrates the threshold".into(),
+            );
+        }
+        match &self.loss {
+            LossConfig::Contrastive { margin, pos_margin } => {
+                if !(*margin > 0.0) {
+                    return bad("loss.margin", format!("{margin} must be positive"));
+                }
+                if !(*pos_margin >= 0.0 && pos_margin < margin) {
+                    return bad(
+                        "loss.pos-margin",
+                        format!("{pos_margin} must be in [0, margin)"),
+                    );
+                }
+                if matches!(self.sampler, SamplerConfig::Triplets) {
+                    return bad(
+                        "sampler.kind",
+                        "the contrastive loss takes pairs or pk batches, not triplets".into(),
+                    );
+                }
+            }
+            LossConfig::Triplet { margin, .. } => {
+                if !(*margin > 0.0) {
+                    return bad("loss.margin", format!("{margin} must be positive"));
+                }
+                if matches!(self.sampler, SamplerConfig::Pairs { .. }) {
+                    return bad(
+                        "sampler.kind",
+                        "the triplet loss takes triplets or pk batches, not pairs".into(),
+                    );
+                }
+            }
+            LossConfig::Bce => {
+                if !matches!(self.sampler, SamplerConfig::Pairs { .. }) {
+                    return bad("sampler.kind", "the bce loss takes pairs".into());
+                }
+            }
+        }
+        if !(self.optimizer.lr() > 0.0) || !self.optimizer.lr().is_finite() {
+            return bad(
+                "optimizer.lr",
+                format!("{} must be positive", self.optimizer.lr()),
+            );
+        }
+        if self.schedule.kind == ScheduleKind::Step && self.schedule.step_epochs == 0 {
+            return bad("schedule.step-epochs", "must be at least 1".into());
+        }
+        if self.validation.every_epochs == 0 {
+            return bad("validation.every-epochs", "must be at least 1".into());
+        }
+        if self.validation.pairs < 2 || self.validation.test_pairs < 2 {
+            return bad(
+                "validation.pairs",
+                "need at least 2 validation and test pairs".into(),
+            );
+        }
+        if self.checkpoint.keep_last == 0 {
+            return bad("checkpoint.keep-last", "must be at least 1".into());
+        }
+        self.augment
+            .validate()
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Total optimizer steps.
+    pub fn total_steps(&self) -> u64 {
+        (self.epochs * self.steps_per_epoch) as u64
+    }
+}

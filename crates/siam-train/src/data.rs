@@ -1,0 +1,203 @@
+//! Resolves a config's data source into train, validation and test sets.
+//!
+//! Sources: `fixtures` (the Fashion-MNIST subset embedded in this crate), `fashion-mnist` and
+//! `mnist` (looked up where `cargo xtask download` puts them), an IDX directory, or an image
+//! folder `root/<class>/*.png`.
+
+use std::path::{Path, PathBuf};
+
+use siam_data::idx::{self, FASHION_MNIST_CLASSES, IdxSplit, MNIST_CLASSES};
+use siam_data::{FolderOptions, ImageSet, split};
+
+use crate::config::DataConfig;
+use crate::error::{Result, TrainError};
+
+const FIX_TRAIN_IMAGES: &[u8] =
+    include_bytes!("../../../fixtures/fashion-mnist-subset/train-images-idx3-ubyte.gz");
+const FIX_TRAIN_LABELS: &[u8] =
+    include_bytes!("../../../fixtures/fashion-mnist-subset/train-labels-idx1-ubyte.gz");
+const FIX_TEST_IMAGES: &[u8] =
+    include_bytes!("../../../fixtures/fashion-mnist-subset/t10k-images-idx3-ubyte.gz");
+const FIX_TEST_LABELS: &[u8] =
+    include_bytes!("../../../fixtures/fashion-mnist-subset/t10k-labels-idx1-ubyte.gz");
+
+/// Train, validation and test sets of one run.
+#[derive(Debug, Clone)]
+pub struct Datasets {
+    /// What was loaded, for logs.
+    pub description: String,
+    /// Training images.
+    pub train: ImageSet,
+    /// Validation images (threshold calibration, model selection).
+    pub val: ImageSet,
+    /// Test images (the final report).
+    pub test: ImageSet,
+}
+
+/// The folder datasets are downloaded to: `$SIAM_DATA_DIR`, else `./data`.
+pub fn data_dir() -> PathBuf {
+    std::env::var_os("SIAM_DATA_DIR").map_or_else(|| PathBuf::from("data"), PathBuf::from)
+}
+
+/// Where Debian's `dataset-fashion-mnist` package puts the files.
+pub const SYSTEM_FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
+
+/// Finds a known dataset by name: under [`data_dir`], or (Fashion-MNIST) the system copy.
+pub fn find_known(name: &str) -> Option<PathBuf> {
+    let mut candidates = vec![data_dir().join(name)];
+    if name == "fashion-mnist" {
+        candidates.push(PathBuf::from(SYSTEM_FASHION_MNIST));
+    }
+    candidates.into_iter().find(|d| {
+        d.join("train-labels-idx1-ubyte.gz").is_file()
+            || d.join("train-labels-idx1-ubyte").is_file()
+    })
+}
+
+fn names(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// The embedded fixture subset: (train, test).
+pub fn fixtures() -> Result<(ImageSet, ImageSet)> {
+    let n = Some(names(&FASHION_MNIST_CLASSES));
+    let part = |imgs: &[u8], labels: &[u8], p: &str| -> Result<ImageSet> {
+        let ip = PathBuf::from(format!("<embedded>/{p}-images-idx3-ubyte.gz"));
+        let lp = PathBuf::from(format!("<embedded>/{p}-labels-idx1-ubyte.gz"));
+        Ok(idx::assemble(
+            idx::images_from_bytes(imgs, &ip)?,
+            idx::labels_from_bytes(labels, &lp)?,
+            n.clone(),
+            &ip,
+            &lp,
+        )?)
+    };
+    Ok((
+        part(FIX_TRAIN_IMAGES, FIX_TRAIN_LABELS, "train")?,
+        part(FIX_TEST_IMAGES, FIX_TEST_LABELS, "t10k")?,
+    ))
+}
+
+fn is_idx_dir(p: &Path) -> bool {
+    [
+        "train-images-idx3-ubyte",
+        "train-images-idx3-ubyte.gz",
+        "train-images.idx3-ubyte",
+    ]
+    .iter()
+    .any(|f| p.join(f).is_file())
+}
+
+/// Loads a source into (all training images, test images if the source has a test split).
+pub fn load_source(cfg: &DataConfig) -> Result<(String, ImageSet, Option<ImageSet>)> {
+    let src = cfg.source.as_str();
+    match src {
+        "fixtures" => {
+            let (tr, te) = fixtures()?;
+            Ok(("embedded Fashion-MNIST fixture subset".into(), tr, Some(te)))
+        }
+        "fashion-mnist" | "mnist" => {
+            let dir = find_known(src).ok_or_else(|| {
+                TrainError::Config(format!(
+                    "data.source: {src} is not downloaded (looked in {}); run `cargo xtask download {src}`{}",
+                    data_dir().join(src).display(),
+                    if src == "fashion-mnist" { " or `apt-get install dataset-fashion-mnist`" } else { "" }
+                ))
+            })?;
+            let n = names(if src == "mnist" {
+                &MNIST_CLASSES
+            } else {
+                &FASHION_MNIST_CLASSES
+            });
+            let tr = idx::load_dir(&dir, IdxSplit::Train, Some(n.clone()))?;
+            let te = idx::load_dir(&dir, IdxSplit::Test, Some(n))?;
+            Ok((format!("{src} from {}", dir.display()), tr, Some(te)))
+        }
+        path => {
+            let p = Path::new(path);
+            if !p.exists() {
+                return Err(TrainError::Config(format!(
+                    "data.source: {path} does not exist (expected fixtures, fashion-mnist, mnist, an IDX directory or an image folder)"
+                )));
+            }
+            if is_idx_dir(p) {
+                let tr = idx::load_dir(p, IdxSplit::Train, None)?;
+                let te = if [
+                    "t10k-images-idx3-ubyte",
+                    "t10k-images-idx3-ubyte.gz",
+                    "t10k-images.idx3-ubyte",
+                ]
+                .iter()
+                .any(|f| p.join(f).is_file())
+                {
+                    Some(idx::load_dir(
+                        p,
+                        IdxSplit::Test,
+                        Some(tr.class_names().to_vec()),
+                    )?)
+                } else {
+                    None
+                };
+                Ok((format!("IDX directory {path}"), tr, te))
+            } else {
+                let opts = FolderOptions {
+                    color: cfg.color,
+                    size: cfg.size.map(|[h, w]| (h, w)),
+                    skip_bad: false,
+                };
+                let f = siam_data::load_folder(p, &opts)?;
+                Ok((format!("image folder {path}"), f.set, None))
+            }
+        }
+    }
+}
+
+/// Loads and splits the data of a run.
+pub fn load(cfg: &DataConfig, seed: u64) -> Result<Datasets> {
+    let (description, mut all, test) = load_source(cfg)?;
+    if let Some(k) = cfg.limit_per_class {
+        all = all.take_per_class(k)?;
+    }
+    let (all, test) = match test {
+        Some(t) => (all, t),
+        None => {
+            let (tr, te) = split::stratified(&all, cfg.test_fraction, seed ^ 0x7e57)?;
+            if te.is_empty() {
+                return Err(TrainError::Config(
+                    "data.test-fraction: the test split is empty".into(),
+                ));
+            }
+            (tr, te)
+        }
+    };
+    let (train, val, test) = match &cfg.holdout_classes {
+        None => {
+            let (tr, va) = split::stratified(&all, cfg.val_fraction, seed)?;
+            (tr, va, test)
+        }
+        Some(h) => {
+            let (seen, unseen) = split::class_disjoint(&all, h, seed)?;
+            let unseen_labels: Vec<u32> = (0..unseen.num_classes() as u32)
+                .filter(|c| unseen.class_counts()[*c as usize] > 0)
+                .collect();
+            let keep: Vec<usize> = (0..test.len())
+                .filter(|&i| unseen_labels.contains(&test.label(i)))
+                .collect();
+            (seen, unseen, test.subset(&keep)?)
+        }
+    };
+    for (name, s) in [("training", &train), ("validation", &val), ("test", &test)] {
+        let classes = s.class_counts().iter().filter(|&&n| n >= 2).count();
+        if classes < 2 {
+            return Err(TrainError::Config(format!(
+                "data: the {name} split of {description} has {classes} classes with two or more images; it needs at least 2"
+            )));
+        }
+    }
+    Ok(Datasets {
+        description,
+        train,
+        val,
+        test,
+    })
+}

@@ -1,0 +1,34 @@
+//! siam-train: the training loop of siam. A [`TrainConfig`] (TOML or a preset) becomes a run
+//! folder holding the resolved config, a metrics log, checkpoints, the best model with its
+//! calibrated threshold, and a test summary. Runs are seeded, reproducible on CPU and
+//! resumable exactly; the library emits [`Event`]s and prints nothing.
+//!
+//! - [`config`]: `TrainConfig` and presets (`default`, `seed`, `quick`).
+//! - [`data`]: data sources (embedded fixtures, downloaded datasets, IDX dirs, image folders).
+//! - [`optim`]: AdamW and SGD with momentum with saveable state; LR schedules with warmup.
+//! - [`evaluate`]: verification, retrieval and distance statistics of a model on a set.
+//! - [`trainer`]: [`train`], [`resume`].
+//!
+//! ```no_run
+//! use siam_train::{TrainConfig, TrainOptions, train};
+//! let cfg = TrainConfig::preset("quick")?;
+//! let summary = train(&cfg, "runs/quick".as_ref(), &TrainOptions::default(), &mut |event| {
+//!     if let siam_train::Event::Validation(v) = event {
+//!         eprintln!("step {}: MAP@R {:.3}", v.step, v.report.retrieval.map_at_r);
+//!     }
+//! })?;
+//! println!("test ROC-AUC {:.4}", summary.test.verification.roc_auc);
+//! # Ok::<(), siam_train::TrainError>(())
+//! ```
+
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod evaluate;
+pub mod optim;
+pub mod trainer;
+
+pub use config::{Metric, TrainConfig};
+pub use error::{Result, TrainError};
+pub use evaluate::{EvalReport, evaluate};
+pub use trainer::{Event, StepRecord, Summary, TrainOptions, ValidationRecord, resume, train};

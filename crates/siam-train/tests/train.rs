@@ -1,0 +1,286 @@
+//! siam-train on the embedded fixtures: config errors, determinism, exact resume, the NaN
+//! stop, early stopping and the checkpoint policy. Runs are tiny to keep the suite fast.
+
+use std::path::Path;
+
+use siam_model::{EncoderConfig, SiameseModel};
+use siam_train::config::{LossConfig, OptimizerConfig, ScheduleKind};
+use siam_train::{Event, TrainConfig, TrainError, TrainOptions, resume, train};
+
+fn tiny() -> TrainConfig {
+    let mut c = TrainConfig::preset("quick").unwrap();
+    c.data.limit_per_class = Some(40);
+    c.model.encoder = EncoderConfig::SeedCnn { embedding_dim: 16 };
+    c.batch_size = 8;
+    c.sampler = siam_data::SamplerConfig::Pk { p: 4, k: 2 };
+    c.epochs = 2;
+    c.steps_per_epoch = 4;
+    c.log_every = 2;
+    c.schedule.warmup_steps = 2;
+    c.validation.pairs = 100;
+    c.validation.test_pairs = 200;
+    c
+}
+
+fn quiet() -> impl FnMut(Event<'_>) {
+    |_| {}
+}
+
+/// metrics.jsonl without the timing fields.
+fn metrics(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("pairs_per_s");
+            o.remove("eta_s");
+            v
+        })
+        .collect()
+}
+
+fn weights(p: &Path) -> Vec<f32> {
+    let m = SiameseModel::load(p, &candle_core::Device::Cpu).unwrap();
+    let data = m.varmap().data().lock().unwrap();
+    let mut names: Vec<_> = data.keys().cloned().collect();
+    names.sort();
+    names
+        .iter()
+        .flat_map(|n| {
+            data[n]
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let p = Path::new("run.toml");
+    let text = tiny().to_toml();
+    assert_eq!(TrainConfig::from_toml(&text, p).unwrap(), tiny());
+    let e = TrainConfig::from_toml(&text.replace("log-every", "log-evry"), p)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("run.toml") && e.contains("log-evry"), "{e}");
+    let e = TrainConfig::from_toml(&text.replace("epochs = 2", "epochs = \"two\""), p)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("epochs"), "{e}");
+    let mut c = tiny();
+    c.loss = LossConfig::Contrastive {
+        margin: 0.0,
+        pos_margin: 0.0,
+    };
+    assert!(
+        c.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("loss.margin")
+    );
+    let mut c = tiny();
+    c.sampler = siam_data::SamplerConfig::default();
+    c.batch_size = 1;
+    assert!(c.validate().unwrap_err().to_string().contains("batch-size"));
+    let mut c = tiny();
+    c.loss = LossConfig::Triplet {
+        margin: 0.2,
+        mining: Default::default(),
+    };
+    c.sampler = siam_data::SamplerConfig::default();
+    assert!(
+        c.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("sampler.kind")
+    );
+    assert!(
+        TrainConfig::preset("nope")
+            .unwrap_err()
+            .to_string()
+            .contains("known: default, seed, quick")
+    );
+    // A P×K batch larger than the data's classes, and a held-out split leaving one class.
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = tiny();
+    c.sampler = siam_data::SamplerConfig::Pk { p: 11, k: 2 };
+    let e = train(
+        &c,
+        &dir.path().join("a"),
+        &TrainOptions::default(),
+        &mut quiet(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("P=11"), "{e}");
+    let mut c = tiny();
+    c.data.holdout_classes = Some(siam_data::split::Holdout::Count(9));
+    let e = train(
+        &c,
+        &dir.path().join("b"),
+        &TrainOptions::default(),
+        &mut quiet(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("1 seen"), "{e}");
+}
+
+#[test]
+fn a_run_fills_its_folder_and_learns() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let mut events = 0;
+    let s = train(&tiny(), &run, &TrainOptions::default(), &mut |_| {
+        events += 1
+    })
+    .unwrap();
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "model.safetensors",
+        "summary.json",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    assert!(events > 5);
+    assert_eq!(s.steps, 8);
+    let m = SiameseModel::load(&s.model, &candle_core::Device::Cpu).unwrap();
+    assert!(m.meta().threshold.is_some() && m.meta().distance_quantiles.is_some());
+    // Even 8 tiny steps beat chance on the test pairs.
+    assert!(
+        s.test.verification.roc_auc > 0.6,
+        "{:?}",
+        s.test.verification
+    );
+    // The resolved config can be read back, with the computed normalisation.
+    let back = TrainConfig::from_file(&run.join("config.toml")).unwrap();
+    assert!(back.data.mean.is_some());
+    // An existing run folder is never overwritten.
+    let e = train(&tiny(), &run, &TrainOptions::default(), &mut quiet())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("exists"), "{e}");
+}
+
+#[test]
+fn same_seed_same_metrics_and_exact_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny();
+    cfg.sampler = siam_data::SamplerConfig::default(); // pairs, with augmentation
+    cfg.augment = siam_data::AugmentConfig {
+        hflip: true,
+        rotate_degrees: 10.0,
+        crop_padding: 2,
+        ..Default::default()
+    };
+    let (a, b, c) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("c"),
+    );
+    train(&cfg, &a, &TrainOptions::default(), &mut quiet()).unwrap();
+    train(&cfg, &b, &TrainOptions::default(), &mut quiet()).unwrap();
+    assert_eq!(metrics(&a), metrics(&b));
+    assert_eq!(
+        weights(&a.join("model.safetensors")),
+        weights(&b.join("model.safetensors"))
+    );
+    // Interrupted mid-epoch 2 (after step 6), then resumed: identical to the uninterrupted run.
+    let stop = TrainOptions {
+        stop_after: Some(6),
+        ..Default::default()
+    };
+    let e = train(&cfg, &c, &stop, &mut quiet()).unwrap_err();
+    assert!(matches!(e, TrainError::Interrupted { step: 6, .. }), "{e}");
+    let s = resume(&c, &TrainOptions::default(), &mut quiet()).unwrap();
+    assert_eq!(s.steps, 8);
+    assert_eq!(metrics(&a), metrics(&c));
+    assert_eq!(
+        weights(&a.join("model.safetensors")),
+        weights(&c.join("model.safetensors"))
+    );
+    // A different seed gives a different run.
+    let mut other = cfg.clone();
+    other.seed = 7;
+    train(
+        &other,
+        &dir.path().join("d"),
+        &TrainOptions::default(),
+        &mut quiet(),
+    )
+    .unwrap();
+    assert_ne!(metrics(&a), metrics(&dir.path().join("d")));
+}
+
+#[test]
+fn a_diverging_run_stops_with_the_step_and_a_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny();
+    cfg.optimizer = OptimizerConfig::Sgd {
+        lr: 1e30,
+        momentum: 0.9,
+        weight_decay: 0.0,
+    };
+    cfg.schedule.warmup_steps = 0;
+    let e = train(
+        &cfg,
+        &dir.path().join("nan"),
+        &TrainOptions::default(),
+        &mut quiet(),
+    )
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, TrainError::Diverged(_)), "{msg}");
+    assert!(
+        msg.contains("step ") && msg.contains("learning rate") && msg.contains("checkpoint"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn early_stopping_and_checkpoint_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = tiny();
+    cfg.epochs = 5;
+    cfg.steps_per_epoch = 2;
+    // A learning rate too small to change anything: the metric never improves.
+    cfg.optimizer = OptimizerConfig::Adamw {
+        lr: 1e-30,
+        weight_decay: 0.0,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+    };
+    cfg.schedule.kind = ScheduleKind::Constant;
+    cfg.validation.patience = Some(2);
+    cfg.checkpoint.keep_last = 1;
+    let run = dir.path().join("es");
+    let mut stopped = None;
+    let s = train(&cfg, &run, &TrainOptions::default(), &mut |e| {
+        if let Event::EarlyStop { step, best_step } = e {
+            stopped = Some((step, best_step));
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        stopped,
+        Some((6, 2)),
+        "best at epoch 1, two more validations without improvement"
+    );
+    assert_eq!(s.steps, 6);
+    // Kept: the last checkpoint and the best model's.
+    let names: Vec<String> = siam_train::trainer::checkpoints(&run)
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["step-00000002.safetensors", "step-00000006.safetensors"]
+    );
+}
