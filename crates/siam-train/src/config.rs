@@ -335,7 +335,7 @@ impl TrainConfig {
         match name {
             "seed" => Ok(base),
             "default" => Ok(Self {
-                sampler: SamplerConfig::Pk { p: 16, k: 4 },
+                sampler: SamplerConfig::Pk { p: 8, k: 8 },
                 augment: AugmentConfig {
                     hflip: true,
                     crop_padding: 2,

@@ -255,12 +255,14 @@ pub fn train(
             "the run folder exists and is not empty; choose another --out, or resume it",
         ));
     }
-    std::fs::create_dir_all(checkpoint_dir(dir))
-        .map_err(|e| TrainError::run(dir, format!("cannot create the run folder: {e}")))?;
+    // Everything that can fail on the inputs fails before the run folder exists.
     let data = data::load(&cfg.data, cfg.seed)?;
+    cfg.sampler.build(&data.train, cfg.batch_size, cfg.seed)?;
     let device = siam_model::parse_device(&cfg.device)?;
     let mcfg = model_config(cfg, &data.train);
     let model = SiameseModel::new(&mcfg, derive_seed(cfg.seed, &[stream::INIT]), &device)?;
+    std::fs::create_dir_all(checkpoint_dir(dir))
+        .map_err(|e| TrainError::run(dir, format!("cannot create the run folder: {e}")))?;
     let mut resolved = cfg.clone();
     resolved.data.mean = Some(mcfg.input.mean.clone());
     resolved.data.std = Some(mcfg.input.std.clone());

@@ -1,0 +1,360 @@
+//! One function per command: resolve inputs, call the libraries, render.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use candle_core::{Device, Tensor};
+use siam_data::ColorMode;
+use siam_model::SiameseModel;
+use siam_train::config::{DataConfig, LossConfig, OptimizerConfig};
+use siam_train::evaluate::{EvalSpec, eval_pairs, evaluate};
+use siam_train::{TrainConfig, TrainOptions};
+
+use crate::cli::{Cli, Command, CompareArgs, EmbedArgs, EvalArgs, InfoArgs, ModelArg, SearchArgs, TrainArgs};
+use crate::render;
+
+/// The model shipped with siam (trained on Fashion-MNIST by `cargo xtask fixtures`).
+pub const SHIPPED_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/models/fashion-mnist.safetensors");
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(a) => train(a),
+        Command::Compare(a) => compare(a),
+        Command::Embed(a) => embed(a),
+        Command::Search(a) => search(a),
+        Command::Eval(a) => eval(a),
+        Command::Info(a) => info(a),
+    }
+}
+
+fn utc_stamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&stop);
+    // A second Ctrl-C is not caught: the default handler ends the process.
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step (a checkpoint is written); Ctrl-C again to abort");
+    });
+    let opts = TrainOptions { stop: Some(stop), ..Default::default() };
+    let mut progress = render::Progress::new();
+    let summary = if let Some(dir) = &a.resume {
+        siam_train::resume(dir, &opts, &mut |e| progress.on(e))?
+    } else {
+        let (mut cfg, name) = match (&a.config, &a.preset) {
+            (Some(p), _) => (TrainConfig::from_file(p)?, p.file_stem().map_or("run".into(), |s| s.to_string_lossy().into_owned())),
+            (None, Some(p)) => (TrainConfig::preset(p)?, p.clone()),
+            (None, None) => (TrainConfig::preset("default")?, "default".into()),
+        };
+        if let Some(d) = &a.data {
+            cfg.data.source = d.clone();
+        }
+        if let Some(v) = a.epochs {
+            cfg.epochs = v;
+        }
+        if let Some(v) = a.steps_per_epoch {
+            cfg.steps_per_epoch = v;
+        }
+        if let Some(v) = a.batch_size {
+            cfg.batch_size = v;
+        }
+        if let Some(v) = a.seed {
+            cfg.seed = v;
+        }
+        if let Some(v) = &a.device {
+            cfg.device = v.clone();
+        }
+        if let Some(m) = a.margin {
+            match &mut cfg.loss {
+                LossConfig::Contrastive { margin, .. } | LossConfig::Triplet { margin, .. } => *margin = m,
+                LossConfig::Bce => bail!("--margin: the bce loss has no margin"),
+            }
+        }
+        if let Some(v) = a.lr {
+            match &mut cfg.optimizer {
+                OptimizerConfig::Adamw { lr, .. } | OptimizerConfig::Sgd { lr, .. } => *lr = v,
+            }
+        }
+        cfg.validate()?;
+        let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("{name}-{}", utc_stamp())));
+        siam_train::train(&cfg, &out, &opts, &mut |e| progress.on(e))?
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!("test metrics of the best model (step {}, {} steps run, {:.0}s):", summary.best_step, summary.steps, summary.wall_s);
+        print!("{}", render::table(&summary.test));
+        println!("model: {}", summary.model.display());
+        println!("run folder: {}", summary.run_dir.display());
+    }
+    Ok(())
+}
+
+/// Finds the model to use, and says where it came from.
+fn resolve_model(m: &ModelArg) -> Result<(PathBuf, &'static str)> {
+    if let Some(p) = &m.model {
+        return Ok((p.clone(), "--model"));
+    }
+    if let Some(p) = std::env::var_os("SIAM_MODEL") {
+        return Ok((PathBuf::from(p), "$SIAM_MODEL"));
+    }
+    let newest = std::fs::read_dir("runs").ok().and_then(|rd| {
+        rd.filter_map(|e| e.ok())
+            .map(|e| e.path().join("model.safetensors"))
+            .filter(|p| p.is_file())
+            .max_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    });
+    if let Some(p) = newest {
+        return Ok((p, "the newest run in runs/"));
+    }
+    let shipped = PathBuf::from(SHIPPED_MODEL);
+    if shipped.is_file() {
+        return Ok((shipped, "the shipped Fashion-MNIST model"));
+    }
+    bail!("no model given: pass --model FILE, set SIAM_MODEL, or train one with `siam train`")
+}
+
+fn load(m: &ModelArg) -> Result<(SiameseModel, PathBuf, &'static str)> {
+    let (path, source) = resolve_model(m)?;
+    let device = siam_model::parse_device(&m.device)?;
+    let model = SiameseModel::load(&path, &device)?;
+    Ok((model, path, source))
+}
+
+fn compare(a: CompareArgs) -> Result<()> {
+    let (model, path, source) = load(&a.model)?;
+    let c = model.compare_paths(&a.a, &a.b)?;
+    let ranks = model.meta().distance_quantiles.as_ref().map(|q| {
+        (siam_eval::stats::rank_in(&q.same, c.distance), siam_eval::stats::rank_in(&q.different, c.distance))
+    });
+    if a.json {
+        let mut o = serde_json::json!({
+            "distance": c.distance,
+            "threshold": c.threshold,
+            "same": c.same,
+            "model": path,
+            "model_source": source,
+        });
+        if let Some((s, d)) = ranks {
+            o["same_pairs_closer"] = s.into();
+            o["different_pairs_closer"] = d.into();
+        }
+        println!("{o}");
+        return Ok(());
+    }
+    println!("model: {} ({source})", path.display());
+    match (c.threshold, c.same) {
+        (Some(t), Some(same)) => println!(
+            "distance {:.4}  threshold {t:.4}  →  {}",
+            c.distance,
+            if same { "same" } else { "different" }
+        ),
+        _ => println!("distance {:.4}  (the model has no calibrated threshold: no verdict)", c.distance),
+    }
+    if let Some((s, d)) = ranks {
+        println!(
+            "{:.0}% of validation same-class pairs and {:.0}% of different-class pairs are closer than this",
+            100.0 * s,
+            100.0 * d
+        );
+    }
+    Ok(())
+}
+
+/// Image files under `inputs` (files as given, folders recursively), sorted per folder.
+fn image_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("{}: cannot read the folder", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        entries.sort();
+        for p in entries {
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if siam_data::folder::is_image_file(&p) {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for p in inputs {
+        if p.is_dir() {
+            walk(p, &mut out)?;
+        } else if p.is_file() {
+            out.push(p.clone());
+        } else {
+            bail!("{}: no such file or folder", p.display());
+        }
+    }
+    if out.is_empty() {
+        bail!("no .png, .jpg or .jpeg image among the inputs");
+    }
+    Ok(out)
+}
+
+fn embed_files(model: &SiameseModel, files: &[PathBuf]) -> Result<Tensor> {
+    let mut parts = Vec::new();
+    for chunk in files.chunks(256) {
+        let xs = chunk.iter().map(|f| model.load_image(f)).collect::<siam_model::Result<Vec<_>>>()?;
+        parts.push(model.embed(&Tensor::cat(&xs, 0)?)?);
+    }
+    Ok(Tensor::cat(&parts, 0)?)
+}
+
+fn embed(a: EmbedArgs) -> Result<()> {
+    let (model, path, _) = load(&a.model)?;
+    let files = image_files(&a.inputs)?;
+    let e = embed_files(&model, &files)?.to_device(&Device::Cpu)?;
+    let ext = a.out.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let bytes = match ext {
+        "csv" => {
+            let rows: Vec<Vec<f32>> = e.to_vec2()?;
+            let mut s = String::from("file");
+            for j in 0..rows.first().map_or(0, Vec::len) {
+                s.push_str(&format!(",e{j}"));
+            }
+            s.push('\n');
+            for (f, r) in files.iter().zip(rows) {
+                let name = f.display().to_string();
+                if name.contains([',', '"', '\n']) {
+                    s.push_str(&format!("\"{}\"", name.replace('"', "\"\"")));
+                } else {
+                    s.push_str(&name);
+                }
+                for v in r {
+                    s.push_str(&format!(",{v}"));
+                }
+                s.push('\n');
+            }
+            s.into_bytes()
+        }
+        "safetensors" => {
+            let meta = std::collections::HashMap::from([
+                ("files".to_string(), serde_json::to_string(&files)?),
+                ("model".to_string(), path.display().to_string()),
+            ]);
+            safetensors::serialize([("embeddings", &e)], Some(meta))?
+        }
+        _ => bail!("{}: the output must end in .safetensors or .csv", a.out.display()),
+    };
+    siam_model::model::write_atomic(&a.out, &bytes).with_context(|| format!("{}: cannot write", a.out.display()))?;
+    eprintln!("wrote {} embeddings of dimension {} to {}", files.len(), e.dim(1)?, a.out.display());
+    Ok(())
+}
+
+fn search(a: SearchArgs) -> Result<()> {
+    let (model, path, source) = load(&a.model)?;
+    let files = image_files(std::slice::from_ref(&a.gallery))?;
+    let g = embed_files(&model, &files)?;
+    let q = model.embed_path(&a.query)?;
+    let d: Vec<f32> = model.distance_kind().pairwise(&q, &g)?.squeeze(0)?.to_device(&Device::Cpu)?.to_vec1()?;
+    let mut order: Vec<usize> = (0..d.len()).collect();
+    order.sort_by(|&i, &j| d[i].total_cmp(&d[j]).then(i.cmp(&j)));
+    let t = model.meta().threshold;
+    let hits: Vec<serde_json::Value> = order
+        .iter()
+        .take(a.k)
+        .map(|&i| serde_json::json!({"file": files[i], "distance": d[i], "same": t.map(|t| d[i] <= t)}))
+        .collect();
+    if a.json {
+        println!("{}", serde_json::json!({"model": path, "query": a.query, "results": hits}));
+        return Ok(());
+    }
+    println!("model: {} ({source}); {} gallery images", path.display(), files.len());
+    for (rank, &i) in order.iter().take(a.k).enumerate() {
+        let verdict = match t {
+            Some(t) if d[i] <= t => "same",
+            Some(_) => "different",
+            None => "",
+        };
+        println!("{:>3}  {:.4}  {:<9}  {}", rank + 1, d[i], verdict, files[i].display());
+    }
+    Ok(())
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let (model, path, source) = load(&a.model)?;
+    let input = model.config().input.clone();
+    let data = DataConfig {
+        source: a.data.clone(),
+        val_fraction: 0.1,
+        holdout_classes: None,
+        test_fraction: 0.2,
+        limit_per_class: None,
+        color: if input.channels == 3 { ColorMode::Rgb } else { ColorMode::Gray },
+        size: Some([input.height, input.width]),
+        mean: None,
+        std: None,
+    };
+    let (description, all, test) = siam_train::data::load_source(&data)?;
+    let set = test.unwrap_or(all);
+    let s = set.shape();
+    if (s.channels, s.height, s.width) != (input.channels, input.height, input.width) {
+        bail!(
+            "{}: images are {}x{}x{} but the model takes {}x{}x{}",
+            a.data, s.channels, s.height, s.width, input.channels, input.height, input.width
+        );
+    }
+    let pairs = eval_pairs(&set, a.pairs, a.seed)?;
+    let transform = siam_data::Transform::eval(Some(siam_data::Normalize { mean: input.mean, std: input.std }));
+    let threshold = model.meta().threshold;
+    let spec = EvalSpec { loss: None, calibration: Default::default(), threshold };
+    let r = evaluate(&model, &set, &pairs, &transform, &spec)?;
+    let tsource = if threshold.is_some() { "model" } else { "calibrated-on-this-data" };
+    if a.json {
+        println!("{}", render::eval_json(&r, &path.display().to_string(), tsource));
+    } else {
+        println!("model: {} ({source})", path.display());
+        println!("data: {description}");
+        print!("{}", render::table(&r));
+        if threshold.is_none() {
+            println!("  (no stored threshold: accuracies use the best threshold on this data, an optimistic figure)");
+        }
+    }
+    Ok(())
+}
+
+fn info(a: InfoArgs) -> Result<()> {
+    let m = siam_model::read_model_meta(&a.model)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+        return Ok(());
+    }
+    let c = &m.config;
+    let i = &c.input;
+    println!("file:          {}", a.model.display());
+    println!("format:        {}", m.format_version);
+    println!("encoder:       {} ({})", c.encoder.kind(), serde_json::to_string(&c.encoder)?);
+    println!("input:         {}x{}x{}, mean {:?}, std {:?}", i.channels, i.height, i.width, i.mean, i.std);
+    println!("embedding:     {} dimensions{}", m.embedding_dim, if c.normalize { ", L2-normalised" } else { "" });
+    println!("distance:      {}", c.distance.name());
+    match m.threshold {
+        Some(t) => println!("threshold:     {t:.4} (same when distance ≤ threshold)"),
+        None => println!("threshold:     none (not calibrated)"),
+    }
+    if let Some(t) = &m.training {
+        println!("training:      {t}");
+    }
+    Ok(())
+}

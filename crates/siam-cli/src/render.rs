@@ -1,0 +1,128 @@
+//! Terminal rendering: training progress (a bar on a terminal, plain lines otherwise) and
+//! result tables.
+
+use std::io::IsTerminal;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use siam_train::{EvalReport, Event};
+
+/// Renders training events on stderr.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+}
+
+impl Progress {
+    pub fn new() -> Self {
+        Self { bar: None }
+    }
+
+    fn line(&self, s: String) {
+        match &self.bar {
+            Some(b) => b.println(s),
+            None => eprintln!("{s}"),
+        }
+    }
+
+    pub fn on(&mut self, e: Event<'_>) {
+        match e {
+            Event::Started { run_dir, data, sizes, parameters, total_steps, start_step } => {
+                eprintln!("run folder: {}", run_dir.display());
+                eprintln!("data: {data} ({} train, {} validation, {} test images)", sizes[0], sizes[1], sizes[2]);
+                eprintln!("model: {parameters} trainable parameters; {total_steps} steps");
+                if start_step > 0 {
+                    eprintln!("resuming at step {start_step}");
+                }
+                if std::io::stdout().is_terminal() && std::io::stderr().is_terminal() {
+                    let b = ProgressBar::new(total_steps);
+                    b.set_style(
+                        ProgressStyle::with_template("{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]")
+                            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    );
+                    b.set_position(start_step);
+                    self.bar = Some(b);
+                }
+            }
+            Event::Step(r) => {
+                let msg = format!("epoch {} loss {:.4} lr {:.2e} {:.0} pairs/s", r.epoch, r.loss, r.lr, r.pairs_per_s);
+                match &self.bar {
+                    Some(b) => {
+                        b.set_position(r.step);
+                        b.set_message(msg);
+                    }
+                    None => eprintln!("step {:>6}  {msg}  eta {:.0}s", r.step, r.eta_s),
+                }
+            }
+            Event::Validation(v) => {
+                let r = &v.report;
+                self.line(format!(
+                    "validation @ step {}: ROC-AUC {:.4}  EER {:.4}  P@1 {:.4}  MAP@R {:.4}  threshold {:.4}{}",
+                    v.step,
+                    r.verification.roc_auc,
+                    r.verification.eer,
+                    r.retrieval.precision_at_1,
+                    r.retrieval.map_at_r,
+                    r.verification.threshold,
+                    if v.best { "  (best: saved)" } else { "" }
+                ));
+            }
+            Event::Checkpoint { .. } => {}
+            Event::EarlyStop { step, best_step } => {
+                self.line(format!("early stop at step {step}: no improvement since step {best_step}"));
+            }
+            Event::Testing => {
+                if let Some(b) = self.bar.take() {
+                    b.finish_and_clear();
+                }
+                eprintln!("testing the best model...");
+            }
+        }
+    }
+}
+
+/// A metrics table.
+pub fn table(r: &EvalReport) -> String {
+    let v = &r.verification;
+    let q = &r.retrieval;
+    let s = &r.stats;
+    let rows = [
+        ("pairs", format!("{}", v.pairs)),
+        ("images", format!("{}", r.images)),
+        ("ROC-AUC", format!("{:.4}", v.roc_auc)),
+        ("EER", format!("{:.4}", v.eer)),
+        ("TAR @ FAR 1e-2", format!("{:.4}", v.tar_at_far_1e2)),
+        ("TAR @ FAR 1e-3", format!("{:.4}", v.tar_at_far_1e3)),
+        ("threshold", format!("{:.4}", v.threshold)),
+        ("accuracy", format!("{:.4}", v.accuracy)),
+        ("balanced accuracy", format!("{:.4}", v.balanced_accuracy)),
+        ("precision@1", format!("{:.4}", q.precision_at_1)),
+        ("R-precision", format!("{:.4}", q.r_precision)),
+        ("MAP@R", format!("{:.4}", q.map_at_r)),
+        ("same distance", format!("{:.4} ± {:.4}", s.same_mean, s.same_std)),
+        ("different distance", format!("{:.4} ± {:.4}", s.different_mean, s.different_std)),
+    ];
+    rows.iter().map(|(k, v)| format!("  {k:<20} {v}\n")).collect()
+}
+
+/// The JSON object `siam eval --json` prints (stable keys).
+pub fn eval_json(r: &EvalReport, model: &str, threshold_source: &str) -> serde_json::Value {
+    let v = &r.verification;
+    let q = &r.retrieval;
+    serde_json::json!({
+        "model": model,
+        "roc_auc": v.roc_auc,
+        "eer": v.eer,
+        "tar_at_far_1e2": v.tar_at_far_1e2,
+        "tar_at_far_1e3": v.tar_at_far_1e3,
+        "accuracy": v.accuracy,
+        "balanced_accuracy": v.balanced_accuracy,
+        "threshold": v.threshold,
+        "threshold_source": threshold_source,
+        "precision_at_1": q.precision_at_1,
+        "r_precision": q.r_precision,
+        "map_at_r": q.map_at_r,
+        "pairs": v.pairs,
+        "images": r.images,
+        "same_distance_mean": r.stats.same_mean,
+        "different_distance_mean": r.stats.different_mean,
+    })
+}
