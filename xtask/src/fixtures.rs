@@ -25,6 +25,9 @@ pub struct Args {
     /// PNG images per class in the image-folder fixture.
     #[arg(long, default_value_t = 4)]
     png_per_class: usize,
+    /// Keep the shipped model as it is (training it takes about 20 minutes on 2 cores).
+    #[arg(long)]
+    skip_model: bool,
 }
 
 /// Folder-safe class name: lower case, '/' and spaces to '-'.

@@ -1,6 +1,10 @@
 //! `cargo xtask`: project automation for siam. Run `cargo xtask --help` for the commands.
 
+mod bench;
+mod cuda;
+mod download;
 mod fixtures;
+mod train;
 
 use std::path::{Path, PathBuf};
 
@@ -15,22 +19,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Regenerate fixtures/ from the full Fashion-MNIST (Debian's dataset-fashion-mnist).
+    /// Train the default recipe: full Fashion-MNIST when present, else the embedded fixtures.
+    Train(train::Args),
+    /// Download and verify a dataset (fashion-mnist, mnist).
+    Download(download::Args),
+    /// Measure training, inference, loader and compare speed; writes target/bench/latest.json.
+    Bench(bench::Args),
+    /// Regenerate fixtures/ (data subset, PNGs, shipped model) from the full Fashion-MNIST.
     Fixtures(fixtures::Args),
+    /// Compile the workspace with the CUDA feature (no GPU needed; installs nvcc from PyPI).
+    CheckCuda(cuda::Args),
 }
 
 /// The workspace root, found from this crate's manifest directory.
 pub fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
 }
 
 fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
+        Cmd::Train(a) => train::run(&a),
+        Cmd::Download(a) => download::run(&a),
+        Cmd::Bench(a) => bench::run(&a),
         Cmd::Fixtures(a) => fixtures::run(&a),
+        Cmd::CheckCuda(a) => cuda::run(&a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

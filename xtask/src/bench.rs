@@ -1,0 +1,177 @@
+//! `cargo xtask bench`: training pairs/s, inference images/s, loader images/s and `compare`
+//! latency of the seed CNN at 28×28; writes `target/bench/latest.json` and prints a table.
+//! With `--device cuda` (or metal) it re-runs itself built with that feature.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use candle_core::Tensor;
+use siam_data::{AugmentConfig, Loader, LoaderConfig, Normalize, SamplerConfig, Transform};
+use siam_model::{Distance, EncoderConfig, InputSpec, ModelConfig, SiameseModel, loss};
+use siam_train::config::OptimizerConfig;
+use siam_train::optim::Optimizer;
+
+use crate::project_root;
+
+/// Options of `cargo xtask bench`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// cpu, cuda or metal.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Pairs per training step.
+    #[arg(long, default_value_t = 128)]
+    pairs: usize,
+    /// Images per inference batch.
+    #[arg(long, default_value_t = 1024)]
+    infer_batch: usize,
+    /// Timed repetitions of each measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Print the JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn time<F: FnMut() -> Result<()>>(reps: usize, mut f: F) -> Result<Vec<f64>> {
+    f()?; // warm-up
+    (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f()?;
+            Ok(t.elapsed().as_secs_f64())
+        })
+        .collect()
+}
+
+fn sync(t: &Tensor) -> Result<()> {
+    t.device().synchronize()?;
+    Ok(())
+}
+
+pub fn run(a: &Args) -> Result<()> {
+    let wants = a.device.split(':').next().unwrap_or("cpu");
+    let built = match wants {
+        "cuda" => cfg!(feature = "cuda"),
+        "metal" => cfg!(feature = "metal"),
+        "cpu" => true,
+        other => bail!("--device {other}: expected cpu, cuda or metal"),
+    };
+    if !built {
+        // Rebuild xtask with the matching candle feature and run the same command.
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(project_root())
+            .args(["run", "--release", "-q", "-p", "xtask", "--features", wants, "--"])
+            .args(&args)
+            .status()
+            .context("cannot run cargo")?;
+        if !status.success() {
+            bail!("the {wants} benchmark failed ({status})");
+        }
+        return Ok(());
+    }
+    let device = siam_model::parse_device(&a.device)?;
+    let cfg = ModelConfig {
+        encoder: EncoderConfig::SeedCnn { embedding_dim: 128 },
+        input: InputSpec::fashion_mnist(),
+        normalize: false,
+        distance: Distance::Euclidean,
+        pair_head: false,
+    };
+    let model = SiameseModel::new(&cfg, 1, &device)?;
+    let n = a.pairs;
+    let imgs = |k: usize, seed: u64| -> Result<Tensor> {
+        let v: Vec<f32> = (0..k * 784).map(|i| (((i as u64 * 2654435761 + seed) % 997) as f32) / 997.0).collect();
+        Ok(Tensor::from_vec(v, (k, 1, 28, 28), &device)?)
+    };
+    let (xa, xb) = (imgs(n, 1)?, imgs(n, 2)?);
+    let same = Tensor::from_vec((0..n).map(|i| (i % 2) as f32).collect::<Vec<_>>(), n, &device)?;
+    let vars: Vec<(String, candle_core::Var)> = {
+        let d = model.varmap().data().lock().expect("var map");
+        d.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    };
+    let mut opt = Optimizer::new(OptimizerConfig::Adamw { lr: 1e-3, weight_decay: 0.0, beta1: 0.9, beta2: 0.999, eps: 1e-8 }, vars);
+    let steps = 5;
+    let train = time(a.reps, || {
+        for _ in 0..steps {
+            let e = model.forward_t(&Tensor::cat(&[&xa, &xb], 0)?, true)?;
+            let d = model.distance(&e.narrow(0, 0, n)?, &e.narrow(0, n, n)?)?;
+            let l = loss::contrastive(&d, &same, 2.0)?;
+            let g = l.backward()?;
+            opt.step(&g, 1e-3)?;
+        }
+        sync(&xa)
+    })?;
+    let train_pairs_per_s = (steps * n) as f64 / median(train);
+    let xi = imgs(a.infer_batch, 3)?;
+    let infer = time(a.reps, || sync(&model.embed(&xi)?))?;
+    let infer_images_per_s = a.infer_batch as f64 / median(infer);
+
+    let set = siam_train::data::fixtures()?.0;
+    let loader_batches = 20u64;
+    let loader = time(a.reps, || {
+        let sampler = SamplerConfig::default().build(&set, n, 3)?;
+        let t = Transform {
+            augment: AugmentConfig { hflip: true, rotate_degrees: 10.0, crop_padding: 2, ..AugmentConfig::none() },
+            normalize: Some(Normalize { mean: vec![0.286], std: vec![0.353] }),
+            seed: 1,
+        };
+        let cfg = LoaderConfig { batches_per_epoch: loader_batches, epochs: Some(1), threads: None, ..Default::default() };
+        for b in Loader::spawn(set.clone(), sampler, t, cfg)? {
+            b?;
+        }
+        Ok(())
+    })?;
+    let loader_images_per_s = (loader_batches as usize * 2 * n) as f64 / median(loader);
+
+    let png = project_root().join("fixtures/fashion-mnist-png");
+    let (pa, pb) = (png.join("bag/00.png"), png.join("trouser/00.png"));
+    let compare = time(a.reps * 4, || {
+        model.compare_paths(&pa, &pb)?;
+        Ok(())
+    })?;
+    let compare_ms = 1000.0 * median(compare);
+
+    let out = serde_json::json!({
+        "device": a.device,
+        "device_detail": format!("{device:?}"),
+        "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "network": "seed-cnn 28x28, embedding 128",
+        "train_batch_pairs": n,
+        "infer_batch_images": a.infer_batch,
+        "loader_batch_pairs": n,
+        "train_pairs_per_s": train_pairs_per_s,
+        "infer_images_per_s": infer_images_per_s,
+        "loader_images_per_s": loader_images_per_s,
+        "compare_ms": compare_ms,
+        "reps": a.reps,
+    });
+    let dir = project_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("latest.json");
+    siam_model::model::write_atomic(&path, serde_json::to_string_pretty(&out)?.as_bytes())?;
+    if a.json {
+        println!("{out}");
+    } else {
+        println!("siam benchmark on {} ({} threads), medians of {} runs", a.device, out["threads"], a.reps);
+        println!("  training       {train_pairs_per_s:>10.0} pairs/s    (seed CNN, {n} pairs per step, contrastive, AdamW)");
+        println!("  inference      {infer_images_per_s:>10.0} images/s   (batch {})", a.infer_batch);
+        println!("  loader         {loader_images_per_s:>10.0} images/s   (pairs, flip + rotation + crop)");
+        println!("  compare        {compare_ms:>10.2} ms         (two PNG files, decode to verdict)");
+        println!("written to {}", show(&path));
+    }
+    Ok(())
+}
+
+fn show(p: &Path) -> String {
+    p.strip_prefix(project_root()).unwrap_or(p).display().to_string()
+}
+
