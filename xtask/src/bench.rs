@@ -69,7 +69,16 @@ pub fn run(a: &Args) -> Result<()> {
         let args: Vec<String> = std::env::args().skip(1).collect();
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .current_dir(project_root())
-            .args(["run", "--release", "-q", "-p", "xtask", "--features", wants, "--"])
+            .args([
+                "run",
+                "--release",
+                "-q",
+                "-p",
+                "xtask",
+                "--features",
+                wants,
+                "--",
+            ])
             .args(&args)
             .status()
             .context("cannot run cargo")?;
@@ -89,16 +98,31 @@ pub fn run(a: &Args) -> Result<()> {
     let model = SiameseModel::new(&cfg, 1, &device)?;
     let n = a.pairs;
     let imgs = |k: usize, seed: u64| -> Result<Tensor> {
-        let v: Vec<f32> = (0..k * 784).map(|i| (((i as u64 * 2654435761 + seed) % 997) as f32) / 997.0).collect();
+        let v: Vec<f32> = (0..k * 784)
+            .map(|i| (((i as u64 * 2654435761 + seed) % 997) as f32) / 997.0)
+            .collect();
         Ok(Tensor::from_vec(v, (k, 1, 28, 28), &device)?)
     };
     let (xa, xb) = (imgs(n, 1)?, imgs(n, 2)?);
-    let same = Tensor::from_vec((0..n).map(|i| (i % 2) as f32).collect::<Vec<_>>(), n, &device)?;
+    let same = Tensor::from_vec(
+        (0..n).map(|i| (i % 2) as f32).collect::<Vec<_>>(),
+        n,
+        &device,
+    )?;
     let vars: Vec<(String, candle_core::Var)> = {
         let d = model.varmap().data().lock().expect("var map");
         d.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     };
-    let mut opt = Optimizer::new(OptimizerConfig::Adamw { lr: 1e-3, weight_decay: 0.0, beta1: 0.9, beta2: 0.999, eps: 1e-8 }, vars);
+    let mut opt = Optimizer::new(
+        OptimizerConfig::Adamw {
+            lr: 1e-3,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        },
+        vars,
+    );
     let steps = 5;
     let train = time(a.reps, || {
         for _ in 0..steps {
@@ -120,11 +144,24 @@ pub fn run(a: &Args) -> Result<()> {
     let loader = time(a.reps, || {
         let sampler = SamplerConfig::default().build(&set, n, 3)?;
         let t = Transform {
-            augment: AugmentConfig { hflip: true, rotate_degrees: 10.0, crop_padding: 2, ..AugmentConfig::none() },
-            normalize: Some(Normalize { mean: vec![0.286], std: vec![0.353] }),
+            augment: AugmentConfig {
+                hflip: true,
+                rotate_degrees: 10.0,
+                crop_padding: 2,
+                ..AugmentConfig::none()
+            },
+            normalize: Some(Normalize {
+                mean: vec![0.286],
+                std: vec![0.353],
+            }),
             seed: 1,
         };
-        let cfg = LoaderConfig { batches_per_epoch: loader_batches, epochs: Some(1), threads: None, ..Default::default() };
+        let cfg = LoaderConfig {
+            batches_per_epoch: loader_batches,
+            epochs: Some(1),
+            threads: None,
+            ..Default::default()
+        };
         for b in Loader::spawn(set.clone(), sampler, t, cfg)? {
             b?;
         }
@@ -161,17 +198,31 @@ pub fn run(a: &Args) -> Result<()> {
     if a.json {
         println!("{out}");
     } else {
-        println!("siam benchmark on {} ({} threads), medians of {} runs", a.device, out["threads"], a.reps);
-        println!("  training       {train_pairs_per_s:>10.0} pairs/s    (seed CNN, {n} pairs per step, contrastive, AdamW)");
-        println!("  inference      {infer_images_per_s:>10.0} images/s   (batch {})", a.infer_batch);
-        println!("  loader         {loader_images_per_s:>10.0} images/s   (pairs, flip + rotation + crop)");
-        println!("  compare        {compare_ms:>10.2} ms         (two PNG files, decode to verdict)");
+        println!(
+            "siam benchmark on {} ({} threads), medians of {} runs",
+            a.device, out["threads"], a.reps
+        );
+        println!(
+            "  training       {train_pairs_per_s:>10.0} pairs/s    (seed CNN, {n} pairs per step, contrastive, AdamW)"
+        );
+        println!(
+            "  inference      {infer_images_per_s:>10.0} images/s   (batch {})",
+            a.infer_batch
+        );
+        println!(
+            "  loader         {loader_images_per_s:>10.0} images/s   (pairs, flip + rotation + crop)"
+        );
+        println!(
+            "  compare        {compare_ms:>10.2} ms         (two PNG files, decode to verdict)"
+        );
         println!("written to {}", show(&path));
     }
     Ok(())
 }
 
 fn show(p: &Path) -> String {
-    p.strip_prefix(project_root()).unwrap_or(p).display().to_string()
+    p.strip_prefix(project_root())
+        .unwrap_or(p)
+        .display()
+        .to_string()
 }
-

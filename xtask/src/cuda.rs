@@ -42,21 +42,51 @@ pub fn run(a: &Args) -> Result<()> {
         .unwrap_or_else(|| project_root().join("target/cuda-venv"));
     let marker = venv.join("bin/nvcc-ok");
     if !marker.is_file() {
-        eprintln!("check-cuda: installing nvcc 13.0 from PyPI into {}", venv.display());
-        ok(Command::new("python3").args(["-m", "venv"]).arg(&venv), "python3 -m venv")?;
-        ok(Command::new(venv.join("bin/pip")).args(["install", "-q"]).args(WHEELS), "pip install nvidia-cuda-nvcc")?;
+        eprintln!(
+            "check-cuda: installing nvcc 13.0 from PyPI into {}",
+            venv.display()
+        );
+        ok(
+            Command::new("python3").args(["-m", "venv"]).arg(&venv),
+            "python3 -m venv",
+        )?;
+        ok(
+            Command::new(venv.join("bin/pip"))
+                .args(["install", "-q"])
+                .args(WHEELS),
+            "pip install nvidia-cuda-nvcc",
+        )?;
         std::fs::write(&marker, b"")?;
     }
     let cu = ok(
-        Command::new(venv.join("bin/python")).args(["-c", "import nvidia, os; print(os.path.join(nvidia.__path__[0], 'cu13'))"]),
+        Command::new(venv.join("bin/python")).args([
+            "-c",
+            "import nvidia, os; print(os.path.join(nvidia.__path__[0], 'cu13'))",
+        ]),
         "locating the CUDA toolkit",
     )?;
     let cu = PathBuf::from(cu);
-    let path = format!("{}:{}", cu.join("bin").display(), std::env::var("PATH").unwrap_or_default());
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let path = format!(
+        "{}:{}",
+        cu.join("bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(project_root())
-        .args(["check", "-p", "siam-cli", "-p", "siam-model", "-p", "siam-train", "--features", "siam-cli/cuda,siam-model/cuda"])
+        .args([
+            "check",
+            "-p",
+            "siam-cli",
+            "-p",
+            "siam-model",
+            "-p",
+            "siam-train",
+            "--features",
+            "siam-cli/cuda,siam-model/cuda",
+        ])
         .arg("--target-dir")
         .arg(project_root().join("target/cuda"))
         .env("PATH", path)
@@ -68,7 +98,10 @@ pub fn run(a: &Args) -> Result<()> {
     if std::env::var_os("CUDA_COMPUTE_CAP").is_none() {
         cmd.env("CUDA_COMPUTE_CAP", "90");
     }
-    eprintln!("check-cuda: cargo check with --features cuda (nvcc {})", cu.display());
+    eprintln!(
+        "check-cuda: cargo check with --features cuda (nvcc {})",
+        cu.display()
+    );
     let status = cmd.status().context("cannot run cargo")?;
     if !status.success() {
         bail!("the CUDA build does not compile ({status})");

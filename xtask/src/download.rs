@@ -41,10 +41,30 @@ pub fn spec(name: &str) -> Result<DatasetSpec> {
         "fashion-mnist" => Ok(DatasetSpec {
             name: name.into(),
             files: f(&[
-                ("train-images-idx3-ubyte.gz", Pin::Payload("c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888")),
-                ("train-labels-idx1-ubyte.gz", Pin::Payload("bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9")),
-                ("t10k-images-idx3-ubyte.gz", Pin::Payload("5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b")),
-                ("t10k-labels-idx1-ubyte.gz", Pin::Payload("0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34")),
+                (
+                    "train-images-idx3-ubyte.gz",
+                    Pin::Payload(
+                        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+                    ),
+                ),
+                (
+                    "train-labels-idx1-ubyte.gz",
+                    Pin::Payload(
+                        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+                    ),
+                ),
+                (
+                    "t10k-images-idx3-ubyte.gz",
+                    Pin::Payload(
+                        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+                    ),
+                ),
+                (
+                    "t10k-labels-idx1-ubyte.gz",
+                    Pin::Payload(
+                        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+                    ),
+                ),
             ]),
             mirrors: vec!["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/".into()],
             system: Some(PathBuf::from(siam_train::data::SYSTEM_FASHION_MNIST)),
@@ -52,10 +72,30 @@ pub fn spec(name: &str) -> Result<DatasetSpec> {
         "mnist" => Ok(DatasetSpec {
             name: name.into(),
             files: f(&[
-                ("train-images-idx3-ubyte.gz", Pin::Gz("f40eb179f7c3d2637e789663bde56d444a23e4a0a14477a9e6ed88bc39c8ad6eaff68056c0cd9bb60daf0062b70dc8ee")),
-                ("train-labels-idx1-ubyte.gz", Pin::Gz("ba9c11bf9a7f7c2c04127b8b3e568cf70dd3429d9029ca59b7650977a4ac32f8ff5041fe42bc872097487b06a6794e00")),
-                ("t10k-images-idx3-ubyte.gz", Pin::Gz("1bf45877962fd391f7abb20534a30fd2203d0865309fec5f87d576dbdbefdcb16adb49220afc22a0f3478359d229449c")),
-                ("t10k-labels-idx1-ubyte.gz", Pin::Gz("ccc1ee70f798a04e6bfeca56a4d0f0de8d8eeeca9f74641c1e1bfb00cf7cc4aa4d023f6ea1b40e79bb4707107845479d")),
+                (
+                    "train-images-idx3-ubyte.gz",
+                    Pin::Gz(
+                        "f40eb179f7c3d2637e789663bde56d444a23e4a0a14477a9e6ed88bc39c8ad6eaff68056c0cd9bb60daf0062b70dc8ee",
+                    ),
+                ),
+                (
+                    "train-labels-idx1-ubyte.gz",
+                    Pin::Gz(
+                        "ba9c11bf9a7f7c2c04127b8b3e568cf70dd3429d9029ca59b7650977a4ac32f8ff5041fe42bc872097487b06a6794e00",
+                    ),
+                ),
+                (
+                    "t10k-images-idx3-ubyte.gz",
+                    Pin::Gz(
+                        "1bf45877962fd391f7abb20534a30fd2203d0865309fec5f87d576dbdbefdcb16adb49220afc22a0f3478359d229449c",
+                    ),
+                ),
+                (
+                    "t10k-labels-idx1-ubyte.gz",
+                    Pin::Gz(
+                        "ccc1ee70f798a04e6bfeca56a4d0f0de8d8eeeca9f74641c1e1bfb00cf7cc4aa4d023f6ea1b40e79bb4707107845479d",
+                    ),
+                ),
             ]),
             mirrors: vec![
                 "https://ossci-datasets.s3.amazonaws.com/mnist/".into(),
@@ -76,7 +116,9 @@ pub fn verify(bytes: &[u8], pin: Pin) -> Result<()> {
     match pin {
         Pin::Payload(want) => {
             let mut raw = Vec::new();
-            flate2::read::MultiGzDecoder::new(bytes).read_to_end(&mut raw).context("not a complete gzip stream (truncated or corrupt)")?;
+            flate2::read::MultiGzDecoder::new(bytes)
+                .read_to_end(&mut raw)
+                .context("not a complete gzip stream (truncated or corrupt)")?;
             let got = hex(&Sha256::digest(&raw));
             if got != want {
                 bail!("decompressed SHA-256 {got}, expected {want}");
@@ -93,9 +135,15 @@ pub fn verify(bytes: &[u8], pin: Pin) -> Result<()> {
 }
 
 fn fetch(url: &str) -> Result<Vec<u8>> {
-    let resp = ureq::get(url).call().with_context(|| format!("GET {url}"))?;
+    let resp = ureq::get(url)
+        .call()
+        .with_context(|| format!("GET {url}"))?;
     let mut body = resp.into_body();
-    let bytes = body.with_config().limit(200 * 1024 * 1024).read_to_vec().with_context(|| format!("reading {url}"))?;
+    let bytes = body
+        .with_config()
+        .limit(200 * 1024 * 1024)
+        .read_to_vec()
+        .with_context(|| format!("reading {url}"))?;
     Ok(bytes)
 }
 
@@ -138,11 +186,16 @@ pub fn download(spec: &DatasetSpec, dest: &Path) -> Result<Vec<(String, String)>
                 "could not get a verified {file} for {}:\n  {}\nOffline? {}copy the four .gz files into {} and run this again.",
                 spec.name,
                 tried.join("\n  "),
-                if spec.name == "fashion-mnist" { "Install Debian's copy (`apt-get install dataset-fashion-mnist`), or " } else { "" },
+                if spec.name == "fashion-mnist" {
+                    "Install Debian's copy (`apt-get install dataset-fashion-mnist`), or "
+                } else {
+                    ""
+                },
                 dest.display()
             );
         };
-        siam_model::model::write_atomic(&target, &bytes).with_context(|| format!("{}: cannot write", target.display()))?;
+        siam_model::model::write_atomic(&target, &bytes)
+            .with_context(|| format!("{}: cannot write", target.display()))?;
         report.push((file.clone(), from));
     }
     Ok(report)
@@ -160,7 +213,11 @@ pub struct Args {
 
 pub fn run(a: &Args) -> Result<()> {
     let spec = spec(&a.dataset)?;
-    let dest = a.dest.clone().unwrap_or_else(|| crate::project_root().join(siam_train::data::data_dir()).join(&a.dataset));
+    let dest = a.dest.clone().unwrap_or_else(|| {
+        crate::project_root()
+            .join(siam_train::data::data_dir())
+            .join(&a.dataset)
+    });
     for (file, from) in download(&spec, &dest)? {
         println!("{file}: {from}");
     }
@@ -190,13 +247,27 @@ mod tests {
                         break;
                     }
                 }
-                let path = line.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
+                let path = line
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("/")
+                    .trim_start_matches('/')
+                    .to_string();
                 match files.iter().find(|(p, _)| *p == path) {
                     Some((_, body)) => {
-                        write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).unwrap();
+                        write!(
+                            s,
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        )
+                        .unwrap();
                         s.write_all(body).unwrap();
                     }
-                    None => write!(s, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").unwrap(),
+                    None => write!(
+                        s,
+                        "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    )
+                    .unwrap(),
                 }
             }
         });
@@ -204,7 +275,12 @@ mod tests {
     }
 
     fn fixture(name: &str) -> Vec<u8> {
-        std::fs::read(crate::project_root().join("fixtures/fashion-mnist-subset").join(name)).unwrap()
+        std::fs::read(
+            crate::project_root()
+                .join("fixtures/fashion-mnist-subset")
+                .join(name),
+        )
+        .unwrap()
     }
 
     fn test_spec(mirrors: Vec<String>) -> DatasetSpec {
@@ -215,12 +291,19 @@ mod tests {
             .iter()
             .map(|n| {
                 let mut raw = Vec::new();
-                flate2::read::MultiGzDecoder::new(&fixture(n)[..]).read_to_end(&mut raw).unwrap();
+                flate2::read::MultiGzDecoder::new(&fixture(n)[..])
+                    .read_to_end(&mut raw)
+                    .unwrap();
                 let d: &'static str = Box::leak(hex(&Sha256::digest(&raw)).into_boxed_str());
                 (n.to_string(), Pin::Payload(d))
             })
             .collect();
-        DatasetSpec { name: "subset".into(), files, mirrors, system: None }
+        DatasetSpec {
+            name: "subset".into(),
+            files,
+            mirrors,
+            system: None,
+        }
     }
 
     #[test]
@@ -232,12 +315,30 @@ mod tests {
         let k = corrupt.len() / 2;
         corrupt[k] ^= 0x55;
         // Mirror 1: truncated and corrupt files; mirror 2: good ones.
-        let bad = serve(vec![("train-labels-idx1-ubyte.gz".into(), truncated), ("t10k-labels-idx1-ubyte.gz".into(), corrupt)], 2);
-        let ok = serve(vec![("train-labels-idx1-ubyte.gz".into(), good.clone()), ("t10k-labels-idx1-ubyte.gz".into(), good2)], 2);
+        let bad = serve(
+            vec![
+                ("train-labels-idx1-ubyte.gz".into(), truncated),
+                ("t10k-labels-idx1-ubyte.gz".into(), corrupt),
+            ],
+            2,
+        );
+        let ok = serve(
+            vec![
+                ("train-labels-idx1-ubyte.gz".into(), good.clone()),
+                ("t10k-labels-idx1-ubyte.gz".into(), good2),
+            ],
+            2,
+        );
         let dir = tempfile::tempdir().unwrap();
         let report = download(&test_spec(vec![bad, ok.clone()]), dir.path()).unwrap();
-        assert!(report.iter().all(|(_, from)| from.starts_with(&ok)), "{report:?}");
-        assert_eq!(std::fs::read(dir.path().join("train-labels-idx1-ubyte.gz")).unwrap(), good);
+        assert!(
+            report.iter().all(|(_, from)| from.starts_with(&ok)),
+            "{report:?}"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join("train-labels-idx1-ubyte.gz")).unwrap(),
+            good
+        );
         // A second run finds them present and verified, without the network.
         let again = download(&test_spec(vec![]), dir.path()).unwrap();
         assert!(again.iter().all(|(_, from)| from == "already present"));
@@ -246,11 +347,30 @@ mod tests {
     #[test]
     fn only_bad_sources_fail_clearly_and_write_nothing() {
         let good = fixture("train-labels-idx1-ubyte.gz");
-        let bad = serve(vec![("train-labels-idx1-ubyte.gz".into(), good[..10].to_vec())], 1);
+        let bad = serve(
+            vec![("train-labels-idx1-ubyte.gz".into(), good[..10].to_vec())],
+            1,
+        );
         let dir = tempfile::tempdir().unwrap();
-        let e = format!("{:#}", download(&test_spec(vec![bad, "http://127.0.0.1:9/".into()]), dir.path()).unwrap_err());
-        assert!(e.contains("truncated or corrupt") && e.contains("127.0.0.1:9") && e.contains("Offline?"), "{e}");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing half-written");
+        let e = format!(
+            "{:#}",
+            download(
+                &test_spec(vec![bad, "http://127.0.0.1:9/".into()]),
+                dir.path()
+            )
+            .unwrap_err()
+        );
+        assert!(
+            e.contains("truncated or corrupt")
+                && e.contains("127.0.0.1:9")
+                && e.contains("Offline?"),
+            "{e}"
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing half-written"
+        );
     }
 
     #[test]

@@ -17,12 +17,25 @@ pub struct Args {
 
 pub fn run(a: &Args) -> Result<()> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(project_root()).args(["run", "--release", "-q", "-p", "siam-cli", "--", "train", "--preset", "default"]);
+    cmd.current_dir(project_root()).args([
+        "run",
+        "--release",
+        "-q",
+        "-p",
+        "siam-cli",
+        "--",
+        "train",
+        "--preset",
+        "default",
+    ]);
     let user_data = a.extra.iter().any(|x| x == "--data");
     if !user_data {
         match siam_train::data::find_known("fashion-mnist") {
             Some(dir) => {
-                eprintln!("xtask: training the default recipe on the full Fashion-MNIST in {}", dir.display());
+                eprintln!(
+                    "xtask: training the default recipe on the full Fashion-MNIST in {}",
+                    dir.display()
+                );
                 cmd.args(["--data", "fashion-mnist"]);
             }
             None => {

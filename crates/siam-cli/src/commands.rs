@@ -12,11 +12,16 @@ use siam_train::config::{DataConfig, LossConfig, OptimizerConfig};
 use siam_train::evaluate::{EvalSpec, eval_pairs, evaluate};
 use siam_train::{TrainConfig, TrainOptions};
 
-use crate::cli::{Cli, Command, CompareArgs, EmbedArgs, EvalArgs, InfoArgs, ModelArg, SearchArgs, TrainArgs};
+use crate::cli::{
+    Cli, Command, CompareArgs, EmbedArgs, EvalArgs, InfoArgs, ModelArg, SearchArgs, TrainArgs,
+};
 use crate::render;
 
 /// The model shipped with siam (trained on Fashion-MNIST by `cargo xtask fixtures`).
-pub const SHIPPED_MODEL: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/models/fashion-mnist.safetensors");
+pub const SHIPPED_MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../fixtures/models/fashion-mnist.safetensors"
+);
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -30,7 +35,9 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn utc_stamp() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
     let (days, rem) = (secs / 86400, secs % 86400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
     let z = days as i64 + 719_468;
@@ -42,7 +49,12 @@ fn utc_stamp() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn train(a: TrainArgs) -> Result<()> {
@@ -55,13 +67,20 @@ fn train(a: TrainArgs) -> Result<()> {
         }
         eprintln!("\nstopping after this step (a checkpoint is written); Ctrl-C again to abort");
     });
-    let opts = TrainOptions { stop: Some(stop), ..Default::default() };
+    let opts = TrainOptions {
+        stop: Some(stop),
+        ..Default::default()
+    };
     let mut progress = render::Progress::new();
     let summary = if let Some(dir) = &a.resume {
         siam_train::resume(dir, &opts, &mut |e| progress.on(e))?
     } else {
         let (mut cfg, name) = match (&a.config, &a.preset) {
-            (Some(p), _) => (TrainConfig::from_file(p)?, p.file_stem().map_or("run".into(), |s| s.to_string_lossy().into_owned())),
+            (Some(p), _) => (
+                TrainConfig::from_file(p)?,
+                p.file_stem()
+                    .map_or("run".into(), |s| s.to_string_lossy().into_owned()),
+            ),
             (None, Some(p)) => (TrainConfig::preset(p)?, p.clone()),
             (None, None) => (TrainConfig::preset("default")?, "default".into()),
         };
@@ -85,7 +104,9 @@ fn train(a: TrainArgs) -> Result<()> {
         }
         if let Some(m) = a.margin {
             match &mut cfg.loss {
-                LossConfig::Contrastive { margin, .. } | LossConfig::Triplet { margin, .. } => *margin = m,
+                LossConfig::Contrastive { margin, .. } | LossConfig::Triplet { margin, .. } => {
+                    *margin = m
+                }
                 LossConfig::Bce => bail!("--margin: the bce loss has no margin"),
             }
         }
@@ -95,13 +116,19 @@ fn train(a: TrainArgs) -> Result<()> {
             }
         }
         cfg.validate()?;
-        let out = a.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(format!("{name}-{}", utc_stamp())));
+        let out = a
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs").join(format!("{name}-{}", utc_stamp())));
         siam_train::train(&cfg, &out, &opts, &mut |e| progress.on(e))?
     };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        println!("test metrics of the best model (step {}, {} steps run, {:.0}s):", summary.best_step, summary.steps, summary.wall_s);
+        println!(
+            "test metrics of the best model (step {}, {} steps run, {:.0}s):",
+            summary.best_step, summary.steps, summary.wall_s
+        );
         print!("{}", render::table(&summary.test));
         println!("model: {}", summary.model.display());
         println!("run folder: {}", summary.run_dir.display());
@@ -144,7 +171,10 @@ fn compare(a: CompareArgs) -> Result<()> {
     let (model, path, source) = load(&a.model)?;
     let c = model.compare_paths(&a.a, &a.b)?;
     let ranks = model.meta().distance_quantiles.as_ref().map(|q| {
-        (siam_eval::stats::rank_in(&q.same, c.distance), siam_eval::stats::rank_in(&q.different, c.distance))
+        (
+            siam_eval::stats::rank_in(&q.same, c.distance),
+            siam_eval::stats::rank_in(&q.different, c.distance),
+        )
     });
     if a.json {
         let mut o = serde_json::json!({
@@ -168,7 +198,10 @@ fn compare(a: CompareArgs) -> Result<()> {
             c.distance,
             if same { "same" } else { "different" }
         ),
-        _ => println!("distance {:.4}  (the model has no calibrated threshold: no verdict)", c.distance),
+        _ => println!(
+            "distance {:.4}  (the model has no calibrated threshold: no verdict)",
+            c.distance
+        ),
     }
     if let Some((s, d)) = ranks {
         println!(
@@ -216,7 +249,10 @@ fn image_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
 fn embed_files(model: &SiameseModel, files: &[PathBuf]) -> Result<Tensor> {
     let mut parts = Vec::new();
     for chunk in files.chunks(256) {
-        let xs = chunk.iter().map(|f| model.load_image(f)).collect::<siam_model::Result<Vec<_>>>()?;
+        let xs = chunk
+            .iter()
+            .map(|f| model.load_image(f))
+            .collect::<siam_model::Result<Vec<_>>>()?;
         parts.push(model.embed(&Tensor::cat(&xs, 0)?)?);
     }
     Ok(Tensor::cat(&parts, 0)?)
@@ -256,10 +292,19 @@ fn embed(a: EmbedArgs) -> Result<()> {
             ]);
             safetensors::serialize([("embeddings", &e)], Some(meta))?
         }
-        _ => bail!("{}: the output must end in .safetensors or .csv", a.out.display()),
+        _ => bail!(
+            "{}: the output must end in .safetensors or .csv",
+            a.out.display()
+        ),
     };
-    siam_model::model::write_atomic(&a.out, &bytes).with_context(|| format!("{}: cannot write", a.out.display()))?;
-    eprintln!("wrote {} embeddings of dimension {} to {}", files.len(), e.dim(1)?, a.out.display());
+    siam_model::model::write_atomic(&a.out, &bytes)
+        .with_context(|| format!("{}: cannot write", a.out.display()))?;
+    eprintln!(
+        "wrote {} embeddings of dimension {} to {}",
+        files.len(),
+        e.dim(1)?,
+        a.out.display()
+    );
     Ok(())
 }
 
@@ -268,7 +313,12 @@ fn search(a: SearchArgs) -> Result<()> {
     let files = image_files(std::slice::from_ref(&a.gallery))?;
     let g = embed_files(&model, &files)?;
     let q = model.embed_path(&a.query)?;
-    let d: Vec<f32> = model.distance_kind().pairwise(&q, &g)?.squeeze(0)?.to_device(&Device::Cpu)?.to_vec1()?;
+    let d: Vec<f32> = model
+        .distance_kind()
+        .pairwise(&q, &g)?
+        .squeeze(0)?
+        .to_device(&Device::Cpu)?
+        .to_vec1()?;
     let mut order: Vec<usize> = (0..d.len()).collect();
     order.sort_by(|&i, &j| d[i].total_cmp(&d[j]).then(i.cmp(&j)));
     let t = model.meta().threshold;
@@ -278,17 +328,30 @@ fn search(a: SearchArgs) -> Result<()> {
         .map(|&i| serde_json::json!({"file": files[i], "distance": d[i], "same": t.map(|t| d[i] <= t)}))
         .collect();
     if a.json {
-        println!("{}", serde_json::json!({"model": path, "query": a.query, "results": hits}));
+        println!(
+            "{}",
+            serde_json::json!({"model": path, "query": a.query, "results": hits})
+        );
         return Ok(());
     }
-    println!("model: {} ({source}); {} gallery images", path.display(), files.len());
+    println!(
+        "model: {} ({source}); {} gallery images",
+        path.display(),
+        files.len()
+    );
     for (rank, &i) in order.iter().take(a.k).enumerate() {
         let verdict = match t {
             Some(t) if d[i] <= t => "same",
             Some(_) => "different",
             None => "",
         };
-        println!("{:>3}  {:.4}  {:<9}  {}", rank + 1, d[i], verdict, files[i].display());
+        println!(
+            "{:>3}  {:.4}  {:<9}  {}",
+            rank + 1,
+            d[i],
+            verdict,
+            files[i].display()
+        );
     }
     Ok(())
 }
@@ -302,7 +365,11 @@ fn eval(a: EvalArgs) -> Result<()> {
         holdout_classes: None,
         test_fraction: 0.2,
         limit_per_class: None,
-        color: if input.channels == 3 { ColorMode::Rgb } else { ColorMode::Gray },
+        color: if input.channels == 3 {
+            ColorMode::Rgb
+        } else {
+            ColorMode::Gray
+        },
         size: Some([input.height, input.width]),
         mean: None,
         std: None,
@@ -313,23 +380,45 @@ fn eval(a: EvalArgs) -> Result<()> {
     if (s.channels, s.height, s.width) != (input.channels, input.height, input.width) {
         bail!(
             "{}: images are {}x{}x{} but the model takes {}x{}x{}",
-            a.data, s.channels, s.height, s.width, input.channels, input.height, input.width
+            a.data,
+            s.channels,
+            s.height,
+            s.width,
+            input.channels,
+            input.height,
+            input.width
         );
     }
     let pairs = eval_pairs(&set, a.pairs, a.seed)?;
-    let transform = siam_data::Transform::eval(Some(siam_data::Normalize { mean: input.mean, std: input.std }));
+    let transform = siam_data::Transform::eval(Some(siam_data::Normalize {
+        mean: input.mean,
+        std: input.std,
+    }));
     let threshold = model.meta().threshold;
-    let spec = EvalSpec { loss: None, calibration: Default::default(), threshold };
+    let spec = EvalSpec {
+        loss: None,
+        calibration: Default::default(),
+        threshold,
+    };
     let r = evaluate(&model, &set, &pairs, &transform, &spec)?;
-    let tsource = if threshold.is_some() { "model" } else { "calibrated-on-this-data" };
+    let tsource = if threshold.is_some() {
+        "model"
+    } else {
+        "calibrated-on-this-data"
+    };
     if a.json {
-        println!("{}", render::eval_json(&r, &path.display().to_string(), tsource));
+        println!(
+            "{}",
+            render::eval_json(&r, &path.display().to_string(), tsource)
+        );
     } else {
         println!("model: {} ({source})", path.display());
         println!("data: {description}");
         print!("{}", render::table(&r));
         if threshold.is_none() {
-            println!("  (no stored threshold: accuracies use the best threshold on this data, an optimistic figure)");
+            println!(
+                "  (no stored threshold: accuracies use the best threshold on this data, an optimistic figure)"
+            );
         }
     }
     Ok(())
@@ -345,9 +434,20 @@ fn info(a: InfoArgs) -> Result<()> {
     let i = &c.input;
     println!("file:          {}", a.model.display());
     println!("format:        {}", m.format_version);
-    println!("encoder:       {} ({})", c.encoder.kind(), serde_json::to_string(&c.encoder)?);
-    println!("input:         {}x{}x{}, mean {:?}, std {:?}", i.channels, i.height, i.width, i.mean, i.std);
-    println!("embedding:     {} dimensions{}", m.embedding_dim, if c.normalize { ", L2-normalised" } else { "" });
+    println!(
+        "encoder:       {} ({})",
+        c.encoder.kind(),
+        serde_json::to_string(&c.encoder)?
+    );
+    println!(
+        "input:         {}x{}x{}, mean {:?}, std {:?}",
+        i.channels, i.height, i.width, i.mean, i.std
+    );
+    println!(
+        "embedding:     {} dimensions{}",
+        m.embedding_dim,
+        if c.normalize { ", L2-normalised" } else { "" }
+    );
     println!("distance:      {}", c.distance.name());
     match m.threshold {
         Some(t) => println!("threshold:     {t:.4} (same when distance ≤ threshold)"),

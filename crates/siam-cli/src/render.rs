@@ -25,9 +25,19 @@ impl Progress {
 
     pub fn on(&mut self, e: Event<'_>) {
         match e {
-            Event::Started { run_dir, data, sizes, parameters, total_steps, start_step } => {
+            Event::Started {
+                run_dir,
+                data,
+                sizes,
+                parameters,
+                total_steps,
+                start_step,
+            } => {
                 eprintln!("run folder: {}", run_dir.display());
-                eprintln!("data: {data} ({} train, {} validation, {} test images)", sizes[0], sizes[1], sizes[2]);
+                eprintln!(
+                    "data: {data} ({} train, {} validation, {} test images)",
+                    sizes[0], sizes[1], sizes[2]
+                );
                 eprintln!("model: {parameters} trainable parameters; {total_steps} steps");
                 if start_step > 0 {
                     eprintln!("resuming at step {start_step}");
@@ -43,7 +53,10 @@ impl Progress {
                 }
             }
             Event::Step(r) => {
-                let msg = format!("epoch {} loss {:.4} lr {:.2e} {:.0} pairs/s", r.epoch, r.loss, r.lr, r.pairs_per_s);
+                let msg = format!(
+                    "epoch {} loss {:.4} lr {:.2e} {:.0} pairs/s",
+                    r.epoch, r.loss, r.lr, r.pairs_per_s
+                );
                 match &self.bar {
                     Some(b) => {
                         b.set_position(r.step);
@@ -67,7 +80,9 @@ impl Progress {
             }
             Event::Checkpoint { .. } => {}
             Event::EarlyStop { step, best_step } => {
-                self.line(format!("early stop at step {step}: no improvement since step {best_step}"));
+                self.line(format!(
+                    "early stop at step {step}: no improvement since step {best_step}"
+                ));
             }
             Event::Testing => {
                 if let Some(b) = self.bar.take() {
@@ -97,10 +112,18 @@ pub fn table(r: &EvalReport) -> String {
         ("precision@1", format!("{:.4}", q.precision_at_1)),
         ("R-precision", format!("{:.4}", q.r_precision)),
         ("MAP@R", format!("{:.4}", q.map_at_r)),
-        ("same distance", format!("{:.4} ± {:.4}", s.same_mean, s.same_std)),
-        ("different distance", format!("{:.4} ± {:.4}", s.different_mean, s.different_std)),
+        (
+            "same distance",
+            format!("{:.4} ± {:.4}", s.same_mean, s.same_std),
+        ),
+        (
+            "different distance",
+            format!("{:.4} ± {:.4}", s.different_mean, s.different_std),
+        ),
     ];
-    rows.iter().map(|(k, v)| format!("  {k:<20} {v}\n")).collect()
+    rows.iter()
+        .map(|(k, v)| format!("  {k:<20} {v}\n"))
+        .collect()
 }
 
 /// The JSON object `siam eval --json` prints (stable keys).

@@ -13,7 +13,12 @@ use crate::rng::{SiamRng, rng_for, stream};
 
 /// Which sampler to use, as written in a config.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(
+    tag = "kind",
+    rename_all = "kebab-case",
+    rename_all_fields = "kebab-case",
+    deny_unknown_fields
+)]
 pub enum SamplerConfig {
     /// Pairs with a `same` flag; `positive-fraction` of each batch are same-class pairs.
     Pairs {

@@ -137,7 +137,12 @@ pub fn accuracy_at(distances: &[f32], same: &[f32], threshold: f32) -> Result<(f
 
 /// How to choose the decision threshold on validation pairs.
 #[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(
+    tag = "kind",
+    rename_all = "kebab-case",
+    rename_all_fields = "kebab-case",
+    deny_unknown_fields
+)]
 pub enum Calibration {
     /// Maximise balanced accuracy (the default).
     #[default]

@@ -43,7 +43,12 @@ impl InputSpec {
 
 /// Which encoder to build, and its settings.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(
+    tag = "kind",
+    rename_all = "kebab-case",
+    rename_all_fields = "kebab-case",
+    deny_unknown_fields
+)]
 pub enum EncoderConfig {
     /// The two-convolution network the project grew from.
     SeedCnn {

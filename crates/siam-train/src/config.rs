@@ -91,7 +91,12 @@ pub struct ModelSection {
 
 /// The loss, with its margin.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(
+    tag = "kind",
+    rename_all = "kebab-case",
+    rename_all_fields = "kebab-case",
+    deny_unknown_fields
+)]
 pub enum LossConfig {
     /// `mean(same·d² + (1−same)·max(0, m−d)²)`; with P×K batches, over all pairs of the batch.
     Contrastive {
@@ -125,7 +130,12 @@ impl LossConfig {
 
 /// The optimizer.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(
+    tag = "kind",
+    rename_all = "kebab-case",
+    rename_all_fields = "kebab-case",
+    deny_unknown_fields
+)]
 pub enum OptimizerConfig {
     /// AdamW (PyTorch's semantics; weight-decay 0 is Adam).
     Adamw {

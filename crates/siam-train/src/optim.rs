@@ -231,7 +231,10 @@ mod tests {
             let v: Vec<f64> = x.as_tensor().to_vec1().unwrap();
             // candle's gradients of variables carry their backward graph; state that kept it
             // would hold every step's activations (a 5.6 GB leak in 300 steps, seen here).
-            assert!(opt.state().0.values().all(|t| !t.track_op()), "optimizer state keeps a graph");
+            assert!(
+                opt.state().0.values().all(|t| !t.track_op()),
+                "optimizer state keeps a graph"
+            );
             assert!(
                 (v[0] - expect[0]).abs() < 1e-9 && (v[1] - expect[1]).abs() < 1e-9,
                 "{v:?} vs {expect:?}"

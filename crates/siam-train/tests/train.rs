@@ -284,3 +284,20 @@ fn early_stopping_and_checkpoint_policy() {
         vec!["step-00000002.safetensors", "step-00000006.safetensors"]
     );
 }
+
+#[test]
+fn the_guide_config_parses() {
+    let guide =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/guide.md"))
+            .unwrap();
+    let block = guide
+        .split("```toml\n")
+        .nth(1)
+        .unwrap()
+        .split("```")
+        .next()
+        .unwrap();
+    let c = TrainConfig::from_toml(block, Path::new("docs/guide.md")).unwrap();
+    assert_eq!(c.data.source, "photos");
+    assert_eq!(c.validation.patience, Some(3));
+}
