@@ -218,11 +218,52 @@ pub fn run(a: &Args) -> Result<()> {
             .join(siam_train::data::data_dir())
             .join(&a.dataset)
     });
-    for (file, from) in download(&spec, &dest)? {
+    let report = match download(&spec, &dest) {
+        Ok(r) => r,
+        #[cfg(feature = "hub")]
+        Err(e) => {
+            eprintln!("{e:#}\ntrying the Hugging Face hub through candle-datasets...");
+            from_hub(&spec, &dest)?
+        }
+        #[cfg(not(feature = "hub"))]
+        Err(e) => return Err(e),
+    };
+    for (file, from) in report {
         println!("{file}: {from}");
     }
     println!("{} is in {}", a.dataset, dest.display());
     Ok(())
+}
+
+/// Fetches the dataset through candle-datasets, writes it as IDX and verifies it like any source.
+#[cfg(feature = "hub")]
+fn from_hub(spec: &DatasetSpec, dest: &Path) -> Result<Vec<(String, String)>> {
+    use siam_data::hub::{HubDataset, load};
+    use siam_data::idx::{self, IdxSplit};
+    let which = if spec.name == "mnist" {
+        HubDataset::Mnist
+    } else {
+        HubDataset::FashionMnist
+    };
+    let (train, test) = load(which)?;
+    let tmp = dest.join(".hub");
+    idx::write_dir(&tmp, IdxSplit::Train, &train)?;
+    idx::write_dir(&tmp, IdxSplit::Test, &test)?;
+    let mut report = Vec::new();
+    for (file, pin) in &spec.files {
+        let bytes = std::fs::read(tmp.join(file))?;
+        // The hub serves PNGs, not the original .gz files: only a payload pin can check them.
+        if let Pin::Gz(_) = pin {
+            bail!(
+                "{file}: pinned by its original .gz digest, which a hub copy cannot match; not trusting it"
+            );
+        }
+        verify(&bytes, *pin).with_context(|| format!("{file} from the hub"))?;
+        siam_model::model::write_atomic(&dest.join(file), &bytes)?;
+        report.push((file.clone(), "Hugging Face hub (candle-datasets)".into()));
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(report)
 }
 
 #[cfg(test)]
