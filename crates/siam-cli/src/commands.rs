@@ -155,6 +155,7 @@ fn resolve_model(m: &ModelArg) -> Result<(PathBuf, &'static str)> {
     }
     let shipped = PathBuf::from(SHIPPED_MODEL);
     if shipped.is_file() {
+        let shipped = std::fs::canonicalize(&shipped).unwrap_or(shipped);
         return Ok((shipped, "the shipped Fashion-MNIST model"));
     }
     bail!("no model given: pass --model FILE, set SIAM_MODEL, or train one with `siam train`")

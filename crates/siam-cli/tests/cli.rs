@@ -315,3 +315,43 @@ fn embed_search_and_info() {
         "nope.safetensors",
     );
 }
+
+#[test]
+fn the_shipped_model_is_the_default_and_separates_the_fixture_pairs() {
+    // In a folder without runs/ and without $SIAM_MODEL, compare falls back to the shipped model.
+    let cwd = tempfile::tempdir().unwrap();
+    let v = json(
+        siam()
+            .current_dir(cwd.path())
+            .arg("compare")
+            .arg(png("bag", 0))
+            .arg(png("bag", 1))
+            .arg("--json"),
+    );
+    assert_eq!(v["model_source"], "the shipped Fashion-MNIST model");
+    assert!(
+        v["model"]
+            .as_str()
+            .unwrap()
+            .ends_with("fixtures/models/fashion-mnist.safetensors")
+    );
+    assert_eq!(v["same"], true, "{v}");
+    let v = json(
+        siam()
+            .current_dir(cwd.path())
+            .arg("compare")
+            .arg(png("bag", 0))
+            .arg(png("trouser", 0))
+            .arg("--json"),
+    );
+    assert_eq!(v["same"], false, "{v}");
+    // On the 40 held-out PNGs (in neither split of the training data's subset).
+    let v = json(
+        siam()
+            .current_dir(cwd.path())
+            .args(["eval", "--json", "--pairs", "400", "--data"])
+            .arg(png_root()),
+    );
+    assert!(v["roc_auc"].as_f64().unwrap() > 0.95, "{v}");
+    assert!(v["balanced_accuracy"].as_f64().unwrap() > 0.85, "{v}");
+}
