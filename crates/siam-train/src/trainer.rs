@@ -499,9 +499,7 @@ impl<'a> Run<'a> {
                             let same = Tensor::full(s, k, dev)?;
                             Ok(loss::contrastive_with(&d, &same, *margin, *pos_margin)?)
                         };
-                        let l = ((part(pa, pb, 1.0)? + part(na, nb, 0.0)?)? * 0.5)?;
-                        let active = None;
-                        (l, active)
+                        (((part(pa, pb, 1.0)? + part(na, nb, 0.0)?)? * 0.5)?, None)
                     }
                     LossConfig::Bce => unreachable!("validated: bce takes pairs"),
                 }
@@ -625,6 +623,7 @@ impl<'a> Run<'a> {
                     device: self.model.device().clone(),
                 },
             )?;
+            let trainable = self.model.trainable_vars();
             let mut window_start = Instant::now();
             let mut window_steps_timed = 0u64;
             let run_start_step = self.progress.step;
@@ -642,7 +641,7 @@ impl<'a> Run<'a> {
                 }
                 let grads = l.backward()?;
                 let mut sq = 0f64;
-                for v in self.model.trainable_vars() {
+                for v in &trainable {
                     if let Some(g) = grads.get(v.as_tensor()) {
                         sq += f64::from(
                             g.sqr()?
