@@ -5,6 +5,10 @@ mod cli;
 mod commands;
 mod render;
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = <cli::Cli as clap::Parser>::parse();
     if let Err(e) = commands::run(cli) {
