@@ -355,3 +355,60 @@ fn the_shipped_model_is_the_default_and_separates_the_fixture_pairs() {
     assert!(v["roc_auc"].as_f64().unwrap() > 0.95, "{v}");
     assert!(v["balanced_accuracy"].as_f64().unwrap() > 0.85, "{v}");
 }
+
+#[test]
+fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let bin = assert_cmd::cargo::cargo_bin("siam");
+    let mut child = std::process::Command::new(&bin)
+        .args([
+            "train",
+            "--preset",
+            "quick",
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "60",
+            "--out",
+        ])
+        .arg(&out)
+        .env_remove("SIAM_MODEL")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    // Wait for the first logged step, then interrupt.
+    loop {
+        let mut line = String::new();
+        if err.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&line);
+        if line.starts_with("step") {
+            break;
+        }
+    }
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{seen}{rest}");
+    assert!(
+        rest.contains("stopped at step") && rest.contains("checkpoints/step-"),
+        "{rest}"
+    );
+    let checkpoints = std::fs::read_dir(out.join("checkpoints")).unwrap().count();
+    assert_eq!(checkpoints, 1);
+    // Resuming finishes the 60 steps and writes the summary.
+    let v = json(siam().arg("train").arg("--resume").arg(&out).arg("--json"));
+    assert_eq!(v["steps"], 60);
+    assert!(out.join("summary.json").is_file());
+}
