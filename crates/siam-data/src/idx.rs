@@ -309,6 +309,13 @@ fn find(dir: &Path, prefix: &str, kind: &str, k: u8) -> Result<PathBuf> {
     ))
 }
 
+/// True when `dir` holds the image file of `split` under any name [`load_dir`] accepts (a
+/// missing label file is then [`load_dir`]'s error to report, naming it).
+pub fn has_split(dir: impl AsRef<Path>, split: IdxSplit) -> bool {
+    let dir = dir.as_ref();
+    find(dir, split.prefix(), "images", 3).is_ok()
+}
+
 /// Reads `classes.txt` (one name per line) from `dir` when present.
 fn read_class_names(dir: &Path) -> Result<Option<Vec<String>>> {
     let p = dir.join("classes.txt");

@@ -48,10 +48,9 @@ pub fn find_known(name: &str) -> Option<PathBuf> {
     if name == "fashion-mnist" {
         candidates.push(PathBuf::from(SYSTEM_FASHION_MNIST));
     }
-    candidates.into_iter().find(|d| {
-        d.join("train-labels-idx1-ubyte.gz").is_file()
-            || d.join("train-labels-idx1-ubyte").is_file()
-    })
+    candidates
+        .into_iter()
+        .find(|d| idx::has_split(d, IdxSplit::Train))
 }
 
 fn names(list: &[&str]) -> Vec<String> {
@@ -76,16 +75,6 @@ pub fn fixtures() -> Result<(ImageSet, ImageSet)> {
         part(FIX_TRAIN_IMAGES, FIX_TRAIN_LABELS, "train")?,
         part(FIX_TEST_IMAGES, FIX_TEST_LABELS, "t10k")?,
     ))
-}
-
-fn is_idx_dir(p: &Path) -> bool {
-    [
-        "train-images-idx3-ubyte",
-        "train-images-idx3-ubyte.gz",
-        "train-images.idx3-ubyte",
-    ]
-    .iter()
-    .any(|f| p.join(f).is_file())
 }
 
 /// Loads a source into (all training images, test images if the source has a test split).
@@ -120,16 +109,9 @@ pub fn load_source(cfg: &DataConfig) -> Result<(String, ImageSet, Option<ImageSe
                     "data.source: {path} does not exist (expected fixtures, fashion-mnist, mnist, an IDX directory or an image folder)"
                 )));
             }
-            if is_idx_dir(p) {
+            if idx::has_split(p, IdxSplit::Train) {
                 let tr = idx::load_dir(p, IdxSplit::Train, None)?;
-                let te = if [
-                    "t10k-images-idx3-ubyte",
-                    "t10k-images-idx3-ubyte.gz",
-                    "t10k-images.idx3-ubyte",
-                ]
-                .iter()
-                .any(|f| p.join(f).is_file())
-                {
+                let te = if idx::has_split(p, IdxSplit::Test) {
                     Some(idx::load_dir(
                         p,
                         IdxSplit::Test,
