@@ -301,7 +301,19 @@ impl SiameseModel {
     /// Loads a model file, checking the metadata, every tensor's presence and shape, and that
     /// every weight is finite.
     pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self> {
-        let path = path.as_ref();
+        Ok(Self::load_impl(path.as_ref(), device, true)?.0)
+    }
+
+    /// Loads a model file like [`SiameseModel::load`] but accepts NaN or infinite weights,
+    /// returning the names of the tensors that hold them (for diagnosis; never for inference).
+    pub fn load_allowing_non_finite(
+        path: impl AsRef<Path>,
+        device: &Device,
+    ) -> Result<(Self, Vec<String>)> {
+        Self::load_impl(path.as_ref(), device, false)
+    }
+
+    fn load_impl(path: &Path, device: &Device, strict: bool) -> Result<(Self, Vec<String>)> {
         let bytes =
             std::fs::read(path).map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
         let meta = read_meta(path, &bytes)?;
@@ -309,6 +321,7 @@ impl SiameseModel {
             build(&meta.config, device).map_err(|e| ModelError::file(path, e.to_string()))?;
         let st = safetensors::SafeTensors::deserialize(&bytes)
             .map_err(|e| ModelError::file(path, format!("not a safetensors file: {e}")))?;
+        let mut non_finite = Vec::new();
         {
             let data = varmap.data().lock().expect("var map lock");
             let mut problems = Vec::new();
@@ -345,6 +358,11 @@ impl SiameseModel {
                 let t = loaded[name].to_dtype(DType::F32)?;
                 let finite: f32 = t.abs()?.max_all()?.to_dtype(DType::F32)?.to_scalar()?;
                 if !finite.is_finite() {
+                    if !strict {
+                        non_finite.push(name.clone());
+                        data[name].set(&t)?;
+                        continue;
+                    }
                     return Err(ModelError::file(
                         path,
                         format!("tensor {name} holds NaN or infinite values"),
@@ -353,13 +371,16 @@ impl SiameseModel {
                 data[name].set(&t)?;
             }
         }
-        Ok(Self {
-            encoder,
-            head,
-            varmap,
-            meta,
-            device: device.clone(),
-        })
+        Ok((
+            Self {
+                encoder,
+                head,
+                varmap,
+                meta,
+                device: device.clone(),
+            },
+            non_finite,
+        ))
     }
 
     /// Converts a decoded image into a (1, C, H, W) tensor exactly as in training: resize to
