@@ -9,6 +9,9 @@ pub enum EvalError {
     /// A tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// A model operation failed.
+    #[error(transparent)]
+    Model(#[from] siam_model::ModelError),
 }
 
 /// Result alias of siam-eval.

@@ -6,6 +6,9 @@
 //! - [`retrieval`]: precision@1, R-precision, MAP@R (pytorch-metric-learning's conventions),
 //!   leave-one-out or query versus gallery, in bounded memory.
 //! - [`stats`]: same/different distance statistics against the margin, quantiles.
+//! - [`diagnose`]: probes a model and explains what is wrong with it ([`Finding`]s with
+//!   evidence and a fix); [`plot`] draws the pictures (SVG and PNG), [`report`] the HTML page.
+//! - [`project`]: covariance, eigen-decomposition, effective rank, PCA and t-SNE.
 //!
 //! ```
 //! use siam_eval::verification::{verification, calibrate, Calibration};
@@ -18,11 +21,16 @@
 //! # Ok::<(), siam_eval::EvalError>(())
 //! ```
 
+pub mod diagnose;
 pub mod error;
+pub mod plot;
+pub mod project;
+pub mod report;
 pub mod retrieval;
 pub mod stats;
 pub mod verification;
 
+pub use diagnose::{Diagnosis, Finding, Kind, Severity};
 pub use error::{EvalError, Result};
 pub use retrieval::{RetrievalReport, retrieval};
 pub use stats::{DistanceStats, distance_quantiles, distance_stats};

@@ -170,3 +170,322 @@ fn distance_stats_count_against_the_margin() {
     assert_eq!((q[0], q[10], q[20]), (0.0, 5.0, 10.0));
     assert_eq!(siam_eval::stats::rank_in(&q, 2.5), 0.25);
 }
+
+mod findings {
+    //! The diagnosis rules on hand-made measurements: each fires on its evidence and stays
+    //! quiet on a healthy model's figures.
+
+    use siam_eval::diagnose::{
+        Consistency, Context, Generalization, Geometry, History, HistoryStep, HistoryValidation,
+        Measurements, findings,
+    };
+    use siam_eval::{DistanceStats, Kind, RetrievalReport, Severity, VerificationReport};
+
+    /// The shipped model's figures on the fixtures (rounded).
+    fn healthy() -> Measurements {
+        Measurements {
+            context: Context {
+                loss: Some("contrastive".into()),
+                margin: Some(1.0),
+                normalized: true,
+                different_share: Some(0.89),
+                trained: true,
+                class_counts: (0..10).map(|c| (format!("c{c}"), 100)).collect(),
+                ..Context::default()
+            },
+            verification: VerificationReport {
+                pairs: 2000,
+                roc_auc: 0.97,
+                eer: 0.086,
+                tar_at_far_1e2: 0.5,
+                tar_at_far_1e3: 0.2,
+                threshold: 0.55,
+                accuracy: 0.92,
+                balanced_accuracy: 0.92,
+            },
+            best_threshold: 0.56,
+            best_balanced_accuracy: 0.925,
+            stored_threshold: Some(0.55),
+            true_accept_rate: 0.93,
+            true_reject_rate: 0.91,
+            retrieval: RetrievalReport {
+                queries: 1000,
+                precision_at_1: 0.82,
+                r_precision: 0.7,
+                map_at_r: 0.6,
+            },
+            stats: DistanceStats {
+                same_mean: 0.23,
+                same_std: 0.16,
+                different_mean: 0.98,
+                different_std: 0.33,
+                margin: 1.0,
+                different_beyond_margin: 0.51,
+                same_inside_margin: 0.9995,
+            },
+            different_median: 1.0,
+            same_p95: 0.55,
+            geometry: Geometry {
+                points: 1000,
+                dims: 128,
+                mean_norm: 1.0,
+                mean_pairwise_distance: 0.9,
+                mean_dim_variance: 0.0038,
+                dead_dims: 0,
+                effective_rank: 3.5,
+                top_component_share: 0.56,
+            },
+            consistency: Consistency {
+                alone_vs_batch: 6e-8,
+                repeat: 0.0,
+                asymmetry: 0.0,
+                batchnorm_layers: 0,
+                batchnorm_at_init: 0,
+                train_eval_shift: None,
+            },
+            pixels_precision_at_1: Some(0.739),
+            untrained_precision_at_1: Some(0.745),
+            untrained_roc_auc: Some(0.8),
+            non_finite_weights: vec![],
+            non_finite_embeddings: 0,
+            history: None,
+            generalization: None,
+        }
+    }
+
+    fn kinds(m: &Measurements) -> Vec<Kind> {
+        findings(m)
+            .into_iter()
+            .filter(|f| f.severity != Severity::Info)
+            .map(|f| f.kind)
+            .collect()
+    }
+
+    #[test]
+    fn a_healthy_model_gets_no_findings() {
+        assert_eq!(kinds(&healthy()), []);
+    }
+
+    #[test]
+    fn same_pairs_farther_than_different_pairs_are_inverted_labels() {
+        let mut m = healthy();
+        m.verification.roc_auc = 0.03;
+        m.stats.same_mean = 1.1;
+        m.stats.different_mean = 0.3;
+        assert_eq!(kinds(&m).first(), Some(&Kind::InvertedLabels));
+        m.verification.roc_auc = 0.55; // not below 0.5, but far below the untrained 0.8
+        assert_eq!(kinds(&m).first(), Some(&Kind::InvertedLabels));
+        m.untrained_roc_auc = Some(0.6); // an encoder that starts uninformative: no evidence
+        assert!(!kinds(&m).contains(&Kind::InvertedLabels));
+    }
+
+    #[test]
+    fn collapse_by_distance_rank_or_stuck_loss() {
+        let mut m = healthy();
+        m.geometry.mean_pairwise_distance = 1e-8;
+        assert_eq!(kinds(&m).first(), Some(&Kind::Collapse));
+        let mut m = healthy();
+        m.stats.different_mean = 0.05; // 5 % of margin 1
+        assert!(kinds(&m).contains(&Kind::Collapse));
+        let mut m = healthy();
+        m.geometry.effective_rank = 1.2;
+        assert!(kinds(&m).contains(&Kind::Collapse));
+        // A triplet run whose loss sits at the margin, with a low-rank space.
+        let mut m = healthy();
+        m.context.loss = Some("triplet".into());
+        m.context.margin = Some(0.2);
+        m.geometry.effective_rank = 2.5;
+        m.history = Some(History {
+            steps: (1..=10)
+                .map(|s| HistoryStep {
+                    step: s * 10,
+                    loss: Some(0.2 + 0.001 * (s % 2) as f64),
+                })
+                .collect(),
+            ..History::default()
+        });
+        let f = findings(&m);
+        let c = f
+            .iter()
+            .find(|f| f.kind == Kind::Collapse)
+            .expect("collapse");
+        assert!(
+            c.evidence
+                .iter()
+                .any(|e| e.name == "collapsed-loss" && e.value == 0.2)
+        );
+    }
+
+    #[test]
+    fn margins_that_do_not_fit() {
+        let mut m = healthy();
+        m.context.margin = Some(5.0);
+        let f = findings(&m);
+        let ms = f
+            .iter()
+            .find(|f| f.kind == Kind::MarginScale)
+            .expect("unreachable");
+        assert_eq!(ms.severity, Severity::Error);
+        let mut m = healthy();
+        m.context.normalized = false;
+        m.context.margin = Some(1.0);
+        m.different_median = 40.0;
+        m.stats.different_beyond_margin = 1.0;
+        m.stats.same_inside_margin = 0.2;
+        assert!(
+            kinds(&m).contains(&Kind::MarginScale),
+            "unit-sphere margin on a free scale"
+        );
+        let mut m = healthy();
+        m.stats.different_beyond_margin = 0.01;
+        assert!(kinds(&m).contains(&Kind::MarginScale), "nearly none beyond");
+        m.context.loss = Some("bce".into());
+        assert!(!kinds(&m).contains(&Kind::MarginScale), "BCE has no margin");
+    }
+
+    #[test]
+    fn inconsistent_outputs_are_eval_mode() {
+        for f in [
+            |m: &mut Measurements| m.consistency.alone_vs_batch = 0.2,
+            |m: &mut Measurements| m.consistency.repeat = 0.01,
+            |m: &mut Measurements| m.consistency.asymmetry = 0.01,
+            |m: &mut Measurements| {
+                m.consistency.batchnorm_layers = 4;
+                m.consistency.batchnorm_at_init = 4
+            },
+            |m: &mut Measurements| {
+                m.consistency.batchnorm_layers = 4;
+                m.consistency.train_eval_shift = Some(3.0)
+            },
+        ] {
+            let mut m = healthy();
+            f(&mut m);
+            assert!(kinds(&m).contains(&Kind::EvalMode), "{:?}", m.consistency);
+        }
+        let mut m = healthy();
+        m.consistency.batchnorm_layers = 4;
+        m.consistency.batchnorm_at_init = 4;
+        m.context.trained = false; // a fresh model has initial statistics by design
+        assert!(!kinds(&m).contains(&Kind::EvalMode));
+    }
+
+    #[test]
+    fn non_finite_values_anywhere() {
+        let mut m = healthy();
+        m.non_finite_weights = vec!["encoder.fc.bias".into()];
+        assert_eq!(kinds(&m).first(), Some(&Kind::NonFinite));
+        let mut m = healthy();
+        m.history = Some(History {
+            steps: vec![HistoryStep {
+                step: 5,
+                loss: None,
+            }],
+            ..History::default()
+        });
+        assert_eq!(kinds(&m).first(), Some(&Kind::NonFinite));
+    }
+
+    #[test]
+    fn weak_features_against_baselines() {
+        let mut m = healthy();
+        m.retrieval.precision_at_1 = 0.74;
+        assert!(kinds(&m).contains(&Kind::WeakFeatures));
+        m.pixels_precision_at_1 = None;
+        m.untrained_precision_at_1 = None;
+        assert!(
+            !kinds(&m).contains(&Kind::WeakFeatures),
+            "no baselines, no claim"
+        );
+    }
+
+    #[test]
+    fn overfitting_from_the_gap_or_the_history() {
+        let mut m = healthy();
+        m.generalization = Some(Generalization {
+            train_precision_at_1: 0.99,
+            val_precision_at_1: 0.8,
+            train_roc_auc: 0.999,
+            val_roc_auc: 0.96,
+        });
+        assert!(kinds(&m).contains(&Kind::Overfitting));
+        let mut m = healthy();
+        let v = |step, metric| HistoryValidation {
+            step,
+            loss: None,
+            metric,
+            roc_auc: 0.9,
+            precision_at_1: 0.8,
+        };
+        m.history = Some(History {
+            steps: vec![
+                HistoryStep {
+                    step: 100,
+                    loss: Some(0.5),
+                },
+                HistoryStep {
+                    step: 200,
+                    loss: Some(0.3),
+                },
+                HistoryStep {
+                    step: 300,
+                    loss: Some(0.1),
+                },
+            ],
+            validations: vec![v(100, 0.6), v(200, 0.7), v(300, 0.6)],
+            metric: "map-at-r".into(),
+            higher_is_better: true,
+            diverged: None,
+        });
+        assert!(kinds(&m).contains(&Kind::Overfitting));
+        // Still improving at the end: no finding.
+        if let Some(h) = &mut m.history {
+            h.validations[2].metric = 0.75;
+        }
+        assert!(!kinds(&m).contains(&Kind::Overfitting));
+    }
+
+    #[test]
+    fn thresholds_and_imbalance() {
+        let mut m = healthy();
+        m.verification.balanced_accuracy = 0.6;
+        assert!(kinds(&m).contains(&Kind::StaleThreshold));
+        let mut m = healthy();
+        m.stored_threshold = None;
+        assert!(kinds(&m).contains(&Kind::StaleThreshold));
+        let mut m = healthy();
+        m.context.positive_fraction = Some(0.05);
+        assert!(kinds(&m).contains(&Kind::PairImbalance));
+        let mut m = healthy();
+        m.true_accept_rate = 0.02;
+        assert!(
+            kinds(&m).contains(&Kind::PairImbalance),
+            "always answers different"
+        );
+        let mut m = healthy();
+        m.context.class_counts[3].1 = 10;
+        assert!(kinds(&m).contains(&Kind::ClassImbalance));
+        let mut m = healthy();
+        m.context.train_class_counts = Some(
+            (0..10)
+                .map(|c| (format!("c{c}"), if c == 0 { 1 } else { 450 }))
+                .collect(),
+        );
+        assert!(kinds(&m).contains(&Kind::ClassImbalance));
+    }
+
+    #[test]
+    fn findings_come_worst_first_and_serialise_with_stable_kinds() {
+        let mut m = healthy();
+        m.stored_threshold = None; // warning
+        m.non_finite_embeddings = 3; // error
+        let f = findings(&m);
+        assert!(f.windows(2).all(|w| w[0].severity >= w[1].severity));
+        let j = serde_json::to_value(&f).unwrap();
+        assert_eq!(j[0]["kind"], "non-finite");
+        assert_eq!(j[0]["severity"], "error");
+        assert!(j[0]["fix"].as_str().unwrap().len() > 20);
+        for k in Kind::ALL {
+            assert_eq!(serde_json::to_value(k).unwrap(), k.name());
+        }
+    }
+}
