@@ -383,6 +383,26 @@ impl TrainConfig {
         }
     }
 
+    /// Sets the margin of the contrastive or triplet loss (the BCE loss has none).
+    pub fn set_margin(&mut self, m: f64) -> Result<()> {
+        match &mut self.loss {
+            LossConfig::Contrastive { margin, .. } | LossConfig::Triplet { margin, .. } => {
+                *margin = m;
+                Ok(())
+            }
+            LossConfig::Bce => Err(TrainError::Config(
+                "loss.margin: the bce loss has no margin".into(),
+            )),
+        }
+    }
+
+    /// Sets the optimizer's (peak) learning rate.
+    pub fn set_lr(&mut self, v: f64) {
+        match &mut self.optimizer {
+            OptimizerConfig::Adamw { lr, .. } | OptimizerConfig::Sgd { lr, .. } => *lr = v,
+        }
+    }
+
     /// Parses TOML; unknown keys and wrong types are errors naming the key.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self> {
         let c: Self = toml::from_str(text)

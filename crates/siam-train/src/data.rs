@@ -183,3 +183,37 @@ pub fn load(cfg: &DataConfig, seed: u64) -> Result<Datasets> {
         test,
     })
 }
+
+/// The data config that reads `source` the way a model with `input` takes its images.
+pub fn data_config_for(source: &str, input: &siam_model::InputSpec) -> DataConfig {
+    DataConfig {
+        source: source.to_string(),
+        val_fraction: 0.1,
+        holdout_classes: None,
+        test_fraction: 0.2,
+        limit_per_class: None,
+        color: if input.channels == 3 {
+            siam_data::ColorMode::Rgb
+        } else {
+            siam_data::ColorMode::Gray
+        },
+        size: Some([input.height, input.width]),
+        mean: None,
+        std: None,
+    }
+}
+
+/// The images a model is evaluated on: the source's test split, or every image of a source
+/// without one (an image folder), checked against the model's input shape.
+pub fn eval_set(source: &str, input: &siam_model::InputSpec) -> Result<(String, ImageSet)> {
+    let (description, all, test) = load_source(&data_config_for(source, input))?;
+    let set = test.unwrap_or(all);
+    let s = set.shape();
+    if (s.channels, s.height, s.width) != (input.channels, input.height, input.width) {
+        return Err(TrainError::Config(format!(
+            "{source}: images are {}x{}x{} but the model takes {}x{}x{}",
+            s.channels, s.height, s.width, input.channels, input.height, input.width
+        )));
+    }
+    Ok((description, set))
+}

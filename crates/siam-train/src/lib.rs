@@ -8,6 +8,8 @@
 //! - [`optim`]: AdamW and SGD with momentum with saveable state; LR schedules with warmup.
 //! - [`evaluate`]: verification, retrieval and distance statistics of a model on a set.
 //! - [`trainer`]: [`train`], [`resume`].
+//! - [`sweep`]: short runs over a grid of margins and learning rates, side by side.
+//! - [`diagnose`]: loads a model, its data and its run folder for [`siam_eval::diagnose`].
 //!
 //! ```no_run
 //! use siam_train::{TrainConfig, TrainOptions, train};
@@ -23,9 +25,11 @@
 
 pub mod config;
 pub mod data;
+pub mod diagnose;
 pub mod error;
 pub mod evaluate;
 pub mod optim;
+pub mod sweep;
 pub mod trainer;
 
 pub use config::{Metric, TrainConfig};

@@ -416,13 +416,21 @@ impl<'a> Run<'a> {
     }
 
     fn diverged(&self, what: &str, lr: f64) -> TrainError {
-        TrainError::Diverged(format!(
+        let msg = format!(
             "step {}: {what} is not finite. Likely causes: a learning rate too high for this model (lr = {lr:.3e}; try 10x lower), \
              a margin far from the embedding scale, or unnormalised inputs. Last good checkpoint: {} (`siam train --resume {}` after fixing the config)",
             self.progress.step,
             self.last_checkpoint_hint(),
             self.dir.display()
-        ))
+        );
+        // The log says how the run ended, for `siam diagnose --run`; the error is what matters
+        // if the log cannot be written.
+        let _ = append_record(
+            &self.dir,
+            "diverged",
+            &serde_json::json!({ "step": self.progress.step, "what": what, "lr": lr, "message": msg }),
+        );
+        TrainError::Diverged(msg)
     }
 
     /// The loss of one batch, with the miner's active fraction.

@@ -1,6 +1,8 @@
 //! siam-train on the embedded fixtures: config errors, determinism, exact resume, the NaN
 //! stop, early stopping and the checkpoint policy. Runs are tiny to keep the suite fast.
 
+mod diagnose;
+
 use std::path::Path;
 
 use siam_model::{EncoderConfig, SiameseModel};
