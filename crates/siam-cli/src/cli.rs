@@ -26,6 +26,12 @@ pub enum Command {
     Eval(EvalArgs),
     /// Show a model file's metadata.
     Info(InfoArgs),
+    /// Explain why a model outputs what it does: findings with evidence, pictures and fixes.
+    Diagnose(DiagnoseArgs),
+    /// Recalibrate a model's decision threshold on a dataset's validation pairs.
+    Calibrate(CalibrateArgs),
+    /// Short training runs over a grid of margins and learning rates, side by side.
+    Sweep(SweepArgs),
 }
 
 #[derive(Args, Debug)]
@@ -134,6 +140,99 @@ pub struct EvalArgs {
 #[derive(Args, Debug)]
 pub struct InfoArgs {
     pub model: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DiagnoseArgs {
+    /// fixtures, fashion-mnist, mnist, an IDX directory (its test split) or an image folder.
+    #[arg(long)]
+    pub data: String,
+    /// The model's run folder: adds its training history, config and train/validation gap
+    /// (and the model defaults to RUN/model.safetensors).
+    #[arg(long)]
+    pub run: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// Print the diagnosis as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Write a self-contained HTML report (findings and pictures).
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Write the pictures as PNG and SVG into this folder.
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
+    /// Project the embedding map with t-SNE instead of PCA (slower).
+    #[arg(long)]
+    pub tsne: bool,
+    /// Balanced pairs for the verification figures.
+    #[arg(long, default_value_t = 4000)]
+    pub pairs: usize,
+    /// At most this many images (a class-stratified sample).
+    #[arg(long, default_value_t = 5000)]
+    pub max_images: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Skip the raw-pixel and untrained-encoder baselines (the weak-features check).
+    #[arg(long)]
+    pub no_baselines: bool,
+    /// Exit with status 3 when any warning or error is found.
+    #[arg(long)]
+    pub strict: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CalibrateArgs {
+    /// The data whose validation split gives the pairs: fixtures, fashion-mnist, mnist, an IDX
+    /// directory or an image folder.
+    #[arg(long)]
+    pub data: String,
+    #[command(flatten)]
+    pub model: ModelArg,
+    /// The calibrated model file to write (never the input file).
+    #[arg(long, short)]
+    pub out: PathBuf,
+    /// balanced-accuracy, eer, or far=RATE (the largest threshold with at most that false-accept rate).
+    #[arg(long, default_value = "balanced-accuracy")]
+    pub method: String,
+    /// Balanced validation pairs.
+    #[arg(long, default_value_t = 10000)]
+    pub pairs: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SweepArgs {
+    /// The base config (TOML).
+    #[arg(long, conflicts_with = "preset")]
+    pub config: Option<PathBuf>,
+    /// A built-in base recipe (default: quick).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Margins to try, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub margin: Vec<f64>,
+    /// Learning rates to try, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub lr: Vec<f64>,
+    /// Data source for every trial.
+    #[arg(long)]
+    pub data: Option<String>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub steps_per_epoch: Option<usize>,
+    /// Trials run at once (default: as many as cores, at most the number of trials).
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// The sweep folder (default runs/sweep-<time>); it must not exist.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }

@@ -6,14 +6,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
-use siam_data::ColorMode;
 use siam_model::SiameseModel;
-use siam_train::config::{DataConfig, LossConfig, OptimizerConfig};
 use siam_train::evaluate::{EvalSpec, eval_pairs, evaluate};
 use siam_train::{TrainConfig, TrainOptions};
 
 use crate::cli::{
-    Cli, Command, CompareArgs, EmbedArgs, EvalArgs, InfoArgs, ModelArg, SearchArgs, TrainArgs,
+    CalibrateArgs, Cli, Command, CompareArgs, DiagnoseArgs, EmbedArgs, EvalArgs, InfoArgs,
+    ModelArg, SearchArgs, SweepArgs, TrainArgs,
 };
 use crate::render;
 
@@ -31,6 +30,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Search(a) => search(a),
         Command::Eval(a) => eval(a),
         Command::Info(a) => info(a),
+        Command::Diagnose(a) => diagnose(a),
+        Command::Calibrate(a) => calibrate(a),
+        Command::Sweep(a) => sweep(a),
     }
 }
 
@@ -103,17 +105,10 @@ fn train(a: TrainArgs) -> Result<()> {
             cfg.device = v.clone();
         }
         if let Some(m) = a.margin {
-            match &mut cfg.loss {
-                LossConfig::Contrastive { margin, .. } | LossConfig::Triplet { margin, .. } => {
-                    *margin = m
-                }
-                LossConfig::Bce => bail!("--margin: the bce loss has no margin"),
-            }
+            cfg.set_margin(m)?;
         }
         if let Some(v) = a.lr {
-            match &mut cfg.optimizer {
-                OptimizerConfig::Adamw { lr, .. } | OptimizerConfig::Sgd { lr, .. } => *lr = v,
-            }
+            cfg.set_lr(v);
         }
         cfg.validate()?;
         let out = a
@@ -360,36 +355,7 @@ fn search(a: SearchArgs) -> Result<()> {
 fn eval(a: EvalArgs) -> Result<()> {
     let (model, path, source) = load(&a.model)?;
     let input = model.config().input.clone();
-    let data = DataConfig {
-        source: a.data.clone(),
-        val_fraction: 0.1,
-        holdout_classes: None,
-        test_fraction: 0.2,
-        limit_per_class: None,
-        color: if input.channels == 3 {
-            ColorMode::Rgb
-        } else {
-            ColorMode::Gray
-        },
-        size: Some([input.height, input.width]),
-        mean: None,
-        std: None,
-    };
-    let (description, all, test) = siam_train::data::load_source(&data)?;
-    let set = test.unwrap_or(all);
-    let s = set.shape();
-    if (s.channels, s.height, s.width) != (input.channels, input.height, input.width) {
-        bail!(
-            "{}: images are {}x{}x{} but the model takes {}x{}x{}",
-            a.data,
-            s.channels,
-            s.height,
-            s.width,
-            input.channels,
-            input.height,
-            input.width
-        );
-    }
+    let (description, set) = siam_train::data::eval_set(&a.data, &input)?;
     let pairs = eval_pairs(&set, a.pairs, a.seed)?;
     let transform = siam_data::Transform::eval(Some(siam_data::Normalize {
         mean: input.mean,
@@ -456,6 +422,219 @@ fn info(a: InfoArgs) -> Result<()> {
     }
     if let Some(t) = &m.training {
         println!("training:      {t}");
+    }
+    Ok(())
+}
+
+fn diagnose(a: DiagnoseArgs) -> Result<()> {
+    let (path, source) = match (&a.model.model, &a.run) {
+        (None, Some(run)) if std::env::var_os("SIAM_MODEL").is_none() => {
+            (run.join("model.safetensors"), "the run folder")
+        }
+        _ => resolve_model(&a.model)?,
+    };
+    let device = siam_model::parse_device(&a.model.device)?;
+    let opts = siam_train::diagnose::DiagnoseOptions {
+        data: a.data.clone(),
+        run: a.run.clone(),
+        pairs: a.pairs,
+        seed: a.seed,
+        max_images: a.max_images,
+        baselines: !a.no_baselines,
+    };
+    let (d, evidence, history) = siam_train::diagnose::diagnose(&path, &device, &opts)?;
+    let mut written = Vec::new();
+    if a.report.is_some() || a.plots.is_some() {
+        let m = &d.measurements;
+        let charts = siam_eval::plot::charts(
+            &evidence,
+            m.context.margin,
+            m.stored_threshold,
+            history.as_ref(),
+            if a.tsne {
+                siam_eval::plot::Projection::Tsne
+            } else {
+                siam_eval::plot::Projection::Pca
+            },
+            if a.tsne { 1500 } else { 3000 },
+        )?;
+        if let Some(dir) = &a.plots {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("{}: cannot create the plots folder", dir.display()))?;
+            for c in &charts {
+                for (ext, bytes) in [("svg", c.svg.as_bytes()), ("png", c.png.as_slice())] {
+                    let p = dir.join(format!("{}.{ext}", c.name));
+                    siam_model::model::write_atomic(&p, bytes)
+                        .with_context(|| format!("{}: cannot write", p.display()))?;
+                    written.push(p);
+                }
+            }
+        }
+        if let Some(p) = &a.report {
+            let html = siam_eval::report::html(&d, &charts);
+            siam_model::model::write_atomic(p, html.as_bytes())
+                .with_context(|| format!("{}: cannot write the report", p.display()))?;
+            written.push(p.clone());
+        }
+    }
+    if a.json {
+        let mut v = serde_json::to_value(&d)?;
+        v["healthy"] = d.healthy().into();
+        v["files"] = written
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        println!("model: {} ({source})", path.display());
+        print!("{}", render::diagnosis(&d));
+        for p in &written {
+            println!("wrote {}", p.display());
+        }
+    }
+    if a.strict && !d.healthy() {
+        std::process::exit(3);
+    }
+    Ok(())
+}
+
+fn parse_calibration(s: &str) -> Result<siam_eval::Calibration> {
+    use siam_eval::Calibration;
+    Ok(match s {
+        "balanced-accuracy" => Calibration::BalancedAccuracy,
+        "eer" => Calibration::Eer,
+        other => match other.strip_prefix("far=") {
+            Some(r) => {
+                let far: f64 = r
+                    .parse()
+                    .with_context(|| format!("--method {other}: '{r}' is not a number"))?;
+                if !(0.0..=1.0).contains(&far) {
+                    bail!("--method {other}: the false-accept rate must be in [0, 1]");
+                }
+                Calibration::TargetFar { far }
+            }
+            None => bail!(
+                "--method {other}: expected balanced-accuracy, eer, or far=RATE (for example far=0.001)"
+            ),
+        },
+    })
+}
+
+fn calibrate(a: CalibrateArgs) -> Result<()> {
+    let method = parse_calibration(&a.method)?;
+    let (mut model, path, _) = load(&a.model)?;
+    let same_file = std::fs::canonicalize(&a.out)
+        .ok()
+        .is_some_and(|o| std::fs::canonicalize(&path).ok() == Some(o));
+    if same_file {
+        bail!(
+            "{}: --out is the input model; write the calibrated model to a new file",
+            a.out.display()
+        );
+    }
+    if a.out.exists() {
+        bail!(
+            "{}: already exists; choose another --out or remove it first",
+            a.out.display()
+        );
+    }
+    let input = model.config().input.clone();
+    let ds = siam_train::data::load(&siam_train::data::data_config_for(&a.data, &input), a.seed)?;
+    let pairs = eval_pairs(&ds.val, a.pairs, a.seed)?;
+    let transform = siam_data::Transform::eval(Some(siam_data::Normalize {
+        mean: input.mean,
+        std: input.std,
+    }));
+    let old = model.meta().threshold;
+    let spec = EvalSpec {
+        loss: None,
+        calibration: method,
+        threshold: None,
+    };
+    let r = evaluate(&model, &ds.val, &pairs, &transform, &spec)?;
+    let meta = model.meta_mut();
+    meta.threshold = Some(r.verification.threshold);
+    meta.distance_quantiles = r.quantiles.clone();
+    model.save(&a.out)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": a.out.display().to_string(),
+                "threshold": r.verification.threshold,
+                "previous_threshold": old,
+                "method": a.method,
+                "validation_pairs": r.verification.pairs,
+                "balanced_accuracy": r.verification.balanced_accuracy,
+                "roc_auc": r.verification.roc_auc,
+            })
+        );
+    } else {
+        println!(
+            "threshold {:.4} (was {}) by {} on {} validation pairs of {}: balanced accuracy {:.4}",
+            r.verification.threshold,
+            old.map_or("none".into(), |t| format!("{t:.4}")),
+            a.method,
+            r.verification.pairs,
+            ds.description,
+            r.verification.balanced_accuracy
+        );
+        println!("wrote {}", a.out.display());
+    }
+    Ok(())
+}
+
+fn sweep(a: SweepArgs) -> Result<()> {
+    if a.margin.is_empty() && a.lr.is_empty() {
+        bail!(
+            "nothing to sweep: give --margin and/or --lr, comma-separated (for example --margin 0.5,1,2)"
+        );
+    }
+    let mut cfg = match (&a.config, &a.preset) {
+        (Some(p), _) => TrainConfig::from_file(p)?,
+        (None, Some(p)) => TrainConfig::preset(p)?,
+        (None, None) => TrainConfig::preset("quick")?,
+    };
+    if let Some(d) = &a.data {
+        cfg.data.source = d.clone();
+    }
+    if let Some(v) = a.epochs {
+        cfg.epochs = v;
+    }
+    if let Some(v) = a.steps_per_epoch {
+        cfg.steps_per_epoch = v;
+    }
+    let trials = siam_train::sweep::grid(&a.margin, &a.lr);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let jobs = a.jobs.unwrap_or(threads).max(1);
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("sweep-{}", utc_stamp())));
+    eprintln!(
+        "sweep: {} trials, {} at a time on {threads} cores, into {}",
+        trials.len(),
+        jobs.min(trials.len()),
+        out.display()
+    );
+    let rows = siam_train::sweep::sweep(&cfg, &trials, &out, jobs, threads, &|e| match e {
+        siam_train::sweep::SweepEvent::Started(t) => eprintln!("  started  {}", t.name),
+        siam_train::sweep::SweepEvent::Finished(r) => eprintln!(
+            "  finished {} in {:.0}s{}",
+            r.trial.name,
+            r.wall_s,
+            r.error.as_ref().map_or(String::new(), |e| format!(": {e}"))
+        ),
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", render::sweep_table(&rows));
+        println!(
+            "sweep folder: {} (sweep.json, one run folder per trial)",
+            out.display()
+        );
     }
     Ok(())
 }

@@ -149,3 +149,92 @@ pub fn eval_json(r: &EvalReport, model: &str, threshold_source: &str) -> serde_j
         "different_distance_mean": r.stats.different_mean,
     })
 }
+
+fn fmt_figure(v: f64) -> String {
+    if !v.is_finite() {
+        "n/a".into()
+    } else if v == v.trunc() && v.abs() < 1e9 {
+        format!("{v:.0}")
+    } else if v.abs() >= 0.01 && v.abs() < 1e4 {
+        format!("{v:.4}")
+    } else {
+        format!("{v:.3e}")
+    }
+}
+
+/// A diagnosis for the terminal: key figures, then each finding with evidence and fix.
+pub fn diagnosis(d: &siam_eval::Diagnosis) -> String {
+    use std::fmt::Write as _;
+    let m = &d.measurements;
+    let mut o = String::new();
+    let _ = writeln!(o, "data: {}", d.data);
+    let _ = writeln!(
+        o,
+        "ROC-AUC {:.4}  EER {:.4}  balanced accuracy {:.4} at threshold {:.4}  precision@1 {:.4}{}",
+        m.verification.roc_auc,
+        m.verification.eer,
+        m.verification.balanced_accuracy,
+        m.verification.threshold,
+        m.retrieval.precision_at_1,
+        match (m.pixels_precision_at_1, m.untrained_precision_at_1) {
+            (Some(p), Some(u)) => format!(" (raw pixels {p:.4}, untrained encoder {u:.4})"),
+            _ => String::new(),
+        }
+    );
+    for n in &d.notes {
+        let _ = writeln!(o, "note: {n}");
+    }
+    if d.findings.is_empty() {
+        let _ = writeln!(o, "no problems found");
+        return o;
+    }
+    let _ = writeln!(o, "{} finding(s):", d.findings.len());
+    for f in &d.findings {
+        let sev = match f.severity {
+            siam_eval::Severity::Error => "ERROR",
+            siam_eval::Severity::Warning => "WARNING",
+            siam_eval::Severity::Info => "info",
+        };
+        let _ = writeln!(o, "\n{sev} [{}] {}", f.kind.name(), f.summary);
+        let ev: Vec<String> = f
+            .evidence
+            .iter()
+            .map(|e| format!("{} {}", e.name, fmt_figure(e.value)))
+            .collect();
+        let _ = writeln!(o, "  evidence: {}", ev.join(", "));
+        let _ = writeln!(o, "  why: {}", f.explanation);
+        let _ = writeln!(o, "  fix: {}", f.fix);
+    }
+    o
+}
+
+/// The sweep results side by side.
+pub fn sweep_table(rows: &[siam_train::sweep::SweepRow]) -> String {
+    use std::fmt::Write as _;
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.4}"));
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{:<28} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7}  findings",
+        "trial", "ROC-AUC", "EER", "P@1", "MAP@R", "margin", "wall s"
+    );
+    for r in rows {
+        let _ = writeln!(
+            o,
+            "{:<28} {:>8} {:>8} {:>8} {:>8} {:>8} {:>7.0}  {}",
+            r.trial.name,
+            opt(r.roc_auc),
+            opt(r.eer),
+            opt(r.precision_at_1),
+            opt(r.map_at_r),
+            r.trial.margin.map_or("-".into(), |m| m.to_string()),
+            r.wall_s,
+            match &r.error {
+                Some(e) => format!("failed: {e}"),
+                None if r.findings.is_empty() => "healthy".into(),
+                None => r.findings.join(", "),
+            }
+        );
+    }
+    o
+}

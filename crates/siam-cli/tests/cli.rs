@@ -412,3 +412,271 @@ fn ctrl_c_writes_a_checkpoint_and_resume_finishes_the_run() {
     assert_eq!(v["steps"], 60);
     assert!(out.join("summary.json").is_file());
 }
+
+fn shipped() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/models/fashion-mnist.safetensors")
+}
+
+#[test]
+fn diagnose_a_healthy_model_as_json() {
+    let v = json(
+        siam()
+            .args(["diagnose", "--data", "fixtures", "--json", "--model"])
+            .arg(shipped()),
+    );
+    assert_eq!(v["healthy"], true, "{v:#}");
+    assert_eq!(v["findings"].as_array().unwrap().len(), 0);
+    let m = &v["measurements"];
+    for k in [
+        "verification",
+        "retrieval",
+        "stats",
+        "geometry",
+        "consistency",
+        "pixels_precision_at_1",
+        "untrained_precision_at_1",
+        "context",
+    ] {
+        assert!(!m[k].is_null(), "measurements.{k} missing: {m:#}");
+    }
+    // Plain output says so too.
+    let o = siam()
+        .args([
+            "diagnose",
+            "--data",
+            "fixtures",
+            "--no-baselines",
+            "--model",
+        ])
+        .arg(shipped())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no problems found"));
+}
+
+/// A threshold calibrated for a false-accept rate of 1e-4 is far from the balanced one:
+/// `diagnose --strict` exits 3 and names `stale-threshold`.
+#[test]
+fn calibrate_then_diagnose_a_stale_threshold_with_report_and_plots() {
+    let dir = tempfile::tempdir().unwrap();
+    let strict = dir.path().join("strict.safetensors");
+    let v = json(
+        siam()
+            .args([
+                "calibrate",
+                "--data",
+                "fixtures",
+                "--method",
+                "far=0.0001",
+                "--json",
+            ])
+            .arg("--model")
+            .arg(model())
+            .arg("--out")
+            .arg(&strict),
+    );
+    let t = v["threshold"].as_f64().unwrap();
+    assert!(t < v["previous_threshold"].as_f64().unwrap(), "{v}");
+    // The input file is never overwritten, and an existing output is refused.
+    fails(
+        siam()
+            .args(["calibrate", "--data", "fixtures", "--model"])
+            .arg(&strict)
+            .arg("--out")
+            .arg(&strict),
+        1,
+        "--out is the input model",
+    );
+    fails(
+        siam()
+            .args(["calibrate", "--data", "fixtures", "--model"])
+            .arg(model())
+            .arg("--out")
+            .arg(&strict),
+        1,
+        "already exists",
+    );
+    fails(
+        siam()
+            .args([
+                "calibrate",
+                "--data",
+                "fixtures",
+                "--method",
+                "far=two",
+                "--model",
+            ])
+            .arg(model())
+            .arg("--out")
+            .arg(dir.path().join("x.safetensors")),
+        1,
+        "is not a number",
+    );
+    let report = dir.path().join("report.html");
+    let plots = dir.path().join("plots");
+    let run = model().parent().unwrap();
+    let o = siam()
+        .args([
+            "diagnose",
+            "--data",
+            "fixtures",
+            "--strict",
+            "--no-baselines",
+            "--json",
+        ])
+        .arg("--model")
+        .arg(&strict)
+        .arg("--run")
+        .arg(run)
+        .arg("--report")
+        .arg(&report)
+        .arg("--plots")
+        .arg(&plots)
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let kinds: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"stale-threshold"), "{kinds:?}");
+    assert_eq!(v["healthy"], false);
+    // Pictures in both formats, the training curves from the run log included.
+    for name in ["embedding", "distances", "roc", "training"] {
+        let png = std::fs::read(plots.join(format!("{name}.png"))).unwrap();
+        let img = image::load_from_memory(&png).unwrap();
+        assert!(img.width() > 400 && img.height() > 300);
+        let rgb = img.to_rgb8();
+        let non_white = rgb.pixels().filter(|p| p.0 != [255, 255, 255]).count();
+        assert!(non_white > 1000, "{name}.png is blank");
+        let svg = std::fs::read_to_string(plots.join(format!("{name}.svg"))).unwrap();
+        assert!(svg.contains("<svg") && svg.contains("<text"), "{name}.svg");
+    }
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(html.contains("data-kind=\"stale-threshold\""));
+    assert_eq!(html.matches("<svg").count(), 4);
+    assert!(!html.contains("src=\"http"), "the report is self-contained");
+    render_in_chromium(&report);
+}
+
+/// Renders the report in headless Chromium (Debian's `chromium`) when it is installed.
+fn render_in_chromium(report: &Path) {
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|c| {
+            std::process::Command::new(c)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    else {
+        eprintln!(
+            "skipped: Chromium is not installed (apt-get install chromium) — the report was not rendered"
+        );
+        return;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let shot = profile.path().join("shot.png");
+    let url = format!("file://{}", report.canonicalize().unwrap().display());
+    let base = |c: &mut std::process::Command| {
+        c.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()));
+    };
+    let mut dump = std::process::Command::new(chromium);
+    base(&mut dump);
+    let o = dump.arg("--dump-dom").arg(&url).output().unwrap();
+    let dom = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        dom.contains("stale-threshold"),
+        "chromium DOM: {}",
+        &dom[..dom.len().min(500)]
+    );
+    assert_eq!(dom.matches("<svg").count(), 4, "all four pictures parsed");
+    let mut sc = std::process::Command::new(chromium);
+    base(&mut sc);
+    let o = sc
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg("--window-size=1000,3000")
+        .arg(&url)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let img = image::open(&shot).unwrap().to_rgb8();
+    let colourful = img
+        .pixels()
+        .filter(|p| {
+            let [r, g, b] = p.0;
+            r.max(g).max(b) - r.min(g).min(b) > 60
+        })
+        .count();
+    assert!(
+        colourful > 2000,
+        "the rendered page shows the coloured pictures ({colourful} px)"
+    );
+}
+
+#[test]
+fn sweep_runs_trials_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sweep");
+    let v = json(
+        siam()
+            .args([
+                "sweep",
+                "--preset",
+                "quick",
+                "--margin",
+                "0.5,1",
+                "--epochs",
+                "1",
+                "--steps-per-epoch",
+                "6",
+                "--json",
+                "--out",
+            ])
+            .arg(&out),
+    );
+    let rows = v.as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for (r, m) in rows.iter().zip([0.5, 1.0]) {
+        assert_eq!(r["trial"]["margin"], m);
+        assert!(r["error"].is_null(), "{r}");
+        assert!(r["roc_auc"].as_f64().unwrap() > 0.5, "{r}");
+        let run = PathBuf::from(r["run_dir"].as_str().unwrap());
+        assert!(run.join("model.safetensors").is_file());
+        assert!(r["findings"].is_array());
+    }
+    assert!(out.join("sweep.json").is_file());
+    // Nothing to sweep, and a non-empty sweep folder, are errors.
+    fails(
+        siam().args(["sweep", "--preset", "quick"]),
+        1,
+        "nothing to sweep",
+    );
+    fails(
+        siam().args(["sweep", "--margin", "1", "--out"]).arg(&out),
+        1,
+        "not empty",
+    );
+    fails(
+        siam()
+            .args(["sweep", "--margin=-1", "--out"])
+            .arg(dir.path().join("s2")),
+        1,
+        "margin",
+    );
+}
