@@ -149,6 +149,8 @@ impl Draw for Scatter<'_> {
             .x_desc(format!("{} 1", self.method))
             .y_desc(format!("{} 2", self.method))
             .label_style(("sans-serif", 11))
+            .light_line_style(TRANSPARENT)
+            .bold_line_style(BLACK.mix(0.12))
             .draw()
             .map_err(e)?;
         chart
@@ -251,6 +253,8 @@ impl Draw for Histograms<'_> {
             .x_desc("distance")
             .y_desc("share of pairs")
             .label_style(("sans-serif", 11))
+            .light_line_style(TRANSPARENT)
+            .bold_line_style(BLACK.mix(0.12))
             .draw()
             .map_err(e)?;
         for (h, colour, label) in [
@@ -342,6 +346,8 @@ impl Draw for RocChart<'_> {
             .x_desc("false-accept rate")
             .y_desc("true-accept rate")
             .label_style(("sans-serif", 11))
+            .light_line_style(TRANSPARENT)
+            .bold_line_style(BLACK.mix(0.12))
             .draw()
             .map_err(e)?;
         chart
@@ -400,6 +406,8 @@ impl Draw for Curves<'_> {
             .x_desc("step")
             .x_label_formatter(&|v| format!("{v:.0}"))
             .label_style(("sans-serif", 11))
+            .light_line_style(TRANSPARENT)
+            .bold_line_style(BLACK.mix(0.12))
             .draw()
             .map_err(e)?;
         c1.draw_series(LineSeries::new(
@@ -442,6 +450,8 @@ impl Draw for Curves<'_> {
             .x_desc("step")
             .x_label_formatter(&|v| format!("{v:.0}"))
             .label_style(("sans-serif", 11))
+            .light_line_style(TRANSPARENT)
+            .bold_line_style(BLACK.mix(0.12))
             .draw()
             .map_err(e)?;
         let series: [ValidationSeries<'_>; 3] = [
