@@ -680,3 +680,134 @@ fn sweep_runs_trials_side_by_side() {
         "margin",
     );
 }
+
+/// metrics.jsonl without its timing fields.
+fn metrics_without_timing(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let o = v.as_object_mut().unwrap();
+            o.remove("pairs_per_s");
+            o.remove("eta_s");
+            v
+        })
+        .collect()
+}
+
+/// `kill -9` at seeded random points (before the first checkpoint, between checkpoints, around
+/// validations), then `--resume`: the run ends with the same model file, metrics log and test
+/// figures as an uninterrupted one, and every checkpoint on disk is always complete.
+#[test]
+fn kill_9_at_random_points_then_resume_matches_an_uninterrupted_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = siam_train::TrainConfig::preset("quick").unwrap();
+    c.data.limit_per_class = Some(40);
+    c.model.encoder = siam_model::EncoderConfig::SeedCnn { embedding_dim: 16 };
+    c.batch_size = 8;
+    c.sampler = siam_data::SamplerConfig::Pk { p: 4, k: 2 };
+    c.epochs = 3;
+    c.steps_per_epoch = 10;
+    c.log_every = 1;
+    c.checkpoint.every_steps = 4;
+    c.validation.pairs = 100;
+    c.validation.test_pairs = 200;
+    let cfg = dir.path().join("tiny.toml");
+    std::fs::write(&cfg, c.to_toml()).unwrap();
+
+    let reference = dir.path().join("reference");
+    json(
+        siam()
+            .args(["train", "--json", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&reference),
+    );
+
+    let run = dir.path().join("killed");
+    let bin = assert_cmd::cargo::cargo_bin("siam");
+    let lines = |p: &Path| {
+        std::fs::read_to_string(p.join("metrics.jsonl"))
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    // A small LCG: the kill points are random but the same on every machine.
+    let mut state = 0x5eed_u64;
+    let mut next = |n: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    };
+    let mut kills = 0;
+    let mut first = true;
+    loop {
+        let mut cmd = std::process::Command::new(&bin);
+        if first {
+            cmd.args(["train", "--config"]).arg(&cfg).arg("--out").arg(&run);
+        } else {
+            cmd.args(["train", "--resume"]).arg(&run);
+        }
+        let mut child = cmd
+            .env_remove("SIAM_MODEL")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        first = false;
+        if kills >= 4 {
+            let o = child.wait_with_output().unwrap();
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            break;
+        }
+        let target = lines(&run) + 1 + next(7) as usize;
+        let finished = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if lines(&run) >= target {
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        };
+        if let Some(status) = finished {
+            assert!(status.success(), "the run failed before it could be killed");
+            break;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        kills += 1;
+        for ck in std::fs::read_dir(run.join("checkpoints")).unwrap().flatten() {
+            let name = ck.file_name().to_string_lossy().into_owned();
+            if name.starts_with("step-") {
+                let bytes = std::fs::read(ck.path()).unwrap();
+                let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+                    .unwrap_or_else(|e| panic!("{name} is corrupt: {e}"));
+                assert!(meta.metadata().as_ref().unwrap().contains_key("siam-checkpoint"));
+                safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            }
+        }
+    }
+    assert!(kills >= 3, "only {kills} kills landed");
+    assert_eq!(
+        std::fs::read(run.join("model.safetensors")).unwrap(),
+        std::fs::read(reference.join("model.safetensors")).unwrap(),
+        "the resumed run's model differs"
+    );
+    assert_eq!(metrics_without_timing(&run), metrics_without_timing(&reference));
+    let summary = |p: &Path| -> serde_json::Value {
+        serde_json::from_str::<serde_json::Value>(
+            &std::fs::read_to_string(p.join("summary.json")).unwrap(),
+        )
+        .unwrap()["test"]
+            .clone()
+    };
+    assert_eq!(summary(&run), summary(&reference));
+    // No temporary file survives the final resume.
+    for d in [run.clone(), run.join("checkpoints")] {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            assert!(!e.file_name().to_string_lossy().ends_with(".tmp"));
+        }
+    }
+}

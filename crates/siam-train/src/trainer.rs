@@ -261,29 +261,60 @@ pub fn train(
     let device = siam_model::parse_device(&cfg.device)?;
     let mcfg = model_config(cfg, &data.train);
     let model = SiameseModel::new(&mcfg, derive_seed(cfg.seed, &[stream::INIT]), &device)?;
-    std::fs::create_dir_all(checkpoint_dir(dir))
+    // config.toml first: a run killed at any later point can be resumed from its folder.
+    std::fs::create_dir_all(dir)
         .map_err(|e| TrainError::run(dir, format!("cannot create the run folder: {e}")))?;
     let mut resolved = cfg.clone();
     resolved.data.mean = Some(mcfg.input.mean.clone());
     resolved.data.std = Some(mcfg.input.std.clone());
     write_atomic(&dir.join("config.toml"), resolved.to_toml().as_bytes())
         .map_err(|e| TrainError::run(dir.join("config.toml"), e.to_string()))?;
+    std::fs::create_dir_all(checkpoint_dir(dir))
+        .map_err(|e| TrainError::run(dir, format!("cannot create the run folder: {e}")))?;
     let opt = Optimizer::new(cfg.optimizer.clone(), named_vars(&model));
     let run = Run::new(resolved, dir, data, model, opt, Progress::default(), opts)?;
     run.go(on)
 }
 
+/// Temporary files a killed process left behind (`.NAME.PID.tmp`, never read by siam).
+fn remove_stale_temp_files(dir: &Path) {
+    for d in [dir.to_path_buf(), checkpoint_dir(dir)] {
+        if let Ok(rd) = std::fs::read_dir(&d) {
+            for e in rd.flatten() {
+                let name = e.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') && name.ends_with(".tmp") {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+}
+
 /// Resumes the run in `dir` from its latest checkpoint; the result equals an uninterrupted run.
+/// A run stopped before its first checkpoint (killed, say) starts again from step 0.
 pub fn resume(dir: &Path, opts: &TrainOptions, on: &mut dyn FnMut(Event<'_>)) -> Result<Summary> {
     let cfg = TrainConfig::from_file(&dir.join("config.toml"))?;
-    let ckpt = checkpoints(dir)
-        .pop()
-        .ok_or_else(|| TrainError::run(dir, "has no checkpoint to resume from"))?;
+    remove_stale_temp_files(dir);
     let data = data::load(&cfg.data, cfg.seed)?;
     let device = siam_model::parse_device(&cfg.device)?;
-    let model = SiameseModel::new(&model_config(&cfg, &data.train), 0, &device)?;
-    let mut opt = Optimizer::new(cfg.optimizer.clone(), named_vars(&model));
-    let progress = load_checkpoint(&ckpt, &model, &mut opt)?;
+    let mcfg = model_config(&cfg, &data.train);
+    let (model, opt, progress) = match checkpoints(dir).pop() {
+        Some(ckpt) => {
+            let model = SiameseModel::new(&mcfg, 0, &device)?;
+            let mut opt = Optimizer::new(cfg.optimizer.clone(), named_vars(&model));
+            let progress = load_checkpoint(&ckpt, &model, &mut opt)?;
+            (model, opt, progress)
+        }
+        None => {
+            let model = SiameseModel::new(&mcfg, derive_seed(cfg.seed, &[stream::INIT]), &device)?;
+            let opt = Optimizer::new(cfg.optimizer.clone(), named_vars(&model));
+            std::fs::create_dir_all(checkpoint_dir(dir))
+                .map_err(|e| TrainError::run(dir, format!("cannot create checkpoints/: {e}")))?;
+            let _ = std::fs::remove_file(dir.join("model.safetensors"));
+            (model, opt, Progress::default())
+        }
+    };
     // Forget what was logged after the checkpoint: it will be produced again, identically.
     let mp = dir.join("metrics.jsonl");
     if let Ok(text) = std::fs::read_to_string(&mp) {
