@@ -745,7 +745,10 @@ fn kill_9_at_random_points_then_resume_matches_an_uninterrupted_run() {
     loop {
         let mut cmd = std::process::Command::new(&bin);
         if first {
-            cmd.args(["train", "--config"]).arg(&cfg).arg("--out").arg(&run);
+            cmd.args(["train", "--config"])
+                .arg(&cfg)
+                .arg("--out")
+                .arg(&run);
         } else {
             cmd.args(["train", "--resume"]).arg(&run);
         }
@@ -778,13 +781,21 @@ fn kill_9_at_random_points_then_resume_matches_an_uninterrupted_run() {
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         kills += 1;
-        for ck in std::fs::read_dir(run.join("checkpoints")).unwrap().flatten() {
+        for ck in std::fs::read_dir(run.join("checkpoints"))
+            .unwrap()
+            .flatten()
+        {
             let name = ck.file_name().to_string_lossy().into_owned();
             if name.starts_with("step-") {
                 let bytes = std::fs::read(ck.path()).unwrap();
                 let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
                     .unwrap_or_else(|e| panic!("{name} is corrupt: {e}"));
-                assert!(meta.metadata().as_ref().unwrap().contains_key("siam-checkpoint"));
+                assert!(
+                    meta.metadata()
+                        .as_ref()
+                        .unwrap()
+                        .contains_key("siam-checkpoint")
+                );
                 safetensors::SafeTensors::deserialize(&bytes).unwrap();
             }
         }
@@ -795,7 +806,10 @@ fn kill_9_at_random_points_then_resume_matches_an_uninterrupted_run() {
         std::fs::read(reference.join("model.safetensors")).unwrap(),
         "the resumed run's model differs"
     );
-    assert_eq!(metrics_without_timing(&run), metrics_without_timing(&reference));
+    assert_eq!(
+        metrics_without_timing(&run),
+        metrics_without_timing(&reference)
+    );
     let summary = |p: &Path| -> serde_json::Value {
         serde_json::from_str::<serde_json::Value>(
             &std::fs::read_to_string(p.join("summary.json")).unwrap(),

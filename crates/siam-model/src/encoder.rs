@@ -105,6 +105,50 @@ impl EncoderConfig {
         }
     }
 
+    /// Trainable and stored values (weights, biases, BatchNorm statistics) the encoder holds
+    /// for `input`, computed without allocating; `None` when the shape cannot be built or the
+    /// count overflows. Loading compares it with the file's size before allocating anything.
+    pub fn parameter_count(&self, input: &InputSpec) -> Option<u64> {
+        let c = input.channels as u64;
+        let lin = |i: u64, o: u64| i.checked_mul(o)?.checked_add(o);
+        match self {
+            Self::SeedCnn { embedding_dim } => {
+                let flat = SeedCnn::flatten_dim(input.height, input.width).ok()? as u64;
+                let conv1 = c.checked_mul(32 * 25)?.checked_add(32)?;
+                let conv2 = 32 * 64 * 9 + 64;
+                lin(flat, *embedding_dim as u64)?
+                    .checked_add(conv1)?
+                    .checked_add(conv2)
+            }
+            Self::Convnet {
+                channels,
+                hidden,
+                embedding_dim,
+                ..
+            } => {
+                let mut total = 0u64;
+                let mut cin = c;
+                for &co in channels {
+                    let co = co as u64;
+                    let block = cin
+                        .checked_mul(co)?
+                        .checked_mul(9)?
+                        .checked_add(co.checked_mul(co)?.checked_mul(9)?)?
+                        .checked_add(co.checked_mul(8)?)?;
+                    total = total.checked_add(block)?;
+                    cin = co;
+                }
+                let head = if *hidden > 0 {
+                    lin(cin, *hidden as u64)?
+                        .checked_add(lin(*hidden as u64, *embedding_dim as u64)?)?
+                } else {
+                    lin(cin, *embedding_dim as u64)?
+                };
+                total.checked_add(head)
+            }
+        }
+    }
+
     /// Builds the encoder for `input` under `vb`.
     pub fn build(&self, input: &InputSpec, vb: VarBuilder<'_>) -> Result<Encoder> {
         if input.channels == 0 || input.height == 0 || input.width == 0 {

@@ -99,6 +99,51 @@ impl std::fmt::Debug for SiameseModel {
     }
 }
 
+/// Upper bounds that keep a malformed config (or model file) from asking for absurd memory.
+fn check_sizes(config: &ModelConfig) -> Result<()> {
+    let i = &config.input;
+    let bad = |m: String| Err(ModelError::Config(m));
+    if !(1..=4).contains(&i.channels) {
+        return bad(format!(
+            "input.channels is {}; siam takes 1 (gray) or 3 (RGB)",
+            i.channels
+        ));
+    }
+    if i.height > 4096 || i.width > 4096 {
+        return bad(format!(
+            "input {}x{} is larger than 4096x4096",
+            i.height, i.width
+        ));
+    }
+    let dim = config.encoder.embedding_dim();
+    if dim > 65536 {
+        return bad(format!("embedding-dim {dim} is larger than 65536"));
+    }
+    if let EncoderConfig::Convnet {
+        channels, hidden, ..
+    } = &config.encoder
+    {
+        if channels.len() > 12 || channels.iter().any(|&c| c > 4096) || *hidden > 65536 {
+            return bad(format!(
+                "convnet channels {channels:?} / hidden {hidden}: at most 12 blocks of 4096 channels and a 65536-wide head"
+            ));
+        }
+    }
+    match config.encoder.parameter_count(i) {
+        Some(n) if n <= 1 << 31 => Ok(()),
+        Some(n) => bad(format!(
+            "the encoder would hold {n} values (more than 2^31)"
+        )),
+        None => bad(format!(
+            "the {} encoder cannot be built for a {}x{}x{} input",
+            config.encoder.kind(),
+            i.channels,
+            i.height,
+            i.width
+        )),
+    }
+}
+
 fn build(config: &ModelConfig, device: &Device) -> Result<(Encoder, Option<Linear>, VarMap)> {
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, device);
@@ -117,6 +162,7 @@ fn build(config: &ModelConfig, device: &Device) -> Result<(Encoder, Option<Linea
             "input.std values must be positive".into(),
         ));
     }
+    check_sizes(config)?;
     let encoder = config.encoder.build(input, vb.pp("encoder"))?;
     let head = if config.pair_head {
         Some(candle_nn::linear(
@@ -313,10 +359,43 @@ impl SiameseModel {
         Self::load_impl(path.as_ref(), device, false)
     }
 
+    /// Loads a model from the bytes of a model file (for instance `include_bytes!`), with
+    /// every check of [`SiameseModel::load`]; `name` stands for the file in error messages.
+    pub fn from_bytes(bytes: &[u8], name: impl AsRef<Path>, device: &Device) -> Result<Self> {
+        Ok(Self::from_bytes_impl(bytes, name.as_ref(), device, true)?.0)
+    }
+
     fn load_impl(path: &Path, device: &Device, strict: bool) -> Result<(Self, Vec<String>)> {
         let bytes =
             std::fs::read(path).map_err(|e| ModelError::file(path, format!("cannot read: {e}")))?;
+        Self::from_bytes_impl(&bytes, path, device, strict)
+    }
+
+    fn from_bytes_impl(
+        bytes: &[u8],
+        path: &Path,
+        device: &Device,
+        strict: bool,
+    ) -> Result<(Self, Vec<String>)> {
         let meta = read_meta(path, &bytes)?;
+        check_sizes(&meta.config).map_err(|e| ModelError::file(path, e.to_string()))?;
+        // Every value must be in the file (2 bytes each at the least, f16): a header that
+        // declares a huge network is refused before anything is allocated for it.
+        let declared = meta
+            .config
+            .encoder
+            .parameter_count(&meta.config.input)
+            .unwrap_or(u64::MAX);
+        if declared.saturating_mul(2) > bytes.len() as u64 {
+            return Err(ModelError::file(
+                path,
+                format!(
+                    "the metadata declares a {} encoder with {declared} values but the file has {} bytes: truncated or not this model",
+                    meta.config.encoder.kind(),
+                    bytes.len()
+                ),
+            ));
+        }
         let (encoder, head, varmap) =
             build(&meta.config, device).map_err(|e| ModelError::file(path, e.to_string()))?;
         let st = safetensors::SafeTensors::deserialize(&bytes)

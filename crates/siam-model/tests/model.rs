@@ -270,6 +270,83 @@ fn every_load_failure_is_explained() {
     assert!(load_err(&p).contains("encoder.conv1.bias holds NaN"));
 
     assert!(load_err(&dir.path().join("missing.safetensors")).contains("cannot read"));
+
+    // A header that declares a huge network is refused before anything is allocated for it:
+    // a billion values (4 GB) against a file of 180 KB; beyond 2^31 values, by size alone.
+    rewrite(&good, &p, |_, m| {
+        m["input"]["height"] = 512.into();
+        m["input"]["width"] = 512.into();
+        m["encoder"]["embedding-dim"] = 1024.into();
+    });
+    let e = load_err(&p);
+    assert!(
+        e.contains("declares a seed-cnn encoder with") && e.contains("bytes"),
+        "{e}"
+    );
+    rewrite(&good, &p, |_, m| {
+        m["input"]["height"] = 4096.into();
+        m["input"]["width"] = 4096.into();
+        m["encoder"]["embedding-dim"] = 65536.into();
+    });
+    assert!(load_err(&p).contains("more than 2^31"));
+    rewrite(&good, &p, |_, m| m["input"]["height"] = 1_000_000.into());
+    assert!(load_err(&p).contains("larger than 4096"));
+    rewrite(&good, &p, |_, m| m["input"]["channels"] = 0.into());
+    assert!(load_err(&p).contains("1 (gray) or 3 (RGB)"));
+
+    // from_bytes gives the same checks, naming what the caller calls the bytes.
+    let e = SiameseModel::from_bytes(b"junk", "embedded-model", &CPU)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("embedded-model: not a safetensors file"),
+        "{e}"
+    );
+    let m = SiameseModel::from_bytes(&std::fs::read(&good).unwrap(), "good", &CPU).unwrap();
+    assert_eq!(m.meta().embedding_dim, 16);
+}
+
+#[test]
+fn parameter_count_matches_the_built_network() {
+    let configs = [
+        seed_cnn(1, 28, 28),
+        seed_cnn(3, 32, 40),
+        ModelConfig {
+            encoder: EncoderConfig::Convnet {
+                channels: vec![8, 16, 32],
+                hidden: 24,
+                dropout: 0.0,
+                embedding_dim: 12,
+            },
+            ..seed_cnn(3, 32, 32)
+        },
+        ModelConfig {
+            encoder: EncoderConfig::Convnet {
+                channels: vec![4],
+                hidden: 0,
+                dropout: 0.1,
+                embedding_dim: 5,
+            },
+            ..seed_cnn(1, 9, 9)
+        },
+    ];
+    for c in configs {
+        let m = SiameseModel::new(&c, 0, &CPU).unwrap();
+        let built: usize = m
+            .varmap()
+            .data()
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.starts_with("encoder."))
+            .map(|(_, v)| v.elem_count())
+            .sum();
+        assert_eq!(
+            c.encoder.parameter_count(&c.input),
+            Some(built as u64),
+            "{c:?}"
+        );
+    }
 }
 
 #[test]
