@@ -4,6 +4,7 @@ mod bench;
 mod cuda;
 mod download;
 mod fixtures;
+mod fuzz;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -29,6 +30,8 @@ enum Cmd {
     Fixtures(fixtures::Args),
     /// Compile the workspace with the CUDA feature (no GPU needed; installs nvcc from PyPI).
     CheckCuda(cuda::Args),
+    /// Fuzz a parser (idx, model-file, config) with cargo-fuzz on a nightly toolchain.
+    Fuzz(fuzz::Args),
 }
 
 /// The workspace root, found from this crate's manifest directory.
@@ -51,6 +54,7 @@ fn main() {
         Cmd::Bench(a) => bench::run(&a),
         Cmd::Fixtures(a) => fixtures::run(&a),
         Cmd::CheckCuda(a) => cuda::run(&a),
+        Cmd::Fuzz(a) => fuzz::run(&a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

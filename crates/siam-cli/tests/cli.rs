@@ -765,6 +765,23 @@ fn kill_9_at_random_points_then_resume_matches_an_uninterrupted_run() {
             break;
         }
         let target = lines(&run) + 1 + next(7) as usize;
+        if kills == 1 {
+            // While it runs, a second trainer on the same folder is refused.
+            let holds_lock = |pid: u32| {
+                std::fs::read_to_string(run.join(".lock"))
+                    .is_ok_and(|s| s.trim() == pid.to_string())
+            };
+            while !holds_lock(child.id()) && child.try_wait().unwrap().is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            if child.try_wait().unwrap().is_none() {
+                fails(
+                    siam().args(["train", "--resume"]).arg(&run),
+                    1,
+                    "in use by process",
+                );
+            }
+        }
         let finished = loop {
             if let Some(status) = child.try_wait().unwrap() {
                 break Some(status);
@@ -824,4 +841,370 @@ fn kill_9_at_random_points_then_resume_matches_an_uninterrupted_run() {
             assert!(!e.file_name().to_string_lossy().ends_with(".tmp"));
         }
     }
+}
+
+/// IDX bytes: `n` images of `rows × cols` (or labels when `rows` is None).
+fn idx_bytes(magic: u32, dims: &[u32], payload: &[u8]) -> Vec<u8> {
+    let mut v = magic.to_be_bytes().to_vec();
+    for d in dims {
+        v.extend_from_slice(&d.to_be_bytes());
+    }
+    v.extend_from_slice(payload);
+    v
+}
+
+/// Every kind of broken IDX directory: exit 1, the file named, what is wrong said, no panic.
+#[test]
+fn broken_idx_data_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let good_images = idx_bytes(0x803, &[4, 28, 28], &[7u8; 4 * 784]);
+    let good_labels = idx_bytes(0x801, &[4], &[0, 1, 0, 1]);
+    let cases: Vec<(&str, Vec<u8>, Vec<u8>, &str)> = vec![
+        (
+            "truncated",
+            good_images[..100].to_vec(),
+            good_labels.clone(),
+            "truncated",
+        ),
+        (
+            "wrong magic",
+            idx_bytes(0x801, &[4, 28, 28], &[7u8; 4 * 784]),
+            good_labels.clone(),
+            "magic",
+        ),
+        (
+            "zero images",
+            idx_bytes(0x803, &[0, 28, 28], &[]),
+            idx_bytes(0x801, &[0], &[]),
+            "zero images",
+        ),
+        (
+            "empty dimensions",
+            idx_bytes(0x803, &[4, 0, 28], &[]),
+            good_labels.clone(),
+            "28",
+        ),
+        (
+            "label count",
+            good_images.clone(),
+            idx_bytes(0x801, &[3], &[0, 1, 0]),
+            "3 labels for 4 images",
+        ),
+        (
+            "declared huge",
+            idx_bytes(0x803, &[u32::MAX, 65535, 65535], &[1, 2, 3]),
+            good_labels.clone(),
+            "truncated",
+        ),
+        (
+            "trailing data",
+            [good_images.clone(), vec![1, 2, 3]].concat(),
+            good_labels.clone(),
+            "trailing",
+        ),
+    ];
+    for (what, images, labels, needle) in cases {
+        let d = dir.path().join(what.replace(' ', "-"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("train-images-idx3-ubyte"), images).unwrap();
+        std::fs::write(d.join("train-labels-idx1-ubyte"), labels).unwrap();
+        let o = siam()
+            .args(["eval", "--model"])
+            .arg(shipped())
+            .arg("--data")
+            .arg(&d)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{what}: {err}");
+        assert!(err.contains("idx"), "{what}: the file is not named: {err}");
+        assert!(
+            err.contains(needle),
+            "{what}: stderr lacks {needle:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{what}: {err}");
+    }
+    // Labels out of range for the class names given.
+    let d = dir.path().join("range");
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("train-images-idx3-ubyte"), &good_images).unwrap();
+    std::fs::write(
+        d.join("train-labels-idx1-ubyte"),
+        idx_bytes(0x801, &[4], &[0, 1, 0, 200]),
+    )
+    .unwrap();
+    std::fs::write(d.join("classes.txt"), "a\nb\n").unwrap();
+    fails(
+        siam()
+            .args(["eval", "--model"])
+            .arg(shipped())
+            .arg("--data")
+            .arg(&d),
+        1,
+        "200",
+    );
+}
+
+/// Broken image folders, through `siam train` and `siam eval`.
+#[test]
+fn broken_image_folders_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = |name: &str| {
+        let root = dir.path().join(name);
+        for class in ["bag", "sandal"] {
+            let d = root.join(class);
+            std::fs::create_dir_all(&d).unwrap();
+            for i in 0..2 {
+                std::fs::copy(png(class, i), d.join(format!("{i}.png"))).unwrap();
+            }
+        }
+        root
+    };
+    let eval = |root: &Path| {
+        let mut c = siam();
+        c.args(["eval", "--model"])
+            .arg(shipped())
+            .arg("--data")
+            .arg(root);
+        c
+    };
+    let r = fresh("zero-byte");
+    std::fs::write(r.join("bag/empty.png"), b"").unwrap();
+    fails(&mut eval(&r), 1, "empty.png");
+    let r = fresh("corrupt-png");
+    let mut bytes = std::fs::read(png("bag", 0)).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    std::fs::write(r.join("bag/half.png"), bytes).unwrap();
+    fails(&mut eval(&r), 1, "half.png");
+    let r = fresh("fake-jpeg");
+    std::fs::write(r.join("bag/photo.jpg"), b"\xff\xd8\xff not really a jpeg").unwrap();
+    fails(&mut eval(&r), 1, "photo.jpg");
+    let r = fresh("empty-class");
+    std::fs::create_dir_all(r.join("coat")).unwrap();
+    fails(&mut eval(&r), 1, "coat");
+    let r = fresh("single-class");
+    std::fs::remove_dir_all(r.join("sandal")).unwrap();
+    fails(
+        siam()
+            .args(["train", "--preset", "quick", "--data"])
+            .arg(&r)
+            .arg("--out")
+            .arg(dir.path().join("run")),
+        1,
+        "class",
+    );
+    assert!(
+        !dir.path().join("run").exists(),
+        "a failed start leaves no run folder"
+    );
+    // Non-image files are ignored; mixed sizes and channel counts are resized and converted
+    // to the model's input (the same preprocessing as `compare`).
+    let r = fresh("mixed");
+    std::fs::write(r.join("bag/notes.txt"), "not an image").unwrap();
+    let big = image::DynamicImage::new_rgb8(40, 30);
+    big.save(r.join("sandal/big-rgb.png")).unwrap();
+    let v = json(eval(&r).arg("--json"));
+    assert_eq!(v["images"], 5, "{v}");
+}
+
+/// Broken model files, through `siam compare`.
+#[test]
+fn broken_model_files_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = std::fs::read(shipped()).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&good).unwrap();
+    let meta: serde_json::Value =
+        serde_json::from_str(&header.metadata().as_ref().unwrap()["siam"]).unwrap();
+    let tensors = candle_core::safetensors::load_buffer(&good, &candle_core::Device::Cpu).unwrap();
+    let write = |name: &str,
+                 t: &std::collections::HashMap<String, candle_core::Tensor>,
+                 m: Option<serde_json::Value>| {
+        let p = dir.path().join(name);
+        let md = m.map(|m| std::collections::HashMap::from([("siam".to_string(), m.to_string())]));
+        let bytes = safetensors::serialize(t.iter().map(|(k, v)| (k.as_str(), v)), md).unwrap();
+        std::fs::write(&p, bytes).unwrap();
+        p
+    };
+    let mut cases: Vec<(PathBuf, &str)> = Vec::new();
+    let p = dir.path().join("text.safetensors");
+    std::fs::write(&p, "hello").unwrap();
+    cases.push((p, "not a safetensors file"));
+    let p = dir.path().join("truncated.safetensors");
+    std::fs::write(&p, &good[..good.len() / 3]).unwrap();
+    cases.push((p, "not a safetensors file"));
+    cases.push((
+        write("foreign.safetensors", &tensors, None),
+        "without siam metadata",
+    ));
+    let mut t = tensors.clone();
+    t.insert(
+        "encoder.fc.weight".into(),
+        candle_core::Tensor::zeros(
+            (128, 1024),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap(),
+    );
+    cases.push((
+        write("shape.safetensors", &t, Some(meta.clone())),
+        "the model needs [128, 1600]",
+    ));
+    let mut m = meta.clone();
+    m["format-version"] = 7.into();
+    cases.push((write("newer.safetensors", &tensors, Some(m)), "newer"));
+    let mut t = tensors.clone();
+    let b = t["encoder.fc.bias"].clone();
+    t.insert(
+        "encoder.fc.bias".into(),
+        (b.ones_like().unwrap() * f64::NAN).unwrap(),
+    );
+    cases.push((write("nan.safetensors", &t, Some(meta.clone())), "NaN"));
+    for (p, needle) in cases {
+        let o = siam()
+            .arg("compare")
+            .arg(png("bag", 0))
+            .arg(png("bag", 1))
+            .arg("--model")
+            .arg(&p)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&*p.file_name().unwrap().to_string_lossy()),
+            "file not named: {err}"
+        );
+        assert!(err.contains(needle), "stderr lacks {needle:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+/// Broken configs: the key at fault is named, nothing is created.
+#[test]
+fn broken_configs_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = siam_train::TrainConfig::preset("quick").unwrap().to_toml();
+    // The seed preset draws pairs, where the batch size counts (P×K batches are P·K images).
+    let pairs = siam_train::TrainConfig::preset("seed").unwrap().to_toml();
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "unknown key",
+            base.replace("epochs = 2", "epochs = 2\nepochz = 3"),
+            "epochz",
+        ),
+        (
+            "wrong type",
+            base.replace("epochs = 2", "epochs = \"two\""),
+            "epochs",
+        ),
+        (
+            "margin <= 0",
+            base.replace("margin = 1.0", "margin = 0.0"),
+            "margin",
+        ),
+        (
+            "batch < 2",
+            pairs.replace("batch-size = 64", "batch-size = 1"),
+            "batch-size",
+        ),
+        (
+            "P×K larger than the data",
+            base.replace("p = 8", "p = 50"),
+            "50",
+        ),
+        (
+            "holdout leaves one class",
+            base.replace(
+                "test-fraction = 0.2",
+                "test-fraction = 0.2\nholdout-classes = { count = 9 }",
+            ),
+            "class",
+        ),
+    ];
+    for (what, text, needle) in cases {
+        assert!(
+            text != base && text != pairs,
+            "{what}: the edit did not apply"
+        );
+        let p = dir.path().join("bad.toml");
+        std::fs::write(&p, text).unwrap();
+        let out = dir.path().join("run");
+        let o = siam()
+            .args(["train", "--config"])
+            .arg(&p)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{what}: {err}");
+        assert!(
+            err.contains(needle),
+            "{what}: stderr lacks {needle:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{what}: {err}");
+        assert!(!out.exists(), "{what}: a run folder was created");
+    }
+}
+
+/// Outputs that cannot be written: under a file, and on a full disk (a 64 KiB tmpfs, where the
+/// test can mount one). Nothing half-written is left behind.
+#[test]
+fn unwritable_outputs_fail_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    fails(
+        siam()
+            .args(["train", "--preset", "quick", "--out"])
+            .arg(file.join("run")),
+        1,
+        "a-file",
+    );
+    fails(
+        siam()
+            .arg("embed")
+            .arg(png_root())
+            .arg("--out")
+            .arg(file.join("e.safetensors"))
+            .arg("--model")
+            .arg(shipped()),
+        1,
+        "e.safetensors",
+    );
+    let mnt = dir.path().join("small");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&mnt)
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !mounted {
+        eprintln!("skipped: the full-disk case needs permission to mount a tmpfs");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _guard = Unmount(&mnt);
+    let out = mnt.join("calibrated.safetensors");
+    fails(
+        siam()
+            .args(["calibrate", "--data", "fixtures", "--model"])
+            .arg(shipped())
+            .arg("--out")
+            .arg(&out),
+        1,
+        "calibrated.safetensors",
+    );
+    let left: Vec<_> = std::fs::read_dir(&mnt)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left on the full disk: {left:?}");
 }

@@ -122,12 +122,11 @@ fn check_sizes(config: &ModelConfig) -> Result<()> {
     if let EncoderConfig::Convnet {
         channels, hidden, ..
     } = &config.encoder
+        && (channels.len() > 12 || channels.iter().any(|&c| c > 4096) || *hidden > 65536)
     {
-        if channels.len() > 12 || channels.iter().any(|&c| c > 4096) || *hidden > 65536 {
-            return bad(format!(
-                "convnet channels {channels:?} / hidden {hidden}: at most 12 blocks of 4096 channels and a 65536-wide head"
-            ));
-        }
+        return bad(format!(
+            "convnet channels {channels:?} / hidden {hidden}: at most 12 blocks of 4096 channels and a 65536-wide head"
+        ));
     }
     match config.encoder.parameter_count(i) {
         Some(n) if n <= 1 << 31 => Ok(()),
@@ -377,7 +376,7 @@ impl SiameseModel {
         device: &Device,
         strict: bool,
     ) -> Result<(Self, Vec<String>)> {
-        let meta = read_meta(path, &bytes)?;
+        let meta = read_meta(path, bytes)?;
         check_sizes(&meta.config).map_err(|e| ModelError::file(path, e.to_string()))?;
         // Every value must be in the file (2 bytes each at the least, f16): a header that
         // declares a huge network is refused before anything is allocated for it.
@@ -398,7 +397,7 @@ impl SiameseModel {
         }
         let (encoder, head, varmap) =
             build(&meta.config, device).map_err(|e| ModelError::file(path, e.to_string()))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
+        let st = safetensors::SafeTensors::deserialize(bytes)
             .map_err(|e| ModelError::file(path, format!("not a safetensors file: {e}")))?;
         let mut non_finite = Vec::new();
         {
@@ -431,7 +430,7 @@ impl SiameseModel {
             if !problems.is_empty() {
                 return Err(ModelError::file(path, problems.join("; ")));
             }
-            let loaded = candle_core::safetensors::load_buffer(&bytes, device)
+            let loaded = candle_core::safetensors::load_buffer(bytes, device)
                 .map_err(|e| ModelError::file(path, format!("cannot read tensors: {e}")))?;
             for name in expected {
                 let t = loaded[name].to_dtype(DType::F32)?;

@@ -9,6 +9,7 @@
 //! - [`evaluate`]: verification, retrieval and distance statistics of a model on a set.
 //! - [`trainer`]: [`train`], [`resume`].
 //! - [`sweep`]: short runs over a grid of margins and learning rates, side by side.
+//! - [`fuzz`]: the harnesses `cargo xtask fuzz` and the fuzz regression test share.
 //! - [`diagnose`]: loads a model, its data and its run folder for [`siam_eval::diagnose`].
 //!
 //! ```no_run
@@ -28,6 +29,7 @@ pub mod data;
 pub mod diagnose;
 pub mod error;
 pub mod evaluate;
+pub mod fuzz;
 pub mod optim;
 pub mod sweep;
 pub mod trainer;

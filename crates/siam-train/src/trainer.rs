@@ -161,6 +161,59 @@ struct Run<'a> {
     opts: &'a TrainOptions,
 }
 
+/// A run folder in use: `.lock` holds the owner's process id while a trainer writes the
+/// folder, so a second `train`/`resume` on it stops instead of interleaving writes. A lock left
+/// by a killed process (its id no longer running) is taken over.
+struct RunLock(PathBuf);
+
+impl RunLock {
+    fn acquire(dir: &Path) -> Result<Self> {
+        let p = dir.join(".lock");
+        for _ in 0..2 {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&p)
+            {
+                Ok(mut f) => {
+                    let _ = f.write_all(std::process::id().to_string().as_bytes());
+                    return Ok(Self(p));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let owner = std::fs::read_to_string(&p).unwrap_or_default();
+                    let alive = owner.trim().parse::<u32>().is_ok_and(|pid| {
+                        pid != std::process::id() && Path::new(&format!("/proc/{pid}")).exists()
+                    });
+                    if alive {
+                        return Err(TrainError::run(
+                            dir,
+                            format!(
+                                "the run folder is in use by process {} (or remove {} if that process is not siam)",
+                                owner.trim(),
+                                p.display()
+                            ),
+                        ));
+                    }
+                    let _ = std::fs::remove_file(&p);
+                }
+                Err(e) => {
+                    return Err(TrainError::run(
+                        &p,
+                        format!("cannot lock the run folder: {e}"),
+                    ));
+                }
+            }
+        }
+        Err(TrainError::run(&p, "cannot lock the run folder"))
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn model_config(cfg: &TrainConfig, train: &ImageSet) -> ModelConfig {
     let s = train.shape();
     let (mean, std) = match (&cfg.data.mean, &cfg.data.std) {
@@ -269,6 +322,7 @@ pub fn train(
     resolved.data.std = Some(mcfg.input.std.clone());
     write_atomic(&dir.join("config.toml"), resolved.to_toml().as_bytes())
         .map_err(|e| TrainError::run(dir.join("config.toml"), e.to_string()))?;
+    let _lock = RunLock::acquire(dir)?;
     std::fs::create_dir_all(checkpoint_dir(dir))
         .map_err(|e| TrainError::run(dir, format!("cannot create the run folder: {e}")))?;
     let opt = Optimizer::new(cfg.optimizer.clone(), named_vars(&model));
@@ -295,6 +349,7 @@ fn remove_stale_temp_files(dir: &Path) {
 /// A run stopped before its first checkpoint (killed, say) starts again from step 0.
 pub fn resume(dir: &Path, opts: &TrainOptions, on: &mut dyn FnMut(Event<'_>)) -> Result<Summary> {
     let cfg = TrainConfig::from_file(&dir.join("config.toml"))?;
+    let _lock = RunLock::acquire(dir)?;
     remove_stale_temp_files(dir);
     let data = data::load(&cfg.data, cfg.seed)?;
     let device = siam_model::parse_device(&cfg.device)?;

@@ -1,0 +1,4 @@
+//! Fuzz target: `siam_train::fuzz::model_file` (see crates/siam-train/src/fuzz.rs).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| siam_train::fuzz::model_file(data));
