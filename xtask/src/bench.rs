@@ -33,6 +33,13 @@ pub struct Args {
     /// Print the JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Also run the identical network in PyTorch (xtask/bench/pytorch_reference.py),
+    /// alternating windows, and print the ratios siam / PyTorch.
+    #[arg(long)]
+    vs_pytorch: bool,
+    /// Alternating windows for --vs-pytorch (medians are reported).
+    #[arg(long, default_value_t = 5)]
+    windows: usize,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -124,20 +131,28 @@ pub fn run(a: &Args) -> Result<()> {
         vars,
     );
     let steps = 5;
-    let train = time(a.reps, || {
-        for _ in 0..steps {
-            let e = model.forward_t(&Tensor::cat(&[&xa, &xb], 0)?, true)?;
-            let d = model.distance(&e.narrow(0, 0, n)?, &e.narrow(0, n, n)?)?;
-            let l = loss::contrastive(&d, &same, 2.0)?;
-            let g = l.backward()?;
-            opt.step(&g, 1e-3)?;
-        }
-        sync(&xa)
-    })?;
-    let train_pairs_per_s = (steps * n) as f64 / median(train);
     let xi = imgs(a.infer_batch, 3)?;
-    let infer = time(a.reps, || sync(&model.embed(&xi)?))?;
-    let infer_images_per_s = a.infer_batch as f64 / median(infer);
+    let mut measure_siam = || -> Result<(f64, f64)> {
+        let train = time(a.reps, || {
+            for _ in 0..steps {
+                let e = model.forward_t(&Tensor::cat(&[&xa, &xb], 0)?, true)?;
+                let d = model.distance(&e.narrow(0, 0, n)?, &e.narrow(0, n, n)?)?;
+                let l = loss::contrastive(&d, &same, 2.0)?;
+                let g = l.backward()?;
+                opt.step(&g, 1e-3)?;
+            }
+            sync(&xa)
+        })?;
+        let infer = time(a.reps, || sync(&model.embed(&xi)?))?;
+        Ok((
+            (steps * n) as f64 / median(train),
+            a.infer_batch as f64 / median(infer),
+        ))
+    };
+    if a.vs_pytorch {
+        return versus_pytorch(a, &mut measure_siam);
+    }
+    let (train_pairs_per_s, infer_images_per_s) = measure_siam()?;
 
     let set = siam_train::data::fixtures()?.0;
     let loader_batches = 20u64;
@@ -225,4 +240,92 @@ fn show(p: &Path) -> String {
         .unwrap_or(p)
         .display()
         .to_string()
+}
+
+/// Alternates siam and PyTorch windows on the same network and batch; prints medians and the
+/// ratios siam / PyTorch. Skipped, with the reason, where torch is not installed.
+fn versus_pytorch(a: &Args, siam: &mut dyn FnMut() -> Result<(f64, f64)>) -> Result<()> {
+    if a.device != "cpu" {
+        bail!("--vs-pytorch compares CPU speed; use --device cpu");
+    }
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let has_torch = Command::new(&python)
+        .args(["-c", "import torch"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_torch {
+        println!(
+            "skipped: the PyTorch reference needs `{python}` with torch (pip install torch); siam alone: `cargo xtask bench`"
+        );
+        return Ok(());
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let script = project_root().join("xtask/bench/pytorch_reference.py");
+    let (mut st, mut si, mut pt, mut pi) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for w in 0..a.windows.max(1) {
+        let (t, i) = siam()?;
+        let o = Command::new(&python)
+            .arg(&script)
+            .args(["--pairs", &a.pairs.to_string()])
+            .args(["--infer-batch", &a.infer_batch.to_string()])
+            .args(["--reps", &a.reps.to_string()])
+            .args(["--threads", &threads.to_string()])
+            .output()
+            .context("running the PyTorch reference")?;
+        if !o.status.success() {
+            bail!(
+                "the PyTorch reference failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout)?;
+        let (tt, ti) = (
+            v["train_pairs_per_s"].as_f64().unwrap_or(f64::NAN),
+            v["infer_images_per_s"].as_f64().unwrap_or(f64::NAN),
+        );
+        eprintln!(
+            "window {}: siam {t:.0} pairs/s, {i:.0} images/s; PyTorch {tt:.0} pairs/s, {ti:.0} images/s",
+            w + 1
+        );
+        st.push(t);
+        si.push(i);
+        pt.push(tt);
+        pi.push(ti);
+    }
+    let (st, si, pt, pi) = (median(st), median(si), median(pt), median(pi));
+    let out = serde_json::json!({
+        "threads": threads,
+        "windows": a.windows,
+        "siam_train_pairs_per_s": st,
+        "pytorch_train_pairs_per_s": pt,
+        "train_ratio": st / pt,
+        "siam_infer_images_per_s": si,
+        "pytorch_infer_images_per_s": pi,
+        "infer_ratio": si / pi,
+    });
+    let dir = project_root().join("target/bench");
+    std::fs::create_dir_all(&dir)?;
+    siam_model::model::write_atomic(
+        &dir.join("vs-pytorch.json"),
+        serde_json::to_string_pretty(&out)?.as_bytes(),
+    )?;
+    if a.json {
+        println!("{out}");
+    } else {
+        println!(
+            "siam vs PyTorch, seed CNN 28x28, {threads} threads each, medians of {} alternating windows",
+            a.windows
+        );
+        println!("                   siam      PyTorch   ratio siam/PyTorch");
+        println!(
+            "  training   {st:>10.0} {pt:>10.0}   {:.2}   pairs/s",
+            st / pt
+        );
+        println!(
+            "  inference  {si:>10.0} {pi:>10.0}   {:.2}   images/s",
+            si / pi
+        );
+        println!("written to target/bench/vs-pytorch.json");
+    }
+    Ok(())
 }

@@ -230,8 +230,13 @@ impl SeedCnn {
 
 impl Module for SeedCnn {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.conv1.forward(x)?.relu()?.max_pool2d(2)?;
-        let x = self.conv2.forward(&x)?.relu()?.max_pool2d(2)?;
+        // siam's CPU kernels (candle's own ops elsewhere); the images need no gradient.
+        let c1 = &self.conv1;
+        let x = crate::kernels::conv2d(x, c1.weight(), c1.bias(), 0, false)?;
+        let x = crate::kernels::relu_max_pool2(&x)?;
+        let c2 = &self.conv2;
+        let x = crate::kernels::conv2d(&x, c2.weight(), c2.bias(), 0, true)?;
+        let x = crate::kernels::relu_max_pool2(&x)?;
         self.fc.forward(&x.flatten_from(1)?)
     }
 }
@@ -293,10 +298,12 @@ struct Block {
     b1: BatchNorm,
     c2: Conv2d,
     b2: BatchNorm,
+    /// The first block reads the images, whose gradient nobody needs.
+    first: bool,
 }
 
 impl Block {
-    fn new(cin: usize, cout: usize, vb: VarBuilder<'_>) -> Result<Self> {
+    fn new(cin: usize, cout: usize, first: bool, vb: VarBuilder<'_>) -> Result<Self> {
         let cfg = Conv2dConfig {
             padding: 1,
             ..Default::default()
@@ -307,12 +314,19 @@ impl Block {
             b1: candle_nn::batch_norm(cout, bn, vb.pp("bn1"))?,
             c2: candle_nn::conv2d_no_bias(cout, cout, 3, cfg, vb.pp("conv2"))?,
             b2: candle_nn::batch_norm(cout, bn, vb.pp("bn2"))?,
+            first,
         })
     }
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let x = self.b1.forward_t(&self.c1.forward(x)?, train)?.relu()?;
-        self.b2.forward_t(&self.c2.forward(&x)?, train)?.relu()
+        let conv = |c: &Conv2d, x: &Tensor, input_grad: bool| {
+            crate::kernels::conv2d(x, c.weight(), c.bias(), 1, input_grad)
+        };
+        let x = self
+            .b1
+            .forward_t(&conv(&self.c1, x, !self.first)?, train)?
+            .relu()?;
+        self.b2.forward_t(&conv(&self.c2, &x, true)?, train)?.relu()
     }
 }
 
@@ -355,7 +369,7 @@ impl ConvNet {
         let mut blocks = Vec::with_capacity(channels.len());
         let mut cin = input.channels;
         for (i, &c) in channels.iter().enumerate() {
-            blocks.push(Block::new(cin, c, vb.pp(format!("block{i}")))?);
+            blocks.push(Block::new(cin, c, i == 0, vb.pp(format!("block{i}")))?);
             cin = c;
         }
         let (hidden, out) = if hidden > 0 {
@@ -382,7 +396,8 @@ impl ModuleT for ConvNet {
         for (i, b) in self.blocks.iter().enumerate() {
             x = b.forward_t(&x, train)?;
             if i < last {
-                x = x.max_pool2d(2)?;
+                // Block outputs are ReLU'd already, so this is plain 2×2 max-pooling.
+                x = crate::kernels::relu_max_pool2(&x)?;
             }
         }
         let x = x.mean(D::Minus1)?.mean(D::Minus1)?; // global average pooling

@@ -4,6 +4,7 @@
 //!
 //! - [`encoder`]: `seed-cnn` and `convnet`, PyTorch-default initialisation from a seed.
 //! - [`distance`]: Euclidean `sqrt(Σ(a−b)² + ε)`, squared Euclidean, cosine; row-wise and pairwise.
+//! - [`kernels`]: fast CPU convolution and fused ReLU + max-pooling (candle custom ops).
 //! - [`loss`]: contrastive (argument `same`, never `label`), triplet, online mining, BCE.
 //! - [`SiameseModel::save`] / [`SiameseModel::load`]: one `.safetensors` with JSON metadata.
 //! - [`parse_device`]: "cpu", "cuda:0", "metal", "auto".
@@ -37,6 +38,7 @@ pub mod device;
 pub mod distance;
 pub mod encoder;
 pub mod error;
+pub mod kernels;
 pub mod loss;
 pub mod model;
 

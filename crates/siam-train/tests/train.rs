@@ -244,6 +244,9 @@ fn a_diverging_run_stops_with_the_step_and_a_cause() {
         msg.contains("step ") && msg.contains("learning rate") && msg.contains("checkpoint"),
         "{msg}"
     );
+    // The log says how the run ended, and `diagnose` reads it as a non-finite finding.
+    let h = siam_train::diagnose::read_history(&dir.path().join("nan"), Some(&cfg)).unwrap();
+    assert_eq!(h.diverged.as_deref(), Some(msg.as_str()));
 }
 
 #[test]

@@ -1,0 +1,784 @@
+//! Fast CPU kernels for the encoders' hot operations, as candle custom ops with their
+//! backward passes: 2-D convolution (stride 1, zero padding) through im2col packing and one
+//! gemm per image for the output, the weight gradient and the input gradient — the input
+//! gradient only where the input needs one (never for the images themselves) — and ReLU fused
+//! with 2×2 max-pooling. Images are spread over rayon's pool, each gemm runs on one thread,
+//! and every per-thread buffer is reused across the images it handles.
+//!
+//! On CUDA and Metal, and for other dtypes, the functions fall back to candle's own ops, so
+//! callers use them unconditionally.
+
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
+};
+use rayon::prelude::*;
+
+/// A row-major or strided read-only matrix view for [`gemm_into`].
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    /// Distance between consecutive rows.
+    rs: usize,
+    /// Distance between consecutive columns.
+    cs: usize,
+}
+
+impl Mat<'_> {
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst (m×n, row-major) = [dst +] a (m×k) · b (k×n)` on the calling thread.
+fn gemm_into(dst: &mut [f32], m: usize, n: usize, k: usize, a: Mat<'_>, b: Mat<'_>, acc: bool) {
+    assert!(
+        dst.len() >= m * n && a.fits(m, k) && b.fits(k, n),
+        "gemm_into: bad shapes"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !acc {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: the assertion above bounds every element gemm reads ((m−1)·rs + (k−1)·cs within
+    // `a`, likewise for `b`) and writes (m·n within `dst`); the slices cannot alias because
+    // `dst` is borrowed mutably while `a` and `b` are shared borrows.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            acc,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Geometry of one convolution.
+#[derive(Debug, Clone, Copy)]
+struct Geom {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    pad: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geom {
+    fn new(x: &[usize], w: &[usize], pad: usize) -> Result<Self> {
+        let (&[n, c, h, wd], &[o, c2, kh, kw]) = (x, w) else {
+            candle_core::bail!("conv2d takes (N, C, H, W) and (O, C, KH, KW), got {x:?} and {w:?}")
+        };
+        if c != c2 || h + 2 * pad < kh || wd + 2 * pad < kw {
+            candle_core::bail!("conv2d: input {x:?} does not fit kernel {w:?} with padding {pad}")
+        }
+        Ok(Self {
+            n,
+            c,
+            h,
+            w: wd,
+            o,
+            kh,
+            kw,
+            pad,
+            ho: h + 2 * pad - kh + 1,
+            wo: wd + 2 * pad - kw + 1,
+        })
+    }
+    /// Rows of the packed column matrix: C·KH·KW.
+    fn ck(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+    /// Output positions per image: HO·WO.
+    fn p(&self) -> usize {
+        self.ho * self.wo
+    }
+}
+
+/// Packs one image (C, H, W) into col (C·KH·KW, HO·WO): each row holds one kernel tap's view
+/// of the (zero-padded) input, copied a contiguous output row at a time.
+fn im2col(g: &Geom, x: &[f32], col: &mut [f32]) {
+    let (p, pad) = (g.p(), g.pad as isize);
+    for c in 0..g.c {
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let row = &mut col[((c * g.kh + i) * g.kw + j) * p..][..p];
+                for oh in 0..g.ho {
+                    let dst = &mut row[oh * g.wo..][..g.wo];
+                    let ih = oh as isize + i as isize - pad;
+                    if ih < 0 || ih >= g.h as isize {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &x[(c * g.h + ih as usize) * g.w..][..g.w];
+                    // Output column ow reads input column ow + j − pad.
+                    let lo = (pad - j as isize).clamp(0, g.wo as isize) as usize;
+                    let hi = (g.w as isize + pad - j as isize).clamp(0, g.wo as isize) as usize;
+                    dst[..lo].fill(0.0);
+                    if hi > lo {
+                        let s0 = (lo as isize + j as isize - pad) as usize;
+                        dst[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
+                    }
+                    dst[hi.max(lo)..].fill(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// Adds col (C·KH·KW, HO·WO) back onto one image's gradient (C, H, W): the adjoint of
+/// [`im2col`].
+fn col2im(g: &Geom, col: &[f32], x: &mut [f32]) {
+    let (p, pad) = (g.p(), g.pad as isize);
+    x.fill(0.0);
+    for c in 0..g.c {
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let row = &col[((c * g.kh + i) * g.kw + j) * p..][..p];
+                for oh in 0..g.ho {
+                    let ih = oh as isize + i as isize - pad;
+                    if ih < 0 || ih >= g.h as isize {
+                        continue;
+                    }
+                    let dst = &mut x[(c * g.h + ih as usize) * g.w..][..g.w];
+                    let src = &row[oh * g.wo..][..g.wo];
+                    let lo = (pad - j as isize).clamp(0, g.wo as isize) as usize;
+                    let hi = (g.w as isize + pad - j as isize).clamp(0, g.wo as isize) as usize;
+                    if hi > lo {
+                        let s0 = (lo as isize + j as isize - pad) as usize;
+                        for (d, s) in dst[s0..s0 + hi - lo].iter_mut().zip(&src[lo..hi]) {
+                            *d += s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("siam kernels take contiguous tensors"),
+    }
+}
+
+/// y = conv(x, w) [+ b]: the forward pass.
+fn conv_forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let (ck, p) = (g.ck(), g.p());
+    let mut y = vec![0f32; g.n * g.o * p];
+    let img = g.c * g.h * g.w;
+    y.par_chunks_mut(g.o * p).enumerate().for_each_init(
+        || vec![0f32; ck * p],
+        |col, (n, yn)| {
+            im2col(g, &x[n * img..][..img], col);
+            if let Some(b) = bias {
+                for (row, &bo) in yn.chunks_mut(p).zip(b) {
+                    row.fill(bo);
+                }
+            }
+            gemm_into(
+                yn,
+                g.o,
+                p,
+                ck,
+                Mat {
+                    data: w,
+                    rs: ck,
+                    cs: 1,
+                },
+                Mat {
+                    data: col,
+                    rs: p,
+                    cs: 1,
+                },
+                bias.is_some(),
+            );
+        },
+    );
+    y
+}
+
+/// dW (O, C·KH·KW) = Σₙ dYₙ (O, P) · colₙᵀ (P, C·KH·KW), accumulated per thread.
+fn conv_weight_grad(g: &Geom, x: &[f32], gy: &[f32]) -> Vec<f32> {
+    let (ck, p) = (g.ck(), g.p());
+    let img = g.c * g.h * g.w;
+    (0..g.n)
+        .into_par_iter()
+        .fold(
+            || (vec![0f32; g.o * ck], vec![0f32; ck * p]),
+            |(mut acc, mut col), n| {
+                im2col(g, &x[n * img..][..img], &mut col);
+                gemm_into(
+                    &mut acc,
+                    g.o,
+                    ck,
+                    p,
+                    Mat {
+                        data: &gy[n * g.o * p..][..g.o * p],
+                        rs: p,
+                        cs: 1,
+                    },
+                    Mat {
+                        data: &col,
+                        rs: 1,
+                        cs: p,
+                    },
+                    true,
+                );
+                (acc, col)
+            },
+        )
+        .map(|(acc, _)| acc)
+        .reduce(
+            || vec![0f32; g.o * ck],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
+/// dX: colₙ' (C·KH·KW, P) = Wᵀ · dYₙ, folded back with [`col2im`].
+fn conv_input_grad(g: &Geom, gy: &[f32], w: &[f32]) -> Vec<f32> {
+    let (ck, p) = (g.ck(), g.p());
+    let img = g.c * g.h * g.w;
+    let mut gx = vec![0f32; g.n * img];
+    gx.par_chunks_mut(img).enumerate().for_each_init(
+        || vec![0f32; ck * p],
+        |col, (n, gxn)| {
+            gemm_into(
+                col,
+                ck,
+                p,
+                g.o,
+                Mat {
+                    data: w,
+                    rs: 1,
+                    cs: ck,
+                },
+                Mat {
+                    data: &gy[n * g.o * p..][..g.o * p],
+                    rs: p,
+                    cs: 1,
+                },
+                false,
+            );
+            col2im(g, col, gxn);
+        },
+    );
+    gx
+}
+
+/// dB (O) = Σ over images and positions of dY.
+fn bias_grad(g: &Geom, gy: &[f32]) -> Vec<f32> {
+    let p = g.p();
+    (0..g.o)
+        .into_par_iter()
+        .map(|o| {
+            (0..g.n)
+                .map(|n| gy[(n * g.o + o) * p..][..p].iter().sum::<f32>())
+                .sum()
+        })
+        .collect()
+}
+
+struct Conv {
+    pad: usize,
+    input_grad: bool,
+}
+
+impl Conv {
+    fn backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Tensor, Tensor)> {
+        let gy = gy.contiguous()?;
+        let gw = x.apply_op2_no_bwd(&gy, &WeightGrad(self.pad, w.dims4()?))?;
+        let gx = if self.input_grad {
+            Some(gy.apply_op2_no_bwd(w, &InputGrad(self.pad, x.dims4()?))?)
+        } else {
+            None
+        };
+        let gb = gy.apply_op1_no_bwd(&BiasGrad)?;
+        Ok((gx, gw, gb))
+    }
+}
+
+impl CustomOp2 for Conv {
+    fn name(&self) -> &'static str {
+        "siam-conv2d"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(l1.dims(), l2.dims(), self.pad)?;
+        let y = conv_forward(&g, slice(s1, l1)?, slice(s2, l2)?, None);
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.ho, g.wo))))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw, _) = self.backward(x, w, gy)?;
+        Ok((gx, Some(gw)))
+    }
+}
+
+impl CustomOp3 for Conv {
+    fn name(&self) -> &'static str {
+        "siam-conv2d-bias"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(l1.dims(), l2.dims(), self.pad)?;
+        let b = slice(s3, l3)?;
+        if b.len() != g.o {
+            candle_core::bail!("conv2d bias has {} values for {} channels", b.len(), g.o)
+        }
+        let y = conv_forward(&g, slice(s1, l1)?, slice(s2, l2)?, Some(b));
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.ho, g.wo))))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw, gb) = self.backward(x, w, gy)?;
+        Ok((gx, Some(gw), Some(gb)))
+    }
+}
+
+struct WeightGrad(usize, (usize, usize, usize, usize));
+
+impl CustomOp2 for WeightGrad {
+    fn name(&self) -> &'static str {
+        "siam-conv2d-weight-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (o, c, kh, kw) = self.1;
+        let g = Geom::new(l1.dims(), &[o, c, kh, kw], self.0)?;
+        if l2.dims() != [g.n, g.o, g.ho, g.wo] {
+            candle_core::bail!("conv2d weight gradient: dY has shape {:?}", l2.dims())
+        }
+        let gw = conv_weight_grad(&g, slice(s1, l1)?, slice(s2, l2)?);
+        Ok((CpuStorage::F32(gw), Shape::from(self.1)))
+    }
+}
+
+struct InputGrad(usize, (usize, usize, usize, usize));
+
+impl CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        "siam-conv2d-input-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = self.1;
+        let g = Geom::new(&[n, c, h, w], l2.dims(), self.0)?;
+        if l1.dims() != [g.n, g.o, g.ho, g.wo] {
+            candle_core::bail!("conv2d input gradient: dY has shape {:?}", l1.dims())
+        }
+        let gx = conv_input_grad(&g, slice(s1, l1)?, slice(s2, l2)?);
+        Ok((CpuStorage::F32(gx), Shape::from(self.1)))
+    }
+}
+
+struct BiasGrad;
+
+impl CustomOp1 for BiasGrad {
+    fn name(&self) -> &'static str {
+        "siam-conv2d-bias-grad"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let &[n, o, h, w] = l.dims() else {
+            candle_core::bail!("bias gradient takes (N, O, H, W), got {:?}", l.dims())
+        };
+        let g = Geom {
+            n,
+            c: 0,
+            h: 0,
+            w: 0,
+            o,
+            kh: 0,
+            kw: 0,
+            pad: 0,
+            ho: h,
+            wo: w,
+        };
+        Ok((CpuStorage::F32(bias_grad(&g, slice(s, l)?)), Shape::from(o)))
+    }
+}
+
+fn fast_path(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// 2-D convolution, stride 1, zero `padding`, with an optional bias of one value per output
+/// channel. `input_grad = false` skips the input's gradient (for the images themselves).
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    input_grad: bool,
+) -> Result<Tensor> {
+    let mut all = vec![x, w];
+    all.extend(bias);
+    if !fast_path(&all) {
+        let y = x.conv2d(w, padding, 1, 1, 1)?;
+        return match bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            None => Ok(y),
+        };
+    }
+    let op = Conv {
+        pad: padding,
+        input_grad,
+    };
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match bias {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+        None => x.apply_op2(&w, op),
+    }
+}
+
+/// `max_pool2d(relu(x), 2)` in one pass (equal to `relu(max_pool2d(x, 2))`); odd trailing rows
+/// and columns are dropped as candle's pooling does. Its gradient goes to each window's
+/// maximum when that maximum is positive.
+pub fn relu_max_pool2(x: &Tensor) -> Result<Tensor> {
+    if !fast_path(&[x]) {
+        return x.relu()?.max_pool2d(2);
+    }
+    x.contiguous()?.apply_op1(ReluPool)
+}
+
+struct ReluPool;
+
+/// For each output position, the flat index of its window's maximum within the image plane.
+fn pool_forward(dims: &[usize], x: &[f32]) -> Result<(Vec<f32>, Vec<u32>, Shape)> {
+    let &[n, c, h, w] = dims else {
+        candle_core::bail!("max-pooling takes (N, C, H, W), got {dims:?}")
+    };
+    let (ho, wo) = (h / 2, w / 2);
+    let mut y = vec![0f32; n * c * ho * wo];
+    let mut arg = vec![0u32; n * c * ho * wo];
+    y.par_chunks_mut(ho * wo)
+        .zip(arg.par_chunks_mut(ho * wo))
+        .enumerate()
+        .for_each(|(plane, (yp, ap))| {
+            let xp = &x[plane * h * w..][..h * w];
+            for oh in 0..ho {
+                for ow in 0..wo {
+                    let base = 2 * oh * w + 2 * ow;
+                    let mut best = base;
+                    for idx in [base + 1, base + w, base + w + 1] {
+                        if xp[idx] > xp[best] {
+                            best = idx;
+                        }
+                    }
+                    yp[oh * wo + ow] = xp[best].max(0.0);
+                    ap[oh * wo + ow] = best as u32;
+                }
+            }
+        });
+    Ok((y, arg, Shape::from((n, c, ho, wo))))
+}
+
+impl CustomOp1 for ReluPool {
+    fn name(&self) -> &'static str {
+        "siam-relu-max-pool2"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (y, _, shape) = pool_forward(l.dims(), slice(s, l)?)?;
+        Ok((CpuStorage::F32(y), shape))
+    }
+    fn bwd(&self, x: &Tensor, _res: &Tensor, gy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&gy.contiguous()?, &ReluPoolGrad)?))
+    }
+}
+
+struct ReluPoolGrad;
+
+impl CustomOp2 for ReluPoolGrad {
+    fn name(&self) -> &'static str {
+        "siam-relu-max-pool2-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice(s1, l1)?;
+        let gy = slice(s2, l2)?;
+        let (y, arg, shape) = pool_forward(l1.dims(), x)?;
+        if shape.dims() != l2.dims() {
+            candle_core::bail!(
+                "max-pool gradient has shape {:?}, expected {shape:?}",
+                l2.dims()
+            )
+        }
+        let &[_, _, h, w] = l1.dims() else {
+            unreachable!("checked by pool_forward")
+        };
+        let (ho, wo) = (h / 2, w / 2);
+        let mut gx = vec![0f32; x.len()];
+        gx.par_chunks_mut(h * w)
+            .enumerate()
+            .for_each(|(plane, gp)| {
+                let o = plane * ho * wo;
+                for k in 0..ho * wo {
+                    if y[o + k] > 0.0 {
+                        gp[arg[o + k] as usize] += gy[o + k];
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(gx), Shape::from(l1.dims())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{D, Device, Var};
+
+    fn rand(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let mut s = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+        let v: Vec<f32> = (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(D::Minus1)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// Forward and every gradient against candle's own conv2d + broadcast bias.
+    #[test]
+    fn conv2d_matches_candle_with_gradients() {
+        // (N, C, H, W, O, K, padding)
+        for (i, &(n, c, h, w, o, k, pad)) in [
+            (3, 2, 9, 7, 4, 3, 0),
+            (2, 1, 28, 28, 5, 5, 0),
+            (4, 3, 8, 8, 6, 3, 1),
+            (1, 1, 5, 6, 2, 1, 0),
+            (5, 4, 6, 5, 3, 3, 1),
+            (2, 2, 4, 4, 3, 5, 2),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let x = Var::from_tensor(&rand(&[n, c, h, w], i as u64)).unwrap();
+            let wt = Var::from_tensor(&rand(&[o, c, k, k], 100 + i as u64)).unwrap();
+            let b = Var::from_tensor(&rand(&[o], 200 + i as u64)).unwrap();
+            let up = rand(
+                &[n, o, h + 2 * pad - k + 1, w + 2 * pad - k + 1],
+                300 + i as u64,
+            );
+            let ours = conv2d(&x, &wt, Some(&b), pad, true).unwrap();
+            let theirs = x
+                .conv2d(&wt, pad, 1, 1, 1)
+                .unwrap()
+                .broadcast_add(&b.reshape((1, o, 1, 1)).unwrap())
+                .unwrap();
+            assert!(max_diff(&ours, &theirs) < 1e-5, "case {i}: forward");
+            let g1 = (&ours * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (&theirs * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for (name, v) in [
+                ("x", x.as_tensor()),
+                ("w", wt.as_tensor()),
+                ("b", b.as_tensor()),
+            ] {
+                let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
+                assert!(d < 1e-4, "case {i}: d{name} differs by {d}");
+            }
+            // Without bias, and without the input's gradient.
+            let nb = conv2d(&x, &wt, None, pad, false).unwrap();
+            assert!(max_diff(&nb, &x.conv2d(&wt, pad, 1, 1, 1).unwrap()) < 1e-5);
+            let g = nb.sum_all().unwrap().backward().unwrap();
+            assert!(
+                g.get(x.as_tensor()).is_none(),
+                "no input gradient was asked for"
+            );
+            assert!(g.get(wt.as_tensor()).is_some());
+        }
+    }
+
+    /// Distinct values spaced 1/n apart (no ties, no kinks within ±1/(2n)), shuffled.
+    fn distinct(shape: &[usize], seed: u64) -> Tensor {
+        let n: usize = shape.iter().product();
+        let mut v: Vec<f32> = (0..n).map(|i| i as f32 / n as f32 - 0.5).collect();
+        let mut s = seed | 1;
+        for i in (1..n).rev() {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            v.swap(i, (s % (i as u64 + 1)) as usize);
+        }
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// The forward pass equals candle's; the gradient equals central finite differences.
+    /// (candle 0.11.1's own max-pool gradient scales each window's gradient by the share of
+    /// maxima in the window — 1/4 for the usual single maximum — so it is no reference; here it
+    /// checks only that ours is exactly 4× it where the window has one positive maximum.)
+    #[test]
+    fn relu_max_pool_matches_the_forward_and_finite_differences() {
+        for (i, dims) in [[2, 3, 8, 8], [1, 2, 7, 9], [3, 1, 24, 24]]
+            .iter()
+            .enumerate()
+        {
+            let x = Var::from_tensor(&distinct(dims, 50 + i as u64)).unwrap();
+            let ours = relu_max_pool2(&x).unwrap();
+            let theirs = x.relu().unwrap().max_pool2d(2).unwrap();
+            assert_eq!(ours.dims(), theirs.dims());
+            assert!(max_diff(&ours, &theirs) < 1e-7, "case {i}: forward");
+            let up = rand(ours.dims(), 400 + i as u64);
+            let g = (&ours * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g = g
+                .get(x.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            let gc = (&theirs * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let gc = gc
+                .get(x.as_tensor())
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            // (candle's backward also misplaces gradients for odd sizes: even sizes only.)
+            if dims[2] % 2 == 0 && dims[3] % 2 == 0 {
+                for (a, b) in g.iter().zip(&gc) {
+                    assert!((a - 4.0 * b).abs() < 1e-5, "case {i}: {a} vs candle {b}");
+                }
+            }
+            if i < 2 {
+                let x0 = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                let n = x0.len();
+                let eps = 0.25 / n as f32;
+                let f = |v: &[f32]| -> f64 {
+                    let t = Tensor::from_vec(v.to_vec(), dims, &Device::Cpu).unwrap();
+                    let y = relu_max_pool2(&t).unwrap();
+                    (y * &up)
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .to_dtype(DType::F64)
+                        .unwrap()
+                        .to_scalar::<f64>()
+                        .unwrap()
+                };
+                for k in 0..n {
+                    let mut p = x0.clone();
+                    p[k] += eps;
+                    let mut m = x0.clone();
+                    m[k] -= eps;
+                    let fd = (f(&p) - f(&m)) / (2.0 * f64::from(eps));
+                    assert!(
+                        (fd - f64::from(g[k])).abs() < 2e-2,
+                        "case {i}, element {k}: {fd} vs {}",
+                        g[k]
+                    );
+                }
+            }
+        }
+    }
+}

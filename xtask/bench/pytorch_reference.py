@@ -1,0 +1,97 @@
+"""PyTorch reference for `cargo xtask bench --vs-pytorch`.
+
+The identical network, loss, optimizer and batch as siam's benchmark: the seed CNN
+(Conv 1->32 5x5, ReLU, MaxPool 2, Conv 32->64 3x3, ReLU, MaxPool 2, Linear 1600->128) at
+28x28, contrastive loss mean(same*d^2 + (1-same)*relu(m-d)^2) with m = 2 and
+d = sqrt(sum((a-b)^2) + 1e-12), AdamW(lr 1e-3, weight decay 0), 128 pairs (256 images) per
+step, 5 steps per timed repetition; inference in eval mode at batch 1024 under no_grad.
+The inputs follow the same formula as the Rust side. PyTorch keeps its default settings
+except the thread count, which is set to siam's.
+
+Prints one JSON object: train_pairs_per_s and infer_images_per_s (medians of --reps).
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn as nn
+
+
+def images(k, seed):
+    i = torch.arange(k * 784, dtype=torch.int64)
+    v = ((i * 2654435761 + seed) % 997).to(torch.float32) / 997.0
+    return v.reshape(k, 1, 28, 28)
+
+
+class SeedCnn(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 32, 5)
+        self.conv2 = nn.Conv2d(32, 64, 3)
+        self.fc = nn.Linear(1600, 128)
+
+    def forward(self, x):
+        x = torch.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = torch.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc(x.flatten(1))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--pairs", type=int, default=128)
+    p.add_argument("--infer-batch", type=int, default=1024)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--threads", type=int, required=True)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(1)
+    model = SeedCnn()
+    n = a.pairs
+    xa, xb = images(n, 1), images(n, 2)
+    same = (torch.arange(n) % 2).to(torch.float32)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    steps = 5
+
+    def train():
+        model.train()
+        for _ in range(steps):
+            e = model(torch.cat([xa, xb], 0))
+            d = torch.sqrt(((e[:n] - e[n:]) ** 2).sum(1) + 1e-12)
+            loss = (same * d**2 + (1 - same) * torch.relu(2.0 - d) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    xi = images(a.infer_batch, 3)
+
+    def infer():
+        model.eval()
+        with torch.no_grad():
+            model(xi)
+
+    def timed(f, reps):
+        f()  # warm-up
+        out = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            f()
+            out.append(time.perf_counter() - t)
+        return statistics.median(out)
+
+    print(
+        json.dumps(
+            {
+                "train_pairs_per_s": steps * n / timed(train, a.reps),
+                "infer_images_per_s": a.infer_batch / timed(infer, a.reps),
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
