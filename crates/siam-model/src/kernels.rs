@@ -511,34 +511,16 @@ pub fn relu_max_pool2(x: &Tensor) -> Result<Tensor> {
 
 struct ReluPool;
 
-/// For each output position, the flat index of its window's maximum within the image plane.
-fn pool_forward(dims: &[usize], x: &[f32]) -> Result<(Vec<f32>, Vec<u32>, Shape)> {
-    let &[n, c, h, w] = dims else {
-        candle_core::bail!("max-pooling takes (N, C, H, W), got {dims:?}")
-    };
-    let (ho, wo) = (h / 2, w / 2);
-    let mut y = vec![0f32; n * c * ho * wo];
-    let mut arg = vec![0u32; n * c * ho * wo];
-    y.par_chunks_mut(ho * wo)
-        .zip(arg.par_chunks_mut(ho * wo))
-        .enumerate()
-        .for_each(|(plane, (yp, ap))| {
-            let xp = &x[plane * h * w..][..h * w];
-            for oh in 0..ho {
-                for ow in 0..wo {
-                    let base = 2 * oh * w + 2 * ow;
-                    let mut best = base;
-                    for idx in [base + 1, base + w, base + w + 1] {
-                        if xp[idx] > xp[best] {
-                            best = idx;
-                        }
-                    }
-                    yp[oh * wo + ow] = xp[best].max(0.0);
-                    ap[oh * wo + ow] = best as u32;
-                }
-            }
-        });
-    Ok((y, arg, Shape::from((n, c, ho, wo))))
+fn pool_dims(dims: &[usize]) -> Result<(usize, usize, usize, usize)> {
+    match dims {
+        &[n, c, h, w] => Ok((n * c, h, w, 0)),
+        d => candle_core::bail!("max-pooling takes (N, C, H, W), got {d:?}"),
+    }
+}
+
+/// Planes per rayon task: enough work to amortise the scheduling.
+fn planes_per_task(plane: usize) -> usize {
+    (16384 / plane.max(1)).max(1)
 }
 
 impl CustomOp1 for ReluPool {
@@ -546,51 +528,89 @@ impl CustomOp1 for ReluPool {
         "siam-relu-max-pool2"
     }
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (y, _, shape) = pool_forward(l.dims(), slice(s, l)?)?;
-        Ok((CpuStorage::F32(y), shape))
+        let (planes, h, w, _) = pool_dims(l.dims())?;
+        let x = slice(s, l)?;
+        let (ho, wo) = (h / 2, w / 2);
+        let mut y = vec![0f32; planes * ho * wo];
+        if ho * wo > 0 {
+            y.par_chunks_mut(ho * wo)
+                .zip(x.par_chunks(h * w))
+                .with_min_len(planes_per_task(h * w))
+                .for_each(|(yp, xp)| {
+                    for (oh, yr) in yp.chunks_exact_mut(wo).enumerate() {
+                        let r0 = &xp[2 * oh * w..][..2 * wo];
+                        let r1 = &xp[(2 * oh + 1) * w..][..2 * wo];
+                        for ((y, a), b) in yr
+                            .iter_mut()
+                            .zip(r0.chunks_exact(2))
+                            .zip(r1.chunks_exact(2))
+                        {
+                            *y = a[0].max(a[1]).max(b[0].max(b[1])).max(0.0);
+                        }
+                    }
+                });
+        }
+        let d = l.dims();
+        Ok((CpuStorage::F32(y), Shape::from((d[0], d[1], ho, wo))))
     }
-    fn bwd(&self, x: &Tensor, _res: &Tensor, gy: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(x.apply_op2_no_bwd(&gy.contiguous()?, &ReluPoolGrad)?))
+    fn bwd(&self, x: &Tensor, res: &Tensor, gy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op3_no_bwd(
+            res,
+            &gy.contiguous()?,
+            &ReluPoolGrad,
+        )?))
     }
 }
 
 struct ReluPoolGrad;
 
-impl CustomOp2 for ReluPoolGrad {
+impl CustomOp3 for ReluPoolGrad {
     fn name(&self) -> &'static str {
         "siam-relu-max-pool2-grad"
     }
+    /// (x, y, dY) → dX: each positive window maximum (the first position equal to y in the
+    /// window) receives its dY.
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = slice(s1, l1)?;
-        let gy = slice(s2, l2)?;
-        let (y, arg, shape) = pool_forward(l1.dims(), x)?;
-        if shape.dims() != l2.dims() {
+        let (planes, h, w, _) = pool_dims(l1.dims())?;
+        let (x, y, gy) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let (ho, wo) = (h / 2, w / 2);
+        if y.len() != planes * ho * wo || gy.len() != y.len() {
             candle_core::bail!(
-                "max-pool gradient has shape {:?}, expected {shape:?}",
-                l2.dims()
+                "max-pool gradient has shape {:?}, expected ({planes}, {ho}, {wo})",
+                l3.dims()
             )
         }
-        let &[_, _, h, w] = l1.dims() else {
-            unreachable!("checked by pool_forward")
-        };
-        let (ho, wo) = (h / 2, w / 2);
         let mut gx = vec![0f32; x.len()];
-        gx.par_chunks_mut(h * w)
-            .enumerate()
-            .for_each(|(plane, gp)| {
-                let o = plane * ho * wo;
-                for k in 0..ho * wo {
-                    if y[o + k] > 0.0 {
-                        gp[arg[o + k] as usize] += gy[o + k];
+        if ho * wo > 0 {
+            gx.par_chunks_mut(h * w)
+                .zip(x.par_chunks(h * w))
+                .zip(y.par_chunks(ho * wo).zip(gy.par_chunks(ho * wo)))
+                .with_min_len(planes_per_task(h * w))
+                .for_each(|((gp, xp), (yp, gyp))| {
+                    for oh in 0..ho {
+                        for ow in 0..wo {
+                            let k = oh * wo + ow;
+                            let m = yp[k];
+                            if m > 0.0 {
+                                let base = 2 * oh * w + 2 * ow;
+                                let at = [base, base + 1, base + w, base + w + 1]
+                                    .into_iter()
+                                    .find(|&i| xp[i] == m)
+                                    .unwrap_or(base);
+                                gp[at] += gyp[k];
+                            }
+                        }
                     }
-                }
-            });
+                });
+        }
         Ok((CpuStorage::F32(gx), Shape::from(l1.dims())))
     }
 }
