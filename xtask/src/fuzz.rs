@@ -38,72 +38,10 @@ fn works(args: &[&str]) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// Valid inputs to start from: a tiny IDX pair (raw and gzip), a tiny model file, the presets.
+/// Valid inputs to start from (siam_train::fuzz::seeds), written into the corpus folder.
 fn write_seeds(target: &str, dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("{}", dir.display()))?;
-    let mut seeds: Vec<(String, Vec<u8>)> = Vec::new();
-    match target {
-        "idx" => {
-            let mut images = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 3];
-            images.extend((0u8..18).map(|v| v * 14));
-            let labels = vec![0, 0, 8, 1, 0, 0, 0, 2, 1, 0];
-            let gz = |b: &[u8]| -> Result<Vec<u8>> {
-                use std::io::Write;
-                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                e.write_all(b)?;
-                Ok(e.finish()?)
-            };
-            // The harness splits after byte 0 at byte0 · len / 256 of the rest.
-            let both = |a: &[u8], b: &[u8]| {
-                let mut v = vec![(a.len() * 256).div_ceil(a.len() + b.len()) as u8];
-                v.extend_from_slice(a);
-                v.extend_from_slice(b);
-                v
-            };
-            seeds.push(("images".into(), images.clone()));
-            seeds.push(("labels".into(), labels.clone()));
-            seeds.push(("pair".into(), both(&images, &labels)));
-            seeds.push(("pair-gz".into(), both(&gz(&images)?, &gz(&labels)?)));
-        }
-        "model-file" => {
-            let cfg = siam_model::ModelConfig {
-                encoder: siam_model::EncoderConfig::Convnet {
-                    channels: vec![2],
-                    hidden: 0,
-                    dropout: 0.0,
-                    embedding_dim: 4,
-                },
-                input: siam_model::InputSpec {
-                    channels: 1,
-                    height: 8,
-                    width: 8,
-                    mean: vec![0.5],
-                    std: vec![0.25],
-                },
-                normalize: true,
-                distance: siam_model::Distance::Euclidean,
-                pair_head: false,
-            };
-            let mut m = siam_model::SiameseModel::new(&cfg, 1, &candle_core::Device::Cpu)?;
-            m.meta_mut().threshold = Some(0.5);
-            let p = dir.join("tiny-convnet.safetensors");
-            m.save(&p)?;
-            return Ok(());
-        }
-        "config" => {
-            for p in siam_train::config::PRESETS {
-                seeds.push((
-                    p.into(),
-                    siam_train::TrainConfig::preset(p)?.to_toml().into(),
-                ));
-            }
-        }
-        other => bail!(
-            "unknown fuzz target '{other}' (known: {})",
-            siam_train::fuzz::TARGETS.join(", ")
-        ),
-    }
-    for (name, bytes) in seeds {
+    for (name, bytes) in siam_train::fuzz::seeds(target) {
         std::fs::write(dir.join(name), bytes)?;
     }
     Ok(())

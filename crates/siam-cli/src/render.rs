@@ -150,18 +150,6 @@ pub fn eval_json(r: &EvalReport, model: &str, threshold_source: &str) -> serde_j
     })
 }
 
-fn fmt_figure(v: f64) -> String {
-    if !v.is_finite() {
-        "n/a".into()
-    } else if v == v.trunc() && v.abs() < 1e9 {
-        format!("{v:.0}")
-    } else if v.abs() >= 0.01 && v.abs() < 1e4 {
-        format!("{v:.4}")
-    } else {
-        format!("{v:.3e}")
-    }
-}
-
 /// A diagnosis for the terminal: key figures, then each finding with evidence and fix.
 pub fn diagnosis(d: &siam_eval::Diagnosis) -> String {
     use std::fmt::Write as _;
@@ -199,7 +187,7 @@ pub fn diagnosis(d: &siam_eval::Diagnosis) -> String {
         let ev: Vec<String> = f
             .evidence
             .iter()
-            .map(|e| format!("{} {}", e.name, fmt_figure(e.value)))
+            .map(|e| format!("{} {}", e.name, siam_eval::report::format_figure(e.value)))
             .collect();
         let _ = writeln!(o, "  evidence: {}", ev.join(", "));
         let _ = writeln!(o, "  why: {}", f.explanation);

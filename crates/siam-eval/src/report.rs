@@ -22,7 +22,9 @@ pub fn escape(s: &str) -> String {
     o
 }
 
-fn fmt_value(v: f64) -> String {
+/// A figure as reports print it: integers whole, moderate values to 4 decimals, others in
+/// scientific notation, non-finite as a dash.
+pub fn format_figure(v: f64) -> String {
     if !v.is_finite() {
         "—".into()
     } else if v == v.trunc() && v.abs() < 1e9 {
@@ -86,7 +88,7 @@ pub fn html(diagnosis: &Diagnosis, charts: &[Chart]) -> String {
                 h,
                 "<tr><td>{}</td><td class=\"num\">{}</td></tr>",
                 escape(&e.name),
-                fmt_value(e.value)
+                format_figure(e.value)
             );
         }
         let _ = writeln!(
@@ -126,7 +128,7 @@ pub fn html(diagnosis: &Diagnosis, charts: &[Chart]) -> String {
             h,
             "<tr><td>{}</td><td class=\"num\">{}</td></tr>",
             escape(k),
-            fmt_value(val)
+            format_figure(val)
         );
     }
     h.push_str("</table>\n<h2>Pictures</h2>\n");

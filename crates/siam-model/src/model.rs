@@ -327,8 +327,16 @@ impl SiameseModel {
     /// Writes the model as one safetensors file with metadata, atomically.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        let json =
-            serde_json::to_string(&self.meta).map_err(|e| ModelError::file(path, e.to_string()))?;
+        let bytes = self
+            .to_bytes()
+            .map_err(|e| ModelError::file(path, format!("cannot serialise: {e}")))?;
+        write_atomic(path, &bytes).map_err(|e| ModelError::file(path, format!("cannot write: {e}")))
+    }
+
+    /// The bytes of the model file [`SiameseModel::save`] writes (for [`SiameseModel::from_bytes`]).
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let json = serde_json::to_string(&self.meta)
+            .map_err(|e| ModelError::Config(format!("metadata: {e}")))?;
         let tensors: BTreeMap<String, Tensor> = {
             let data = self.varmap.data().lock().expect("var map lock");
             data.iter()
@@ -337,10 +345,8 @@ impl SiameseModel {
                 .collect::<candle_core::Result<_>>()?
         };
         let meta = HashMap::from([(METADATA_KEY.to_string(), json)]);
-        let bytes =
-            safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(meta))
-                .map_err(|e| ModelError::file(path, format!("cannot serialise: {e}")))?;
-        write_atomic(path, &bytes).map_err(|e| ModelError::file(path, format!("cannot write: {e}")))
+        safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(meta))
+            .map_err(|e| ModelError::Config(format!("cannot serialise: {e}")))
     }
 
     /// Loads a model file, checking the metadata, every tensor's presence and shape, and that

@@ -33,57 +33,6 @@ fn saved_fuzz_inputs_do_not_panic() {
     eprintln!("replayed {n} saved fuzz inputs");
 }
 
-fn seeds(target: &str) -> Vec<Vec<u8>> {
-    match target {
-        "idx" => {
-            let mut images = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 3];
-            images.extend((0u8..18).map(|v| v * 14));
-            let labels = vec![0, 0, 8, 1, 0, 0, 0, 2, 1, 0];
-            let mut both = vec![160u8];
-            both.extend_from_slice(&images);
-            both.extend_from_slice(&labels);
-            vec![images, labels, both]
-        }
-        "model-file" => {
-            let cfg = siam_model::ModelConfig {
-                encoder: siam_model::EncoderConfig::Convnet {
-                    channels: vec![2],
-                    hidden: 0,
-                    dropout: 0.0,
-                    embedding_dim: 4,
-                },
-                input: siam_model::InputSpec {
-                    channels: 1,
-                    height: 8,
-                    width: 8,
-                    mean: vec![0.5],
-                    std: vec![0.25],
-                },
-                normalize: true,
-                distance: siam_model::Distance::Euclidean,
-                pair_head: false,
-            };
-            let dir = tempfile::tempdir().unwrap();
-            let p = dir.path().join("m.safetensors");
-            siam_model::SiameseModel::new(&cfg, 1, &candle_core::Device::Cpu)
-                .unwrap()
-                .save(&p)
-                .unwrap();
-            vec![std::fs::read(p).unwrap()]
-        }
-        "config" => siam_train::config::PRESETS
-            .iter()
-            .map(|p| {
-                siam_train::TrainConfig::preset(p)
-                    .unwrap()
-                    .to_toml()
-                    .into_bytes()
-            })
-            .collect(),
-        _ => unreachable!(),
-    }
-}
-
 fn mutate(rng: &mut ChaCha8Rng, v: &[u8]) -> Vec<u8> {
     let mut m = v.to_vec();
     for _ in 0..rng.random_range(1..4) {
@@ -113,7 +62,11 @@ fn mutate(rng: &mut ChaCha8Rng, v: &[u8]) -> Vec<u8> {
 #[test]
 fn seeded_mutations_of_valid_inputs_do_not_panic() {
     for t in TARGETS {
-        let base = seeds(t);
+        let base: Vec<Vec<u8>> = siam_train::fuzz::seeds(t)
+            .into_iter()
+            .map(|s| s.1)
+            .collect();
+        assert!(!base.is_empty(), "{t} has seeds");
         let mut rng = ChaCha8Rng::seed_from_u64(0xf022);
         let runs = if t == "model-file" { 300 } else { 2000 };
         for i in 0..runs {
