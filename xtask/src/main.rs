@@ -5,6 +5,8 @@ mod cuda;
 mod download;
 mod fixtures;
 mod fuzz;
+#[path = "../../crates/siam-cli/src/runtime.rs"]
+mod runtime;
 mod train;
 
 use std::path::{Path, PathBuf};
@@ -47,6 +49,7 @@ pub fn project_root() -> PathBuf {
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    runtime::configure();
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Train(a) => train::run(&a),

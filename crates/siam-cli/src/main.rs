@@ -4,12 +4,14 @@
 mod cli;
 mod commands;
 mod render;
+mod runtime;
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    runtime::configure();
     let cli = <cli::Cli as clap::Parser>::parse();
     if let Err(e) = commands::run(cli) {
         eprintln!("error: {e:#}");
