@@ -39,7 +39,7 @@ pub struct TrainArgs {
     /// A TOML config (see docs/guide.md); flags below override it.
     #[arg(long, conflicts_with = "preset")]
     pub config: Option<PathBuf>,
-    /// A built-in recipe: default, seed, quick.
+    /// A built-in recipe: default, seed, quick, convnet.
     #[arg(long)]
     pub preset: Option<String>,
     /// Data: fixtures, fashion-mnist, mnist, an IDX directory or an image folder.

@@ -106,7 +106,7 @@ fn config_errors_name_the_key() {
         TrainConfig::preset("nope")
             .unwrap_err()
             .to_string()
-            .contains("known: default, seed, quick")
+            .contains("known: default, seed, quick, convnet")
     );
     // A P×K batch larger than the data's classes, and a held-out split leaving one class.
     let dir = tempfile::tempdir().unwrap();
