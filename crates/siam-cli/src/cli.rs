@@ -185,8 +185,8 @@ pub struct DiagnoseArgs {
 
 #[derive(Args, Debug)]
 pub struct CalibrateArgs {
-    /// The data whose validation split gives the pairs: fixtures, fashion-mnist, mnist, an IDX
-    /// directory or an image folder.
+    /// The calibration data: fixtures, fashion-mnist, mnist or an IDX directory (their
+    /// validation split), or an image folder (all of it).
     #[arg(long)]
     pub data: String,
     #[command(flatten)]

@@ -540,8 +540,21 @@ fn calibrate(a: CalibrateArgs) -> Result<()> {
         );
     }
     let input = model.config().input.clone();
-    let ds = siam_train::data::load(&siam_train::data::data_config_for(&a.data, &input), a.seed)?;
-    let pairs = eval_pairs(&ds.val, a.pairs, a.seed)?;
+    // A dataset with a test split (IDX, the known datasets) calibrates on the validation split
+    // training would use; an image folder is taken whole: it is the calibration set given.
+    let dcfg = siam_train::data::data_config_for(&a.data, &input);
+    let (description, all, test) = siam_train::data::load_source(&dcfg)?;
+    let (set, description) = match test {
+        Some(_) => {
+            let ds = siam_train::data::load(&dcfg, a.seed)?;
+            (
+                ds.val,
+                format!("the validation split of {}", ds.description),
+            )
+        }
+        None => (all, description),
+    };
+    let pairs = eval_pairs(&set, a.pairs, a.seed)?;
     let transform = siam_data::Transform::eval(Some(siam_data::Normalize {
         mean: input.mean,
         std: input.std,
@@ -552,7 +565,7 @@ fn calibrate(a: CalibrateArgs) -> Result<()> {
         calibration: method,
         threshold: None,
     };
-    let r = evaluate(&model, &ds.val, &pairs, &transform, &spec)?;
+    let r = evaluate(&model, &set, &pairs, &transform, &spec)?;
     let meta = model.meta_mut();
     meta.threshold = Some(r.verification.threshold);
     meta.distance_quantiles = r.quantiles.clone();
@@ -572,12 +585,12 @@ fn calibrate(a: CalibrateArgs) -> Result<()> {
         );
     } else {
         println!(
-            "threshold {:.4} (was {}) by {} on {} validation pairs of {}: balanced accuracy {:.4}",
+            "threshold {:.4} (was {}) by {} on {} pairs from {}: balanced accuracy {:.4}",
             r.verification.threshold,
             old.map_or("none".into(), |t| format!("{t:.4}")),
             a.method,
             r.verification.pairs,
-            ds.description,
+            description,
             r.verification.balanced_accuracy
         );
         println!("wrote {}", a.out.display());

@@ -497,6 +497,17 @@ fn calibrate_then_diagnose_a_stale_threshold_with_report_and_plots() {
         1,
         "already exists",
     );
+    // An image folder is the calibration set itself (here 40 images, too few to split).
+    let folder = json(
+        siam()
+            .args(["calibrate", "--json", "--model"])
+            .arg(model())
+            .arg("--data")
+            .arg(png_root())
+            .arg("--out")
+            .arg(dir.path().join("folder.safetensors")),
+    );
+    assert!(folder["threshold"].as_f64().unwrap() > 0.0, "{folder}");
     fails(
         siam()
             .args([
