@@ -357,10 +357,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     let input = model.config().input.clone();
     let (description, set) = siam_train::data::eval_set(&a.data, &input)?;
     let pairs = eval_pairs(&set, a.pairs, a.seed)?;
-    let transform = siam_data::Transform::eval(Some(siam_data::Normalize {
-        mean: input.mean,
-        std: input.std,
-    }));
+    let transform = siam_train::evaluate::eval_transform(&input);
     let threshold = model.meta().threshold;
     let spec = EvalSpec {
         loss: None,
@@ -555,10 +552,7 @@ fn calibrate(a: CalibrateArgs) -> Result<()> {
         None => (all, description),
     };
     let pairs = eval_pairs(&set, a.pairs, a.seed)?;
-    let transform = siam_data::Transform::eval(Some(siam_data::Normalize {
-        mean: input.mean,
-        std: input.std,
-    }));
+    let transform = siam_train::evaluate::eval_transform(&input);
     let old = model.meta().threshold;
     let spec = EvalSpec {
         loss: None,

@@ -558,16 +558,9 @@ pub fn measure(
         .filter(|r| r.iter().any(|v| !v.is_finite()))
         .count();
     let (pa, pb, same) = probe.pairs;
-    let mut distances = Vec::with_capacity(pa.len());
-    for (&i, &j) in pa.iter().zip(pb) {
-        let (a, b) = (&ev[i * dims..(i + 1) * dims], &ev[j * dims..(j + 1) * dims]);
-        distances.push(pair_distance(a, b, model.distance_kind()));
-    }
-    // Non-finite distances would stop every metric: report them as the finding they are.
-    let finite: Vec<f32> = distances
-        .iter()
-        .map(|d| if d.is_finite() { *d } else { f32::MAX })
-        .collect();
+    // Non-finite distances would stop every metric: they become the largest distance here and
+    // the `non-finite` finding reports them.
+    let finite = pair_distances(&emb, pa, pb, model.distance_kind())?;
     let stored_threshold = model.meta().threshold;
     let best_threshold = calibrate(&finite, same, Calibration::BalancedAccuracy)?;
     let best_balanced_accuracy = accuracy_at(&finite, same, best_threshold)?.1;
@@ -605,19 +598,7 @@ pub fn measure(
         let fresh = SiameseModel::new(model.config(), 0, model.device())?;
         let ue = fresh.embed_chunked(probe.images, 512)?;
         let un = retrieval(&ue, probe.labels, None, model.distance_kind(), 256)?;
-        let uv = to_vec2(&ue)?;
-        let ud: Vec<f32> = pa
-            .iter()
-            .zip(pb)
-            .map(|(&i, &j)| {
-                let d = pair_distance(
-                    &uv[i * dims..(i + 1) * dims],
-                    &uv[j * dims..(j + 1) * dims],
-                    model.distance_kind(),
-                );
-                if d.is_finite() { d } else { f32::MAX }
-            })
-            .collect();
+        let ud = pair_distances(&ue, pa, pb, model.distance_kind())?;
         (
             Some(px.precision_at_1),
             Some(un.precision_at_1),
@@ -661,25 +642,24 @@ pub fn measure(
     Ok((m, evidence))
 }
 
-fn pair_distance(a: &[f32], b: &[f32], kind: Distance) -> f32 {
-    match kind {
-        Distance::Euclidean | Distance::SquaredEuclidean => {
-            let s: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
-            if kind == Distance::Euclidean {
-                (s + siam_model::distance::EPS).sqrt() as f32
-            } else {
-                s as f32
-            }
-        }
-        Distance::Cosine => {
-            let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x * y)).sum();
-            let na: f64 = a.iter().map(|x| f64::from(x * x)).sum::<f64>();
-            let nb: f64 = b.iter().map(|x| f64::from(x * x)).sum::<f64>();
-            (1.0 - dot
-                / ((na + siam_model::distance::EPS).sqrt()
-                    * (nb + siam_model::distance::EPS).sqrt())) as f32
-        }
-    }
+/// Distances of the pairs (`a[k]`, `b[k]`) of rows of `emb` under `kind`, with non-finite
+/// values replaced by `f32::MAX`.
+fn pair_distances(emb: &Tensor, a: &[usize], b: &[usize], kind: Distance) -> Result<Vec<f32>> {
+    let index = |v: &[usize]| {
+        Tensor::from_vec(
+            v.iter().map(|&i| i as u32).collect::<Vec<_>>(),
+            v.len(),
+            emb.device(),
+        )
+    };
+    let (ea, eb) = (
+        emb.index_select(&index(a)?, 0)?,
+        emb.index_select(&index(b)?, 0)?,
+    );
+    Ok(to_vec2(&kind.rowwise(&ea, &eb)?)?
+        .into_iter()
+        .map(|d| if d.is_finite() { d } else { f32::MAX })
+        .collect())
 }
 
 /// The largest distance two unit vectors can have under `kind`.

@@ -314,12 +314,14 @@ struct Conv {
 }
 
 impl Conv {
+    /// (dX when asked for, dW, dB when the convolution has a bias).
     fn backward(
         &self,
         x: &Tensor,
         w: &Tensor,
         gy: &Tensor,
-    ) -> Result<(Option<Tensor>, Tensor, Tensor)> {
+        bias: bool,
+    ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
         let gy = gy.contiguous()?;
         let gw = x.apply_op2_no_bwd(&gy, &WeightGrad(self.pad, w.dims4()?))?;
         let gx = if self.input_grad {
@@ -327,7 +329,11 @@ impl Conv {
         } else {
             None
         };
-        let gb = gy.apply_op1_no_bwd(&BiasGrad)?;
+        let gb = if bias {
+            Some(gy.apply_op1_no_bwd(&BiasGrad)?)
+        } else {
+            None
+        };
         Ok((gx, gw, gb))
     }
 }
@@ -354,7 +360,7 @@ impl CustomOp2 for Conv {
         _res: &Tensor,
         gy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (gx, gw, _) = self.backward(x, w, gy)?;
+        let (gx, gw, _) = self.backward(x, w, gy, false)?;
         Ok((gx, Some(gw)))
     }
 }
@@ -388,8 +394,8 @@ impl CustomOp3 for Conv {
         _res: &Tensor,
         gy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (gx, gw, gb) = self.backward(x, w, gy)?;
-        Ok((gx, Some(gw), Some(gb)))
+        let (gx, gw, gb) = self.backward(x, w, gy, true)?;
+        Ok((gx, Some(gw), gb))
     }
 }
 

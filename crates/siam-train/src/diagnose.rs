@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use siam_data::{ImageSet, Normalize, SamplerConfig, Transform};
+use siam_data::{ImageSet, SamplerConfig};
 use siam_eval::diagnose::{
     self, Context, Diagnosis, Evidence, Generalization, History, HistoryStep, HistoryValidation,
     Probe,
@@ -198,10 +198,7 @@ pub fn diagnose(
     let input = model.config().input.clone();
     let (description, set) = crate::data::eval_set(&opts.data, &input)?;
     let set = sample(set, opts.max_images)?;
-    let transform = Transform::eval(Some(Normalize {
-        mean: input.mean.clone(),
-        std: input.std.clone(),
-    }));
+    let transform = crate::evaluate::eval_transform(&input);
     let idx: Vec<usize> = (0..set.len()).collect();
     let images = transform.tensor(&set, &idx, 0, 0, device)?;
     let pairs = eval_pairs(&set, opts.pairs, opts.seed)?;
@@ -265,10 +262,7 @@ fn train_vs_val(
     opts: &DiagnoseOptions,
 ) -> Result<Generalization> {
     let input = &model.config().input;
-    let transform = Transform::eval(Some(Normalize {
-        mean: input.mean.clone(),
-        std: input.std.clone(),
-    }));
+    let transform = crate::evaluate::eval_transform(input);
     // Same size on both sides: retrieval figures depend on the gallery size.
     let n = val.len().min(train.len()).min(opts.max_images);
     let tr = sample(train.clone(), n)?;

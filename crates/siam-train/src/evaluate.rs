@@ -29,6 +29,14 @@ pub struct EvalReport {
     pub quantiles: Option<DistanceQuantiles>,
 }
 
+/// The evaluation transform of a model's input: no augmentation, its normalisation.
+pub fn eval_transform(input: &siam_model::InputSpec) -> Transform {
+    Transform::eval(Some(siam_data::Normalize {
+        mean: input.mean.clone(),
+        std: input.std.clone(),
+    }))
+}
+
 /// `n` balanced pairs over `set`, fixed by `seed`.
 pub fn eval_pairs(set: &ImageSet, n: usize, seed: u64) -> Result<PairIndices> {
     Ok(PairSampler::new(

@@ -433,10 +433,7 @@ impl<'a> Run<'a> {
     ) -> Result<Self> {
         let val_pairs = eval_pairs(&data.val, cfg.validation.pairs, cfg.seed)?;
         let input = &model.config().input;
-        let eval_transform = Transform::eval(Some(Normalize {
-            mean: input.mean.clone(),
-            std: input.std.clone(),
-        }));
+        let eval_transform = crate::evaluate::eval_transform(input);
         Ok(Self {
             cfg,
             dir: dir.to_path_buf(),
