@@ -7,9 +7,20 @@
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Sets `RAYON_NUM_THREADS` to the core count (candle otherwise asks the OS for it on every
-/// matrix product) and stops mimalloc from returning freed memory to the OS between training
-/// steps (every step reallocates the same large buffers, which the kernel would zero again).
+/// matrix product); keeps candle's element-wise operations on the calling thread
+/// (`CANDLE_NUM_THREADS=1`: candle 0.11 otherwise runs them on a second pool of its own whose
+/// threads spin-wait between operations, competing for the cores with rayon's pool, where siam's
+/// kernels and the matrix products run); and stops mimalloc from returning freed memory to the
+/// OS between training steps (every step reallocates the same large buffers, which the kernel
+/// would zero again).
 pub fn configure() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: as below, first thing in main, before any other thread exists.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::env::set_var("CANDLE_NUM_THREADS", "1")
+        };
+    }
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get());
         // SAFETY: called first in main, before any other thread exists, so nothing reads or
