@@ -70,7 +70,37 @@ pub enum EncoderConfig {
         /// Embedding dimension.
         #[serde(default = "default_dim")]
         embedding_dim: usize,
+        /// How the last block's feature map reaches the head.
+        #[serde(default)]
+        pooling: Pooling,
     },
+}
+
+/// How the convnet's last feature map (C, H, W) becomes the head's input.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pooling {
+    /// The mean over positions: C values, blind to where a feature is.
+    #[default]
+    GlobalAverage,
+    /// Every position: C·H·W values, keeping where each feature is (a shirt's sleeves, a
+    /// collar); a larger head.
+    Flatten,
+}
+
+impl Pooling {
+    /// The head's input width for a final map of `channels` × `height` × `width`.
+    pub fn features(self, channels: usize, height: usize, width: usize) -> Option<usize> {
+        match self {
+            Self::GlobalAverage => Some(channels),
+            Self::Flatten => channels.checked_mul(height)?.checked_mul(width),
+        }
+    }
+}
+
+/// The side of the convnet's last feature map: the input halved once per block but the last.
+fn convnet_side(side: usize, blocks: usize) -> usize {
+    (1..blocks).fold(side, |s, _| s / 2)
 }
 
 fn default_dim() -> usize {
@@ -124,6 +154,7 @@ impl EncoderConfig {
                 channels,
                 hidden,
                 embedding_dim,
+                pooling,
                 ..
             } => {
                 let mut total = 0u64;
@@ -138,6 +169,12 @@ impl EncoderConfig {
                     total = total.checked_add(block)?;
                     cin = co;
                 }
+                let side = |n| convnet_side(n, channels.len());
+                let cin = pooling.features(
+                    usize::try_from(cin).ok()?,
+                    side(input.height),
+                    side(input.width),
+                )? as u64;
                 let head = if *hidden > 0 {
                     lin(cin, *hidden as u64)?
                         .checked_add(lin(*hidden as u64, *embedding_dim as u64)?)?
@@ -171,12 +208,14 @@ impl EncoderConfig {
                 hidden,
                 dropout,
                 embedding_dim,
+                pooling,
             } => Ok(Encoder::Convnet(ConvNet::new(
                 input,
                 channels,
                 *hidden,
                 *dropout,
                 *embedding_dim,
+                *pooling,
                 vb,
             )?)),
         }
@@ -231,12 +270,12 @@ impl SeedCnn {
 impl Module for SeedCnn {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         // siam's CPU kernels (candle's own ops elsewhere); the images need no gradient.
-        let c1 = &self.conv1;
-        let x = crate::kernels::conv2d(x, c1.weight(), c1.bias(), 0, false)?;
-        let x = crate::kernels::relu_max_pool2(&x)?;
-        let c2 = &self.conv2;
-        let x = crate::kernels::conv2d(&x, c2.weight(), c2.bias(), 0, true)?;
-        let x = crate::kernels::relu_max_pool2(&x)?;
+        // Each stage is convolution, bias, ReLU and 2×2 max-pooling fused into one operation.
+        let stage = |c: &Conv2d, x: &Tensor, input_grad: bool| {
+            crate::kernels::conv2d_relu_max_pool2(x, c.weight(), c.bias(), 0, input_grad)
+        };
+        let x = stage(&self.conv1, x, false)?;
+        let x = stage(&self.conv2, &x, true)?;
         self.fc.forward(&x.flatten_from(1)?)
     }
 }
@@ -322,18 +361,39 @@ impl Block {
         let conv = |c: &Conv2d, x: &Tensor, input_grad: bool| {
             crate::kernels::conv2d(x, c.weight(), c.bias(), 1, input_grad)
         };
-        let x = self
-            .b1
-            .forward_t(&conv(&self.c1, x, !self.first)?, train)?
-            .relu()?;
-        self.b2.forward_t(&conv(&self.c2, &x, true)?, train)?.relu()
+        let x = bn_relu(&self.b1, &conv(&self.c1, x, !self.first)?, train)?;
+        bn_relu(&self.b2, &conv(&self.c2, &x, true)?, train)
     }
+}
+
+/// `relu(bn(x))`. In training, the fused kernel normalises with the batch statistics and the
+/// running statistics are updated as candle's BatchNorm does (momentum, unbiased variance).
+fn bn_relu(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
+    let Some((gamma, beta)) = bn.weight_and_bias().filter(|_| train) else {
+        return bn.forward_t(x, train)?.relu();
+    };
+    let (y, mean, var) = crate::kernels::batch_norm_relu_train(x, gamma, beta, bn.eps())?;
+    let count = (x.elem_count() / x.dim(1)?) as f64;
+    let m = bn.momentum();
+    let (rm, rv) = (bn.running_mean(), bn.running_var());
+    let new_mean = ((rm.detach() * (1.0 - m))? + (mean * m)?)?;
+    let unbiased = if count > 1.0 {
+        count / (count - 1.0)
+    } else {
+        1.0
+    };
+    let new_var = ((rv.detach() * (1.0 - m))? + (var * (m * unbiased))?)?;
+    // In place: the running statistics are variables shared with the model's VarMap.
+    rm.slice_set(&new_mean.to_dtype(rm.dtype())?, 0, 0)?;
+    rv.slice_set(&new_var.to_dtype(rv.dtype())?, 0, 0)?;
+    Ok(y)
 }
 
 /// The deeper encoder.
 #[derive(Debug)]
 pub struct ConvNet {
     blocks: Vec<Block>,
+    pooling: Pooling,
     dropout: SeededDropout,
     hidden: Option<Linear>,
     out: Linear,
@@ -346,6 +406,7 @@ impl ConvNet {
         hidden: usize,
         dropout: f32,
         dim: usize,
+        pooling: Pooling,
         vb: VarBuilder<'_>,
     ) -> Result<Self> {
         if channels.is_empty() || channels.contains(&0) {
@@ -372,6 +433,10 @@ impl ConvNet {
             blocks.push(Block::new(cin, c, i == 0, vb.pp(format!("block{i}")))?);
             cin = c;
         }
+        let side = |n| convnet_side(n, channels.len());
+        let Some(cin) = pooling.features(cin, side(input.height), side(input.width)) else {
+            candle_core::bail!("the flattened feature map of the convnet is too large")
+        };
         let (hidden, out) = if hidden > 0 {
             (
                 Some(candle_nn::linear(cin, hidden, vb.pp("head.hidden"))?),
@@ -382,6 +447,7 @@ impl ConvNet {
         };
         Ok(Self {
             blocks,
+            pooling,
             dropout: SeededDropout::new(dropout),
             hidden,
             out,
@@ -400,7 +466,10 @@ impl ModuleT for ConvNet {
                 x = crate::kernels::relu_max_pool2(&x)?;
             }
         }
-        let x = x.mean(D::Minus1)?.mean(D::Minus1)?; // global average pooling
+        let x = match self.pooling {
+            Pooling::GlobalAverage => x.mean(D::Minus1)?.mean(D::Minus1)?,
+            Pooling::Flatten => x.flatten_from(1)?,
+        };
         let x = self.dropout.forward_t(&x, train)?;
         let x = match &self.hidden {
             Some(h) => h.forward(&x)?.relu()?,
@@ -478,4 +547,83 @@ pub fn init_pytorch_default(varmap: &candle_nn::VarMap, seed: u64) -> Result<()>
         var.set(&value)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{DType, Device, Var};
+    use candle_nn::VarMap;
+
+    fn bn(seed: u64, c: usize) -> (VarMap, BatchNorm) {
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let b = candle_nn::batch_norm(c, BatchNormConfig::default(), vb.pp("bn")).unwrap();
+        // Non-trivial γ, β and running statistics.
+        for (name, v) in vm.data().lock().unwrap().iter() {
+            let k = name.len() as u64 + seed;
+            let vals: Vec<f32> = (0..c as u64)
+                .map(|i| 0.5 + ((i * 7 + k) % 11) as f32 / 10.0)
+                .collect();
+            v.set(&Tensor::new(vals, &Device::Cpu).unwrap()).unwrap();
+        }
+        (vm, b)
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap()
+    }
+
+    /// The fused training-mode BatchNorm + ReLU against candle_nn's BatchNorm followed by ReLU:
+    /// outputs, the gradients of x, γ and β, and the running statistics after two steps.
+    #[test]
+    fn fused_batch_norm_relu_matches_candle_nn() {
+        for (case, dims) in [[4, 3, 5, 5], [2, 8, 7, 6], [16, 2, 1, 1]]
+            .iter()
+            .enumerate()
+        {
+            let c = dims[1];
+            let (vm1, ours) = bn(case as u64, c);
+            let (vm2, theirs) = bn(case as u64, c);
+            for step in 0..2u64 {
+                let n: usize = dims.iter().product();
+                let vals: Vec<f32> = (0..n as u64)
+                    .map(|i| ((i * 2654435761 + step * 97) % 1009) as f32 / 200.0 - 2.0)
+                    .collect();
+                let x =
+                    Var::from_tensor(&Tensor::from_vec(vals, dims, &Device::Cpu).unwrap()).unwrap();
+                let up: Vec<f32> = (0..n as u64)
+                    .map(|i| ((i * 40503 + 11) % 613) as f32 / 300.0 - 1.0)
+                    .collect();
+                let up = Tensor::from_vec(up, dims, &Device::Cpu).unwrap();
+                let y1 = bn_relu(&ours, &x, true).unwrap();
+                let y2 = theirs.forward_t(&x, true).unwrap().relu().unwrap();
+                assert!(max_diff(&y1, &y2) < 1e-5, "case {case}: forward");
+                let g1 = (&y1 * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                let g2 = (&y2 * &up).unwrap().sum_all().unwrap().backward().unwrap();
+                let d = max_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap());
+                assert!(d < 1e-4, "case {case}: dx differs by {d}");
+                let (w1, b1) = ours.weight_and_bias().unwrap();
+                let (w2, b2) = theirs.weight_and_bias().unwrap();
+                let d = max_diff(g1.get(w1).unwrap(), g2.get(w2).unwrap());
+                assert!(d < 1e-3, "case {case}: dgamma differs by {d}");
+                let d = max_diff(g1.get(b1).unwrap(), g2.get(b2).unwrap());
+                assert!(d < 1e-3, "case {case}: dbeta differs by {d}");
+            }
+            let (d1, d2) = (vm1.data().lock().unwrap(), vm2.data().lock().unwrap());
+            for name in ["bn.running_mean", "bn.running_var"] {
+                let d = max_diff(d1[name].as_tensor(), d2[name].as_tensor());
+                assert!(d < 1e-5, "case {case}: {name} differs by {d}");
+            }
+        }
+    }
 }

@@ -621,6 +621,578 @@ impl CustomOp3 for ReluPoolGrad {
     }
 }
 
+/// The window position (0–3, row-major in the 2×2 window) of each pooled output's maximum, or
+/// [`NO_MAX`] where that maximum is not positive (ReLU'd away: no gradient).
+const NO_MAX: u8 = 4;
+
+/// ReLU and 2×2 max-pooling of one image's (O, HO, WO) convolution output into (O, HO/2, WO/2),
+/// recording where each maximum came from.
+fn relu_pool_plane(yc: &[f32], ho: usize, wo: usize, out: &mut [f32], arg: &mut [u8]) {
+    let (hp, wp) = (ho / 2, wo / 2);
+    for ((yp, op), ap) in yc
+        .chunks_exact(ho * wo)
+        .zip(out.chunks_exact_mut(hp * wp))
+        .zip(arg.chunks_exact_mut(hp * wp))
+    {
+        for i in 0..hp {
+            let r0 = &yp[2 * i * wo..][..2 * wp];
+            let r1 = &yp[(2 * i + 1) * wo..][..2 * wp];
+            let (orow, arow) = (&mut op[i * wp..][..wp], &mut ap[i * wp..][..wp]);
+            for j in 0..wp {
+                let (v0, v1, v2, v3) = (r0[2 * j], r0[2 * j + 1], r1[2 * j], r1[2 * j + 1]);
+                // Branch-free (the comparisons are data-dependent and unpredictable); the
+                // first maximum wins ties, as in `relu_max_pool2`.
+                let (m01, m23) = (v0.max(v1), v2.max(v3));
+                let i01 = u8::from(v1 > v0);
+                let i23 = 2 + u8::from(v3 > v2);
+                let m = m01.max(m23);
+                let at = if m23 > m01 { i23 } else { i01 };
+                orow[j] = m.max(0.0);
+                arow[j] = if m > 0.0 { at } else { NO_MAX };
+            }
+        }
+    }
+}
+
+/// Scatters one image's pooled gradient (O, HO/2, WO/2) back to its window maxima in the
+/// convolution output's gradient (O, HO, WO), which is overwritten, and adds each channel's
+/// gradient sum to `db` (the bias gradient) when given.
+fn unpool_plane(
+    gp: &[f32],
+    arg: &[u8],
+    ho: usize,
+    wo: usize,
+    gc: &mut [f32],
+    mut db: Option<&mut [f32]>,
+) {
+    let (hp, wp) = (ho / 2, wo / 2);
+    gc.fill(0.0);
+    for (o, ((gpp, ap), gcp)) in gp
+        .chunks_exact(hp * wp)
+        .zip(arg.chunks_exact(hp * wp))
+        .zip(gc.chunks_exact_mut(ho * wo))
+        .enumerate()
+    {
+        // Eight running sums: independent additions instead of one long dependency chain.
+        let mut lanes = [0f32; 8];
+        for i in 0..hp {
+            for j in 0..wp {
+                let k = i * wp + j;
+                let a = ap[k];
+                if a != NO_MAX {
+                    let (di, dj) = (usize::from(a / 2), usize::from(a % 2));
+                    gcp[(2 * i + di) * wo + 2 * j + dj] = gpp[k];
+                    lanes[k % 8] += gpp[k];
+                }
+            }
+        }
+        if let Some(db) = db.as_deref_mut() {
+            db[o] += lanes.iter().sum::<f32>();
+        }
+    }
+}
+
+/// `max_pool2d(relu(conv2d(x, w) + b), 2)` as one operation: each image is convolved into a
+/// per-thread buffer and pooled straight into the output, so the full-size convolution output
+/// and its gradient never exist as tensors (candle's backward pass would otherwise zero-fill and
+/// add a gradient of that size for every step). The window maxima are recorded in the forward
+/// pass; the backward pass works per image: unpool, weight and bias gradients, input gradient.
+struct ConvPool {
+    pad: usize,
+    input_grad: bool,
+    /// Per pooled output, where its maximum came from (filled by the forward pass).
+    arg: std::sync::Mutex<Vec<u8>>,
+}
+
+impl ConvPool {
+    fn forward(&self, g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> (Vec<f32>, Shape) {
+        let (ck, p) = (g.ck(), g.p());
+        let (hp, wp) = (g.ho / 2, g.wo / 2);
+        let (img, pooled) = (g.c * g.h * g.w, g.o * hp * wp);
+        let mut y = vec![0f32; g.n * pooled];
+        let mut arg = vec![0u8; g.n * pooled];
+        if pooled > 0 {
+            y.par_chunks_mut(pooled)
+                .zip(arg.par_chunks_mut(pooled))
+                .enumerate()
+                .for_each_init(
+                    || (vec![0f32; ck * p], vec![0f32; g.o * p]),
+                    |(col, yc), (n, (yn, an))| {
+                        im2col(g, &x[n * img..][..img], col);
+                        if let Some(b) = bias {
+                            for (row, &bo) in yc.chunks_mut(p).zip(b) {
+                                row.fill(bo);
+                            }
+                        }
+                        let a = Mat {
+                            data: w,
+                            rs: ck,
+                            cs: 1,
+                        };
+                        let b = Mat {
+                            data: col,
+                            rs: p,
+                            cs: 1,
+                        };
+                        gemm_into(yc, g.o, p, ck, a, b, bias.is_some());
+                        relu_pool_plane(yc, g.ho, g.wo, yn, an);
+                    },
+                );
+        }
+        if let Ok(mut a) = self.arg.lock() {
+            *a = arg;
+        }
+        (y, Shape::from((g.n, g.o, hp, wp)))
+    }
+
+    /// (dX when asked for, dW, dB when there is a bias) from the pooled output's gradient.
+    fn backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        gy: &Tensor,
+        bias: bool,
+    ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
+        let g = Geom::new(x.dims(), w.dims(), self.pad)?;
+        let (ck, p) = (g.ck(), g.p());
+        let (hp, wp) = (g.ho / 2, g.wo / 2);
+        let (img, pooled) = (g.c * g.h * g.w, g.o * hp * wp);
+        if gy.dims() != [g.n, g.o, hp, wp] {
+            candle_core::bail!("fused conv-pool gradient has shape {:?}", gy.dims())
+        }
+        let (xs, _) = x.storage_and_layout();
+        let (ws, _) = w.storage_and_layout();
+        let gy = gy.contiguous()?;
+        let (gs, _) = gy.storage_and_layout();
+        let (
+            candle_core::Storage::Cpu(xs),
+            candle_core::Storage::Cpu(ws),
+            candle_core::Storage::Cpu(gs),
+        ) = (&*xs, &*ws, &*gs)
+        else {
+            candle_core::bail!("the fused conv-pool backward runs on the CPU")
+        };
+        let (xv, wv, gv) = (
+            slice(xs, x.layout())?,
+            slice(ws, w.layout())?,
+            slice(gs, gy.layout())?,
+        );
+        let arg = self
+            .arg
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("conv-pool state poisoned".into()))?;
+        if arg.len() != g.n * pooled {
+            candle_core::bail!("the fused conv-pool backward ran before its forward pass")
+        }
+        // One image: unpool into gc, then dW += gc · colᵀ, dB += row sums of gc, and
+        // (when asked) dXₙ = col2im(Wᵀ · gc).
+        let per_image = |n: usize,
+                         (dw, db, col, gc): &mut (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>),
+                         gxn: Option<&mut [f32]>| {
+            unpool_plane(
+                &gv[n * pooled..][..pooled],
+                &arg[n * pooled..][..pooled],
+                g.ho,
+                g.wo,
+                gc,
+                bias.then_some(db.as_mut_slice()),
+            );
+            im2col(&g, &xv[n * img..][..img], col);
+            let a = Mat {
+                data: gc,
+                rs: p,
+                cs: 1,
+            };
+            gemm_into(
+                dw,
+                g.o,
+                ck,
+                p,
+                a,
+                Mat {
+                    data: col,
+                    rs: 1,
+                    cs: p,
+                },
+                true,
+            );
+            if let Some(gxn) = gxn {
+                let wt = Mat {
+                    data: wv,
+                    rs: 1,
+                    cs: ck,
+                };
+                gemm_into(col, ck, p, g.o, wt, a, false);
+                col2im(&g, col, gxn);
+            }
+        };
+        let init = || {
+            (
+                vec![0f32; g.o * ck],
+                vec![0f32; g.o],
+                vec![0f32; ck * p],
+                vec![0f32; g.o * p],
+            )
+        };
+        let add = |mut a: (Vec<f32>, Vec<f32>), b: (Vec<f32>, Vec<f32>)| {
+            a.0.iter_mut().zip(&b.0).for_each(|(x, y)| *x += y);
+            a.1.iter_mut().zip(&b.1).for_each(|(x, y)| *x += y);
+            a
+        };
+        let zero = || (vec![0f32; g.o * ck], vec![0f32; g.o]);
+        let (gx, (dw, db)) = if self.input_grad {
+            let mut gx = vec![0f32; g.n * img];
+            let acc = gx
+                .par_chunks_mut(img.max(1))
+                .enumerate()
+                .fold(init, |mut s, (n, gxn)| {
+                    per_image(n, &mut s, Some(gxn));
+                    s
+                })
+                .map(|s| (s.0, s.1))
+                .reduce(zero, add);
+            (Some(gx), acc)
+        } else {
+            let acc = (0..g.n)
+                .into_par_iter()
+                .fold(init, |mut s, n| {
+                    per_image(n, &mut s, None);
+                    s
+                })
+                .map(|s| (s.0, s.1))
+                .reduce(zero, add);
+            (None, acc)
+        };
+        let dev = x.device();
+        let gx = match gx {
+            Some(v) => Some(Tensor::from_vec(v, x.dims(), dev)?),
+            None => None,
+        };
+        let dw = Tensor::from_vec(dw, w.dims(), dev)?;
+        let db = if bias {
+            Some(Tensor::from_vec(db, g.o, dev)?)
+        } else {
+            None
+        };
+        Ok((gx, dw, db))
+    }
+}
+
+impl CustomOp2 for ConvPool {
+    fn name(&self) -> &'static str {
+        "siam-conv2d-relu-max-pool2"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(l1.dims(), l2.dims(), self.pad)?;
+        let (y, shape) = self.forward(&g, slice(s1, l1)?, slice(s2, l2)?, None);
+        Ok((CpuStorage::F32(y), shape))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw, _) = self.backward(x, w, gy, false)?;
+        Ok((gx, Some(gw)))
+    }
+}
+
+impl CustomOp3 for ConvPool {
+    fn name(&self) -> &'static str {
+        "siam-conv2d-bias-relu-max-pool2"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::new(l1.dims(), l2.dims(), self.pad)?;
+        let b = slice(s3, l3)?;
+        if b.len() != g.o {
+            candle_core::bail!("conv2d bias has {} values for {} channels", b.len(), g.o)
+        }
+        let (y, shape) = self.forward(&g, slice(s1, l1)?, slice(s2, l2)?, Some(b));
+        Ok((CpuStorage::F32(y), shape))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _b: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (gx, gw, gb) = self.backward(x, w, gy, true)?;
+        Ok((gx, Some(gw), gb))
+    }
+}
+
+/// `max_pool2d(relu(conv2d(x, w, padding) + bias), 2)` fused into one operation on the CPU
+/// (stride 1; odd trailing rows and columns of the convolution output are dropped, as
+/// [`relu_max_pool2`] does). Equal to [`conv2d`] followed by [`relu_max_pool2`], with the same
+/// gradients, without the full-size intermediate tensor. `input_grad = false` skips the input's
+/// gradient. Elsewhere it is candle's own ops.
+pub fn conv2d_relu_max_pool2(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    input_grad: bool,
+) -> Result<Tensor> {
+    let mut all = vec![x, w];
+    all.extend(bias);
+    if !fast_path(&all) {
+        return relu_max_pool2(&conv2d(x, w, bias, padding, input_grad)?);
+    }
+    let op = ConvPool {
+        pad: padding,
+        input_grad,
+        arg: std::sync::Mutex::new(Vec::new()),
+    };
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match bias {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+        None => x.apply_op2(&w, op),
+    }
+}
+
+/// Per-channel batch statistics of a training-mode BatchNorm forward pass.
+#[derive(Debug, Default, Clone)]
+struct BnState {
+    mean: Vec<f32>,
+    /// Biased variance (divided by the element count).
+    var: Vec<f32>,
+    inv_std: Vec<f32>,
+}
+
+/// `relu(γ·(x − mean)/√(var + ε) + β)` with the batch's own per-channel statistics, forward and
+/// backward in a few passes over (N, C, H, W) instead of candle's dozen broadcast operations and
+/// their gradients.
+struct BnRelu {
+    eps: f64,
+    state: std::sync::Arc<std::sync::Mutex<BnState>>,
+}
+
+/// (N, C, H·W) of a BatchNorm input.
+fn bn_dims(dims: &[usize]) -> Result<(usize, usize, usize)> {
+    match dims {
+        [n, c, rest @ ..] => Ok((*n, *c, rest.iter().product())),
+        d => candle_core::bail!("BatchNorm takes (N, C, ...), got {d:?}"),
+    }
+}
+
+impl CustomOp3 for BnRelu {
+    fn name(&self) -> &'static str {
+        "siam-batch-norm-relu"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, hw) = bn_dims(l1.dims())?;
+        let (x, gamma, beta) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        if gamma.len() != c || beta.len() != c {
+            candle_core::bail!("BatchNorm over {c} channels got {} weights", gamma.len())
+        }
+        let m = (n * hw) as f64;
+        if n * hw == 0 {
+            candle_core::bail!("BatchNorm needs at least one value per channel")
+        }
+        // Per channel: two passes (mean, then centred squares) in f64.
+        let stats: Vec<(f32, f32, f32)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let planes = (0..n).map(|i| &x[(i * c + ch) * hw..][..hw]);
+                let sum: f64 = planes
+                    .clone()
+                    .map(|p| p.iter().map(|&v| f64::from(v)).sum::<f64>())
+                    .sum();
+                let mean = sum / m;
+                let ss: f64 = planes
+                    .map(|p| {
+                        p.iter()
+                            .map(|&v| {
+                                let d = f64::from(v) - mean;
+                                d * d
+                            })
+                            .sum::<f64>()
+                    })
+                    .sum();
+                let var = ss / m;
+                (
+                    mean as f32,
+                    var as f32,
+                    (1.0 / (var + self.eps).sqrt()) as f32,
+                )
+            })
+            .collect();
+        let mut y = vec![0f32; x.len()];
+        y.par_chunks_mut(hw.max(1))
+            .zip(x.par_chunks(hw.max(1)))
+            .enumerate()
+            .with_min_len(planes_per_task(hw))
+            .for_each(|(k, (yp, xp))| {
+                let ch = k % c;
+                let (mean, _, inv) = stats[ch];
+                let a = gamma[ch] * inv;
+                let b = beta[ch] - mean * a;
+                for (o, &v) in yp.iter_mut().zip(xp) {
+                    *o = (a * v + b).max(0.0);
+                }
+            });
+        if let Ok(mut st) = self.state.lock() {
+            st.mean = stats.iter().map(|s| s.0).collect();
+            st.var = stats.iter().map(|s| s.1).collect();
+            st.inv_std = stats.iter().map(|s| s.2).collect();
+        }
+        Ok((CpuStorage::F32(y), Shape::from(l1.dims())))
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        res: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c, hw) = bn_dims(x.dims())?;
+        let st = self
+            .state
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("BatchNorm state poisoned".into()))?
+            .clone();
+        if st.mean.len() != c {
+            candle_core::bail!("the BatchNorm backward ran before its forward pass")
+        }
+        let gy = gy.contiguous()?;
+        let (xs, _) = x.storage_and_layout();
+        let (ys, _) = res.storage_and_layout();
+        let (gs, _) = gy.storage_and_layout();
+        let (ws, _) = gamma.storage_and_layout();
+        let (
+            candle_core::Storage::Cpu(xs),
+            candle_core::Storage::Cpu(ys),
+            candle_core::Storage::Cpu(gs),
+            candle_core::Storage::Cpu(ws),
+        ) = (&*xs, &*ys, &*gs, &*ws)
+        else {
+            candle_core::bail!("the BatchNorm backward runs on the CPU")
+        };
+        let (xv, yv, gv, wv) = (
+            slice(xs, x.layout())?,
+            slice(ys, res.layout())?,
+            slice(gs, gy.layout())?,
+            slice(ws, gamma.layout())?,
+        );
+        // Pass 1: dβ = Σ g, dγ = Σ g·x̂ with g = dY where the output is positive.
+        let sums: Vec<(f64, f64)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mean, inv) = (st.mean[ch], st.inv_std[ch]);
+                let (mut db, mut dg) = (0f64, 0f64);
+                for i in 0..n {
+                    let o = (i * c + ch) * hw;
+                    let (xp, yp, gp) = (&xv[o..][..hw], &yv[o..][..hw], &gv[o..][..hw]);
+                    let (mut b, mut g) = (0f32, 0f32);
+                    for ((&xx, &yy), &gg) in xp.iter().zip(yp).zip(gp) {
+                        let gg = if yy > 0.0 { gg } else { 0.0 };
+                        b += gg;
+                        g += gg * (xx - mean) * inv;
+                    }
+                    db += f64::from(b);
+                    dg += f64::from(g);
+                }
+                (db, dg)
+            })
+            .collect();
+        // Pass 2: dX = γ·inv/M · (M·g − dβ − x̂·dγ).
+        let m = (n * hw) as f32;
+        let mut gx = vec![0f32; xv.len()];
+        gx.par_chunks_mut(hw.max(1))
+            .enumerate()
+            .with_min_len(planes_per_task(hw))
+            .for_each(|(k, gxp)| {
+                let ch = k % c;
+                let (mean, inv) = (st.mean[ch], st.inv_std[ch]);
+                let (db, dg) = (sums[ch].0 as f32, sums[ch].1 as f32);
+                let scale = wv[ch] * inv / m;
+                let o = k * hw;
+                let (xp, yp, gp) = (&xv[o..][..hw], &yv[o..][..hw], &gv[o..][..hw]);
+                for (((d, &xx), &yy), &gg) in gxp.iter_mut().zip(xp).zip(yp).zip(gp) {
+                    let gg = if yy > 0.0 { gg } else { 0.0 };
+                    *d = scale * (m * gg - db - (xx - mean) * inv * dg);
+                }
+            });
+        let dev = x.device();
+        let gx = Tensor::from_vec(gx, x.dims(), dev)?;
+        let dgamma = Tensor::from_vec(sums.iter().map(|s| s.1 as f32).collect(), c, dev)?;
+        let dbeta = Tensor::from_vec(sums.iter().map(|s| s.0 as f32).collect(), c, dev)?;
+        Ok((Some(gx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// Training-mode BatchNorm followed by ReLU, `relu(γ·(x − mean)/√(var + ε) + β)` with the
+/// batch's per-channel statistics over (N, H, W), fused on the CPU. Returns the output and the
+/// batch mean and biased variance (for the running statistics, which the caller updates).
+/// Elsewhere it is candle's own ops.
+pub fn batch_norm_relu_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (_, c, _) = bn_dims(x.dims())?;
+    if !fast_path(&[x, gamma, beta]) {
+        let dims: Vec<usize> = (0..x.rank()).filter(|&d| d != 1).collect();
+        let mean = x.mean_keepdim(dims.as_slice())?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(dims.as_slice())?;
+        let mut shape = vec![1; x.rank()];
+        shape[1] = c;
+        let y = centred
+            .broadcast_div(&(&var + eps)?.sqrt()?)?
+            .broadcast_mul(&gamma.reshape(shape.as_slice())?)?
+            .broadcast_add(&beta.reshape(shape.as_slice())?)?
+            .relu()?;
+        return Ok((y, mean.flatten_all()?.detach(), var.flatten_all()?.detach()));
+    }
+    let state = std::sync::Arc::new(std::sync::Mutex::new(BnState::default()));
+    let op = BnRelu {
+        eps,
+        state: state.clone(),
+    };
+    let y = x
+        .contiguous()?
+        .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op)?;
+    let st = state
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("BatchNorm state poisoned".into()))?
+        .clone();
+    let dev = x.device();
+    Ok((
+        y,
+        Tensor::from_vec(st.mean, c, dev)?,
+        Tensor::from_vec(st.var, c, dev)?,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -711,6 +1283,62 @@ mod tests {
                 "no input gradient was asked for"
             );
             assert!(g.get(wt.as_tensor()).is_some());
+        }
+    }
+
+    /// The fused convolution + ReLU + pooling equals the two kernels it replaces — forward,
+    /// and every gradient — with and without bias, padding, input gradient, odd sizes.
+    #[test]
+    fn fused_conv_pool_matches_conv_then_pool() {
+        // (N, C, H, W, O, K, padding, bias, input gradient)
+        for (i, &(n, c, h, w, o, k, pad, bias, ig)) in [
+            (3, 1, 28, 28, 8, 5, 0, true, false),
+            (2, 4, 12, 12, 6, 3, 0, true, true),
+            (4, 3, 9, 7, 5, 3, 1, false, true),
+            (1, 2, 6, 5, 3, 3, 0, true, true),
+            (5, 2, 8, 8, 4, 3, 1, false, false),
+            (2, 3, 5, 5, 2, 1, 0, true, true),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let x = Var::from_tensor(&rand(&[n, c, h, w], 10 + i as u64)).unwrap();
+            let wt = Var::from_tensor(&rand(&[o, c, k, k], 110 + i as u64)).unwrap();
+            let b = Var::from_tensor(&rand(&[o], 210 + i as u64)).unwrap();
+            let bias = bias.then_some(b.as_tensor());
+            let fused = conv2d_relu_max_pool2(&x, &wt, bias, pad, ig).unwrap();
+            let split = relu_max_pool2(&conv2d(&x, &wt, bias, pad, ig).unwrap()).unwrap();
+            assert_eq!(fused.dims(), split.dims(), "case {i}: shape");
+            assert!(max_diff(&fused, &split) < 1e-6, "case {i}: forward");
+            let up = rand(fused.dims(), 310 + i as u64);
+            let gf = (&fused * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let gs = (&split * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let mut vars = vec![("w", wt.as_tensor())];
+            if bias.is_some() {
+                vars.push(("b", b.as_tensor()));
+            }
+            if ig {
+                vars.push(("x", x.as_tensor()));
+            } else {
+                assert!(
+                    gf.get(x.as_tensor()).is_none(),
+                    "case {i}: dx not asked for"
+                );
+            }
+            for (name, v) in vars {
+                let d = max_diff(gf.get(v).unwrap(), gs.get(v).unwrap());
+                assert!(d < 1e-4, "case {i}: d{name} differs by {d}");
+            }
         }
     }
 

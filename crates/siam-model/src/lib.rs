@@ -44,7 +44,7 @@ pub mod model;
 
 pub use device::parse_device;
 pub use distance::Distance;
-pub use encoder::{EncoderConfig, InputSpec};
+pub use encoder::{EncoderConfig, InputSpec, Pooling};
 pub use error::{ModelError, Result};
 pub use model::{
     Comparison, DistanceQuantiles, FORMAT_VERSION, ModelConfig, ModelMeta, SiameseModel,

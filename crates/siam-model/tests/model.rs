@@ -42,6 +42,7 @@ fn convnet(dropout: f32) -> ModelConfig {
             hidden: 32,
             dropout,
             embedding_dim: 12,
+            pooling: siam_model::Pooling::GlobalAverage,
         },
         input: InputSpec::fashion_mnist(),
         normalize: false,
@@ -317,6 +318,7 @@ fn parameter_count_matches_the_built_network() {
                 hidden: 24,
                 dropout: 0.0,
                 embedding_dim: 12,
+                pooling: siam_model::Pooling::GlobalAverage,
             },
             ..seed_cnn(3, 32, 32)
         },
@@ -326,6 +328,7 @@ fn parameter_count_matches_the_built_network() {
                 hidden: 0,
                 dropout: 0.1,
                 embedding_dim: 5,
+                pooling: siam_model::Pooling::GlobalAverage,
             },
             ..seed_cnn(1, 9, 9)
         },

@@ -374,6 +374,7 @@ impl TrainConfig {
                     hidden: 256,
                     dropout: 0.0,
                     embedding_dim: 128,
+                    pooling: siam_model::Pooling::GlobalAverage,
                 };
                 Ok(c)
             }

@@ -89,6 +89,7 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
                     hidden: 0,
                     dropout: 0.0,
                     embedding_dim: 4,
+                    pooling: siam_model::Pooling::GlobalAverage,
                 },
                 input: siam_model::InputSpec {
                     channels: 1,

@@ -216,6 +216,7 @@ fn batchnorm_statistics_never_updated_are_flagged() {
             hidden: 0,
             dropout: 0.0,
             embedding_dim: 32,
+            pooling: siam_model::Pooling::GlobalAverage,
         };
         c.epochs = 1;
         c.steps_per_epoch = 20;
