@@ -8,6 +8,10 @@ step, 5 steps per timed repetition; inference in eval mode at batch 1024 under n
 The inputs follow the same formula as the Rust side. PyTorch keeps its default settings
 except the thread count, which is set to siam's.
 
+With --encoder convnet, siam's deeper encoder instead: blocks of two 3x3 convolutions
+(padding 1, no bias) each followed by BatchNorm and ReLU, channels 32-64-128, 2x2 max-pooling
+between blocks, global average pooling, Linear 128->256, ReLU, Linear 256->128.
+
 Prints one JSON object: train_pairs_per_s and infer_images_per_s (medians of --reps).
 """
 
@@ -39,16 +43,46 @@ class SeedCnn(nn.Module):
         return self.fc(x.flatten(1))
 
 
+class Block(nn.Sequential):
+    def __init__(self, cin, cout):
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+        )
+
+
+class ConvNet(nn.Module):
+    def __init__(self, channels=(32, 64, 128), hidden=256, dim=128):
+        super().__init__()
+        cins = (1,) + tuple(channels[:-1])
+        self.blocks = nn.ModuleList(Block(a, b) for a, b in zip(cins, channels))
+        self.hidden = nn.Linear(channels[-1], hidden)
+        self.out = nn.Linear(hidden, dim)
+
+    def forward(self, x):
+        for i, b in enumerate(self.blocks):
+            x = b(x)
+            if i < len(self.blocks) - 1:
+                x = torch.max_pool2d(x, 2)
+        x = x.mean((2, 3))
+        return self.out(torch.relu(self.hidden(x)))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--pairs", type=int, default=128)
     p.add_argument("--infer-batch", type=int, default=1024)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, required=True)
+    p.add_argument("--encoder", choices=["seed-cnn", "convnet"], default="seed-cnn")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(1)
-    model = SeedCnn()
+    model = SeedCnn() if a.encoder == "seed-cnn" else ConvNet()
     n = a.pairs
     xa, xb = images(n, 1), images(n, 2)
     same = (torch.arange(n) % 2).to(torch.float32)

@@ -1,5 +1,5 @@
 //! `cargo xtask bench`: training pairs/s, inference images/s, loader images/s and `compare`
-//! latency of the seed CNN at 28×28; writes `target/bench/latest.json` and prints a table.
+//! latency of the seed CNN (or, with `--encoder convnet`, the deeper encoder) at 28×28; writes `target/bench/latest.json` and prints a table.
 //! With `--device cuda` (or metal) it re-runs itself built with that feature.
 
 use std::path::Path;
@@ -40,6 +40,45 @@ pub struct Args {
     /// Alternating windows for --vs-pytorch (medians are reported).
     #[arg(long, default_value_t = 5)]
     windows: usize,
+    /// The encoder: the seed CNN or the deeper convnet (channels 32-64-128, BatchNorm, hidden
+    /// 256).
+    #[arg(long, value_enum, default_value = "seed-cnn")]
+    encoder: Encoder,
+    /// Measure only this part (for profiling, e.g. under `perf record`); the others are
+    /// reported as null.
+    #[arg(long, value_enum)]
+    only: Option<Part>,
+}
+
+/// The encoders `cargo xtask bench` measures.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Encoder {
+    /// The seed CNN (the default).
+    SeedCnn,
+    /// The `convnet` preset's encoder.
+    Convnet,
+}
+
+impl Encoder {
+    fn name(self) -> &'static str {
+        match self {
+            Self::SeedCnn => "seed-cnn",
+            Self::Convnet => "convnet",
+        }
+    }
+}
+
+/// The parts of `cargo xtask bench`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Training steps.
+    Training,
+    /// Inference batches.
+    Inference,
+    /// The data loader.
+    Loader,
+    /// `compare` on two PNG files.
+    Compare,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -96,7 +135,16 @@ pub fn run(a: &Args) -> Result<()> {
     }
     let device = siam_model::parse_device(&a.device)?;
     let cfg = ModelConfig {
-        encoder: EncoderConfig::SeedCnn { embedding_dim: 128 },
+        encoder: match a.encoder {
+            Encoder::SeedCnn => EncoderConfig::SeedCnn { embedding_dim: 128 },
+            Encoder::Convnet => EncoderConfig::Convnet {
+                channels: vec![32, 64, 128],
+                hidden: 256,
+                dropout: 0.0,
+                embedding_dim: 128,
+                pooling: siam_model::Pooling::GlobalAverage,
+            },
+        },
         input: InputSpec::fashion_mnist(),
         normalize: false,
         distance: Distance::Euclidean,
@@ -132,22 +180,28 @@ pub fn run(a: &Args) -> Result<()> {
     );
     let steps = 5;
     let xi = imgs(a.infer_batch, 3)?;
+    let wants = |p: Part| a.only.is_none_or(|o| o == p);
     let mut measure_siam = || -> Result<(f64, f64)> {
-        let train = time(a.reps, || {
-            for _ in 0..steps {
-                let e = model.forward_t(&Tensor::cat(&[&xa, &xb], 0)?, true)?;
-                let d = model.distance(&e.narrow(0, 0, n)?, &e.narrow(0, n, n)?)?;
-                let l = loss::contrastive(&d, &same, 2.0)?;
-                let g = l.backward()?;
-                opt.step(&g, 1e-3)?;
-            }
-            sync(&xa)
-        })?;
-        let infer = time(a.reps, || sync(&model.embed(&xi)?))?;
-        Ok((
-            (steps * n) as f64 / median(train),
-            a.infer_batch as f64 / median(infer),
-        ))
+        let mut train_pairs_per_s = f64::NAN;
+        if wants(Part::Training) {
+            let train = time(a.reps, || {
+                for _ in 0..steps {
+                    let e = model.forward_t(&Tensor::cat(&[&xa, &xb], 0)?, true)?;
+                    let d = model.distance(&e.narrow(0, 0, n)?, &e.narrow(0, n, n)?)?;
+                    let l = loss::contrastive(&d, &same, 2.0)?;
+                    let g = l.backward()?;
+                    opt.step(&g, 1e-3)?;
+                }
+                sync(&xa)
+            })?;
+            train_pairs_per_s = (steps * n) as f64 / median(train);
+        }
+        let mut infer_images_per_s = f64::NAN;
+        if wants(Part::Inference) {
+            let infer = time(a.reps, || sync(&model.embed(&xi)?))?;
+            infer_images_per_s = a.infer_batch as f64 / median(infer);
+        }
+        Ok((train_pairs_per_s, infer_images_per_s))
     };
     if a.vs_pytorch {
         return versus_pytorch(a, &mut measure_siam);
@@ -156,47 +210,53 @@ pub fn run(a: &Args) -> Result<()> {
 
     let set = siam_train::data::fixtures()?.0;
     let loader_batches = 20u64;
-    let loader = time(a.reps, || {
-        let sampler = SamplerConfig::default().build(&set, n, 3)?;
-        let t = Transform {
-            augment: AugmentConfig {
-                hflip: true,
-                rotate_degrees: 10.0,
-                crop_padding: 2,
-                ..AugmentConfig::none()
-            },
-            normalize: Some(Normalize {
-                mean: vec![0.286],
-                std: vec![0.353],
-            }),
-            seed: 1,
-        };
-        let cfg = LoaderConfig {
-            batches_per_epoch: loader_batches,
-            epochs: Some(1),
-            threads: None,
-            ..Default::default()
-        };
-        for b in Loader::spawn(set.clone(), sampler, t, cfg)? {
-            b?;
-        }
-        Ok(())
-    })?;
-    let loader_images_per_s = (loader_batches as usize * 2 * n) as f64 / median(loader);
+    let mut loader_images_per_s = f64::NAN;
+    if wants(Part::Loader) {
+        let loader = time(a.reps, || {
+            let sampler = SamplerConfig::default().build(&set, n, 3)?;
+            let t = Transform {
+                augment: AugmentConfig {
+                    hflip: true,
+                    rotate_degrees: 10.0,
+                    crop_padding: 2,
+                    ..AugmentConfig::none()
+                },
+                normalize: Some(Normalize {
+                    mean: vec![0.286],
+                    std: vec![0.353],
+                }),
+                seed: 1,
+            };
+            let cfg = LoaderConfig {
+                batches_per_epoch: loader_batches,
+                epochs: Some(1),
+                threads: None,
+                ..Default::default()
+            };
+            for b in Loader::spawn(set.clone(), sampler, t, cfg)? {
+                b?;
+            }
+            Ok(())
+        })?;
+        loader_images_per_s = (loader_batches as usize * 2 * n) as f64 / median(loader);
+    }
 
-    let png = project_root().join("fixtures/fashion-mnist-png");
-    let (pa, pb) = (png.join("bag/00.png"), png.join("trouser/00.png"));
-    let compare = time(a.reps * 4, || {
-        model.compare_paths(&pa, &pb)?;
-        Ok(())
-    })?;
-    let compare_ms = 1000.0 * median(compare);
+    let mut compare_ms = f64::NAN;
+    if wants(Part::Compare) {
+        let png = project_root().join("fixtures/fashion-mnist-png");
+        let (pa, pb) = (png.join("bag/00.png"), png.join("trouser/00.png"));
+        let compare = time(a.reps * 4, || {
+            model.compare_paths(&pa, &pb)?;
+            Ok(())
+        })?;
+        compare_ms = 1000.0 * median(compare);
+    }
 
     let out = serde_json::json!({
         "device": a.device,
         "device_detail": format!("{device:?}"),
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "network": "seed-cnn 28x28, embedding 128",
+        "network": format!("{} 28x28, embedding 128", a.encoder.name()),
         "train_batch_pairs": n,
         "infer_batch_images": a.infer_batch,
         "loader_batch_pairs": n,
@@ -217,18 +277,36 @@ pub fn run(a: &Args) -> Result<()> {
             "siam benchmark on {} ({} threads), medians of {} runs",
             a.device, out["threads"], a.reps
         );
-        println!(
-            "  training       {train_pairs_per_s:>10.0} pairs/s    (seed CNN, {n} pairs per step, contrastive, AdamW)"
+        let line = |v: f64, text: String| {
+            if v.is_finite() {
+                println!("{text}");
+            }
+        };
+        line(
+            train_pairs_per_s,
+            format!(
+                "  training       {train_pairs_per_s:>10.0} pairs/s    ({}, {n} pairs per step, contrastive, AdamW)",
+                a.encoder.name()
+            ),
         );
-        println!(
-            "  inference      {infer_images_per_s:>10.0} images/s   (batch {})",
-            a.infer_batch
+        line(
+            infer_images_per_s,
+            format!(
+                "  inference      {infer_images_per_s:>10.0} images/s   (batch {})",
+                a.infer_batch
+            ),
         );
-        println!(
-            "  loader         {loader_images_per_s:>10.0} images/s   (pairs, flip + rotation + crop)"
+        line(
+            loader_images_per_s,
+            format!(
+                "  loader         {loader_images_per_s:>10.0} images/s   (pairs, flip + rotation + crop)"
+            ),
         );
-        println!(
-            "  compare        {compare_ms:>10.2} ms         (two PNG files, decode to verdict)"
+        line(
+            compare_ms,
+            format!(
+                "  compare        {compare_ms:>10.2} ms         (two PNG files, decode to verdict)"
+            ),
         );
         println!("written to {}", show(&path));
     }
@@ -247,6 +325,9 @@ fn show(p: &Path) -> String {
 fn versus_pytorch(a: &Args, siam: &mut dyn FnMut() -> Result<(f64, f64)>) -> Result<()> {
     if a.device != "cpu" {
         bail!("--vs-pytorch compares CPU speed; use --device cpu");
+    }
+    if a.only.is_some() {
+        bail!("--vs-pytorch compares training and inference; drop --only");
     }
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
     let has_torch = Command::new(&python)
@@ -270,6 +351,7 @@ fn versus_pytorch(a: &Args, siam: &mut dyn FnMut() -> Result<(f64, f64)>) -> Res
             .args(["--infer-batch", &a.infer_batch.to_string()])
             .args(["--reps", &a.reps.to_string()])
             .args(["--threads", &threads.to_string()])
+            .args(["--encoder", a.encoder.name()])
             .output()
             .context("running the PyTorch reference")?;
         if !o.status.success() {
@@ -295,6 +377,7 @@ fn versus_pytorch(a: &Args, siam: &mut dyn FnMut() -> Result<(f64, f64)>) -> Res
     let (st, si, pt, pi) = (median(st), median(si), median(pt), median(pi));
     let out = serde_json::json!({
         "threads": threads,
+        "network": a.encoder.name(),
         "windows": a.windows,
         "siam_train_pairs_per_s": st,
         "pytorch_train_pairs_per_s": pt,
@@ -313,7 +396,8 @@ fn versus_pytorch(a: &Args, siam: &mut dyn FnMut() -> Result<(f64, f64)>) -> Res
         println!("{out}");
     } else {
         println!(
-            "siam vs PyTorch, seed CNN 28x28, {threads} threads each, medians of {} alternating windows",
+            "siam vs PyTorch, {} 28x28, {threads} threads each, medians of {} alternating windows",
+            a.encoder.name(),
             a.windows
         );
         println!("                   siam      PyTorch   ratio siam/PyTorch");
