@@ -332,6 +332,28 @@ fn parameter_count_matches_the_built_network() {
             },
             ..seed_cnn(1, 9, 9)
         },
+        // Flattened final maps: 16 × 7 × 7 (28 halved twice), and 6 × 2 × 3 (9×13 halved
+        // twice, odd rows and columns dropped).
+        ModelConfig {
+            encoder: EncoderConfig::Convnet {
+                channels: vec![4, 8, 16],
+                hidden: 10,
+                dropout: 0.0,
+                embedding_dim: 6,
+                pooling: siam_model::Pooling::Flatten,
+            },
+            ..seed_cnn(1, 28, 28)
+        },
+        ModelConfig {
+            encoder: EncoderConfig::Convnet {
+                channels: vec![3, 4, 6],
+                hidden: 0,
+                dropout: 0.0,
+                embedding_dim: 5,
+                pooling: siam_model::Pooling::Flatten,
+            },
+            ..seed_cnn(2, 9, 13)
+        },
     ];
     for c in configs {
         let m = SiameseModel::new(&c, 0, &CPU).unwrap();
@@ -350,6 +372,48 @@ fn parameter_count_matches_the_built_network() {
             "{c:?}"
         );
     }
+}
+
+/// A flattened head's input is the whole final map (channels × height × width), and the choice
+/// survives a save and load with identical embeddings.
+#[test]
+fn flatten_pooling_keeps_positions_and_round_trips() {
+    let mut c = convnet(0.0);
+    c.encoder = EncoderConfig::Convnet {
+        channels: vec![4, 8],
+        hidden: 0,
+        dropout: 0.0,
+        embedding_dim: 6,
+        pooling: siam_model::Pooling::Flatten,
+    };
+    let m = SiameseModel::new(&c, 3, &CPU).unwrap();
+    let head = m
+        .varmap()
+        .data()
+        .lock()
+        .unwrap()
+        .get("encoder.head.out.weight")
+        .unwrap()
+        .dims()
+        .to_vec();
+    assert_eq!(head, vec![6, 8 * 14 * 14], "head input: 8 channels x 14 x 14");
+    let x = images(3, 1, 28, 28, 7);
+    let e = m.embed(&x).unwrap();
+    assert_eq!(e.dims(), &[3, 6]);
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("flat.safetensors");
+    m.save(&p).unwrap();
+    let back = SiameseModel::load(&p, &CPU).unwrap();
+    assert_eq!(back.config().encoder, c.encoder);
+    let d = (back.embed(&x).unwrap() - &e)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d < 1e-6, "embeddings changed by {d} after the round trip");
 }
 
 #[test]
