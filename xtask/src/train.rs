@@ -10,6 +10,10 @@ use crate::project_root;
 /// Options of `cargo xtask train`; anything after `--` goes to `siam train`.
 #[derive(clap::Args)]
 pub struct Args {
+    /// The recipe: default, seed, quick or convnet (the one that reaches the accuracy target
+    /// on the full Fashion-MNIST, docs/BENCHMARKS.md).
+    #[arg(long, default_value = "default")]
+    pub preset: String,
     /// Extra `siam train` flags, e.g. `-- --epochs 2 --out runs/mine`.
     #[arg(last = true)]
     pub extra: Vec<String>,
@@ -25,15 +29,18 @@ pub fn run(a: &Args) -> Result<()> {
         "siam-cli",
         "--",
         "train",
-        "--preset",
-        "default",
     ]);
+    // A config file or preset given after `--` wins.
+    if !a.extra.iter().any(|x| x == "--config" || x == "--preset") {
+        cmd.args(["--preset", &a.preset]);
+    }
+    let recipe = format!("the {} recipe", a.preset);
     let user_data = a.extra.iter().any(|x| x == "--data");
     if !user_data {
         match siam_train::data::find_known("fashion-mnist") {
             Some(dir) => {
                 eprintln!(
-                    "xtask: training the default recipe on the full Fashion-MNIST in {}",
+                    "xtask: training {recipe} on the full Fashion-MNIST in {}",
                     dir.display()
                 );
                 cmd.args(["--data", "fashion-mnist"]);
@@ -41,7 +48,7 @@ pub fn run(a: &Args) -> Result<()> {
             None => {
                 eprintln!(
                     "xtask: Fashion-MNIST is not downloaded (`cargo xtask download fashion-mnist`); \
-                     training the default recipe on the embedded fixture subset, 5 epochs of 100 steps"
+                     training {recipe} on the embedded fixture subset, 100 steps per epoch"
                 );
                 cmd.args(["--data", "fixtures"]);
                 if !a.extra.iter().any(|x| x == "--steps-per-epoch") {

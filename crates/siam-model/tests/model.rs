@@ -396,10 +396,19 @@ fn flatten_pooling_keeps_positions_and_round_trips() {
         .unwrap()
         .dims()
         .to_vec();
-    assert_eq!(head, vec![6, 8 * 14 * 14], "head input: 8 channels x 14 x 14");
+    assert_eq!(
+        head,
+        vec![6, 8 * 14 * 14],
+        "head input: 8 channels x 14 x 14"
+    );
     let x = images(3, 1, 28, 28, 7);
     let e = m.embed(&x).unwrap();
     assert_eq!(e.dims(), &[3, 6]);
+    // Embeddings keep no graph (which would hold every activation alive with them).
+    assert!(
+        !e.track_op(),
+        "embed returned a tensor that records its graph"
+    );
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("flat.safetensors");
     m.save(&p).unwrap();
