@@ -314,6 +314,11 @@ struct Conv {
 }
 
 impl Conv {
+    fn forward(&self, g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> (Vec<f32>, Shape) {
+        let y = conv_forward(g, x, w, bias);
+        (y, Shape::from((g.n, g.o, g.ho, g.wo)))
+    }
+
     /// (dX when asked for, dW, dB when the convolution has a bias).
     fn backward(
         &self,
@@ -338,66 +343,74 @@ impl Conv {
     }
 }
 
-impl CustomOp2 for Conv {
-    fn name(&self) -> &'static str {
-        "siam-conv2d"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::new(l1.dims(), l2.dims(), self.pad)?;
-        let y = conv_forward(&g, slice(s1, l1)?, slice(s2, l2)?, None);
-        Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.ho, g.wo))))
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        gy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (gx, gw, _) = self.backward(x, w, gy, false)?;
-        Ok((gx, Some(gw)))
-    }
+/// The candle op traits for a convolution-like op with an optional bias: `forward` makes the
+/// output from (geometry, x, w, bias), `backward` the gradients of x, w and the bias.
+macro_rules! conv_ops {
+    ($op:ty, $name:literal, $name_bias:literal) => {
+        impl CustomOp2 for $op {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn cpu_fwd(
+                &self,
+                s1: &CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                let g = Geom::new(l1.dims(), l2.dims(), self.pad)?;
+                let (y, shape) = self.forward(&g, slice(s1, l1)?, slice(s2, l2)?, None);
+                Ok((CpuStorage::F32(y), shape))
+            }
+            fn bwd(
+                &self,
+                x: &Tensor,
+                w: &Tensor,
+                _res: &Tensor,
+                gy: &Tensor,
+            ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+                let (gx, gw, _) = self.backward(x, w, gy, false)?;
+                Ok((gx, Some(gw)))
+            }
+        }
+
+        impl CustomOp3 for $op {
+            fn name(&self) -> &'static str {
+                $name_bias
+            }
+            fn cpu_fwd(
+                &self,
+                s1: &CpuStorage,
+                l1: &Layout,
+                s2: &CpuStorage,
+                l2: &Layout,
+                s3: &CpuStorage,
+                l3: &Layout,
+            ) -> Result<(CpuStorage, Shape)> {
+                let g = Geom::new(l1.dims(), l2.dims(), self.pad)?;
+                let b = slice(s3, l3)?;
+                if b.len() != g.o {
+                    candle_core::bail!("conv2d bias has {} values for {} channels", b.len(), g.o)
+                }
+                let (y, shape) = self.forward(&g, slice(s1, l1)?, slice(s2, l2)?, Some(b));
+                Ok((CpuStorage::F32(y), shape))
+            }
+            fn bwd(
+                &self,
+                x: &Tensor,
+                w: &Tensor,
+                _b: &Tensor,
+                _res: &Tensor,
+                gy: &Tensor,
+            ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+                let (gx, gw, gb) = self.backward(x, w, gy, true)?;
+                Ok((gx, Some(gw), gb))
+            }
+        }
+    };
 }
 
-impl CustomOp3 for Conv {
-    fn name(&self) -> &'static str {
-        "siam-conv2d-bias"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::new(l1.dims(), l2.dims(), self.pad)?;
-        let b = slice(s3, l3)?;
-        if b.len() != g.o {
-            candle_core::bail!("conv2d bias has {} values for {} channels", b.len(), g.o)
-        }
-        let y = conv_forward(&g, slice(s1, l1)?, slice(s2, l2)?, Some(b));
-        Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.ho, g.wo))))
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        _res: &Tensor,
-        gy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (gx, gw, gb) = self.backward(x, w, gy, true)?;
-        Ok((gx, Some(gw), gb))
-    }
-}
+conv_ops!(Conv, "siam-conv2d", "siam-conv2d-bias");
 
 struct WeightGrad(usize, (usize, usize, usize, usize));
 
@@ -878,66 +891,11 @@ impl ConvPool {
     }
 }
 
-impl CustomOp2 for ConvPool {
-    fn name(&self) -> &'static str {
-        "siam-conv2d-relu-max-pool2"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::new(l1.dims(), l2.dims(), self.pad)?;
-        let (y, shape) = self.forward(&g, slice(s1, l1)?, slice(s2, l2)?, None);
-        Ok((CpuStorage::F32(y), shape))
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _res: &Tensor,
-        gy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (gx, gw, _) = self.backward(x, w, gy, false)?;
-        Ok((gx, Some(gw)))
-    }
-}
-
-impl CustomOp3 for ConvPool {
-    fn name(&self) -> &'static str {
-        "siam-conv2d-bias-relu-max-pool2"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = Geom::new(l1.dims(), l2.dims(), self.pad)?;
-        let b = slice(s3, l3)?;
-        if b.len() != g.o {
-            candle_core::bail!("conv2d bias has {} values for {} channels", b.len(), g.o)
-        }
-        let (y, shape) = self.forward(&g, slice(s1, l1)?, slice(s2, l2)?, Some(b));
-        Ok((CpuStorage::F32(y), shape))
-    }
-    fn bwd(
-        &self,
-        x: &Tensor,
-        w: &Tensor,
-        _b: &Tensor,
-        _res: &Tensor,
-        gy: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (gx, gw, gb) = self.backward(x, w, gy, true)?;
-        Ok((gx, Some(gw), gb))
-    }
-}
+conv_ops!(
+    ConvPool,
+    "siam-conv2d-relu-max-pool2",
+    "siam-conv2d-bias-relu-max-pool2"
+);
 
 /// `max_pool2d(relu(conv2d(x, w, padding) + bias), 2)` fused into one operation on the CPU
 /// (stride 1; odd trailing rows and columns of the convolution output are dropped, as
