@@ -285,7 +285,8 @@ impl TrainConfig {
     /// A preset by name: `default` (the recommended recipe), `seed` (the recipe the project
     /// grew from: seed CNN, contrastive m = 2, random balanced pairs, Adam 1e-3, 5 epochs of
     /// 60k pairs), `quick` (a minute on the fixtures, for smoke tests), `convnet` (`default`
-    /// with the deeper BatchNorm encoder: the most accurate measured, about 8× slower).
+    /// with the deeper BatchNorm encoder, a flattened head and 12 epochs: the recipe that
+    /// reaches P@1 0.907 and ROC-AUC 0.991 on Fashion-MNIST, about 18× the time of `default`).
     pub fn preset(name: &str) -> Result<Self> {
         let base = Self {
             seed: 42,
@@ -368,14 +369,17 @@ impl TrainConfig {
                 ..base
             }),
             "convnet" => {
+                // The recipe that reaches the accuracy target (docs/BENCHMARKS.md): the default
+                // with the deeper encoder, a head that sees every position, 12 epochs.
                 let mut c = Self::preset("default")?;
                 c.model.encoder = EncoderConfig::Convnet {
                     channels: vec![32, 64, 128],
                     hidden: 256,
                     dropout: 0.0,
                     embedding_dim: 128,
-                    pooling: siam_model::Pooling::GlobalAverage,
+                    pooling: siam_model::Pooling::Flatten,
                 };
+                c.epochs = 12;
                 Ok(c)
             }
             "quick" => {
