@@ -22,7 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Train the default recipe: full Fashion-MNIST when present, else the embedded fixtures.
+    /// Train a recipe (--preset, default `default`): full Fashion-MNIST when present, else the embedded fixtures.
     Train(train::Args),
     /// Download and verify a dataset (fashion-mnist, mnist).
     Download(download::Args),
