@@ -555,6 +555,8 @@ mod tests {
     use candle_core::{DType, Device, Var};
     use candle_nn::VarMap;
 
+    use crate::kernels::tests::max_diff;
+
     fn bn(seed: u64, c: usize) -> (VarMap, BatchNorm) {
         let vm = VarMap::new();
         let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
@@ -568,19 +570,6 @@ mod tests {
             v.set(&Tensor::new(vals, &Device::Cpu).unwrap()).unwrap();
         }
         (vm, b)
-    }
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
     }
 
     /// The fused training-mode BatchNorm + ReLU against candle_nn's BatchNorm followed by ReLU:

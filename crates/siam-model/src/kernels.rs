@@ -188,6 +188,55 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     }
 }
 
+/// One image's convolution: `yn (O, HO·WO) = W · im2col(xn) [+ b]`, packing into `col`.
+fn conv_image(
+    g: &Geom,
+    xn: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    col: &mut [f32],
+    yn: &mut [f32],
+) {
+    let (ck, p) = (g.ck(), g.p());
+    im2col(g, xn, col);
+    if let Some(b) = bias {
+        for (row, &bo) in yn.chunks_mut(p).zip(b) {
+            row.fill(bo);
+        }
+    }
+    let a = Mat {
+        data: w,
+        rs: ck,
+        cs: 1,
+    };
+    let b = Mat {
+        data: col,
+        rs: p,
+        cs: 1,
+    };
+    gemm_into(yn, g.o, p, ck, a, b, bias.is_some());
+}
+
+/// Read access to tensors' storage, held while their values are in use.
+type Held<'a> = (candle_core::StorageRef<'a>, &'a Layout);
+
+fn hold<const N: usize>(ts: [&Tensor; N]) -> [Held<'_>; N] {
+    ts.map(|t| t.storage_and_layout())
+}
+
+/// The contiguous f32 values of held CPU tensors (the backward passes' inputs); `what` names
+/// the operation in the error for other devices.
+fn cpu_values<'a, const N: usize>(held: &'a [Held<'_>; N], what: &str) -> Result<[&'a [f32]; N]> {
+    let mut out = [&[][..]; N];
+    for (o, (s, l)) in out.iter_mut().zip(held) {
+        let candle_core::Storage::Cpu(s) = &**s else {
+            candle_core::bail!("{what} runs on the CPU")
+        };
+        *o = slice(s, l)?;
+    }
+    Ok(out)
+}
+
 /// y = conv(x, w) [+ b]: the forward pass.
 fn conv_forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let (ck, p) = (g.ck(), g.p());
@@ -195,31 +244,7 @@ fn conv_forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32
     let img = g.c * g.h * g.w;
     y.par_chunks_mut(g.o * p).enumerate().for_each_init(
         || vec![0f32; ck * p],
-        |col, (n, yn)| {
-            im2col(g, &x[n * img..][..img], col);
-            if let Some(b) = bias {
-                for (row, &bo) in yn.chunks_mut(p).zip(b) {
-                    row.fill(bo);
-                }
-            }
-            gemm_into(
-                yn,
-                g.o,
-                p,
-                ck,
-                Mat {
-                    data: w,
-                    rs: ck,
-                    cs: 1,
-                },
-                Mat {
-                    data: col,
-                    rs: p,
-                    cs: 1,
-                },
-                bias.is_some(),
-            );
-        },
+        |col, (n, yn)| conv_image(g, &x[n * img..][..img], w, bias, col, yn),
     );
     y
 }
@@ -731,23 +756,7 @@ impl ConvPool {
                 .for_each_init(
                     || (vec![0f32; ck * p], vec![0f32; g.o * p]),
                     |(col, yc), (n, (yn, an))| {
-                        im2col(g, &x[n * img..][..img], col);
-                        if let Some(b) = bias {
-                            for (row, &bo) in yc.chunks_mut(p).zip(b) {
-                                row.fill(bo);
-                            }
-                        }
-                        let a = Mat {
-                            data: w,
-                            rs: ck,
-                            cs: 1,
-                        };
-                        let b = Mat {
-                            data: col,
-                            rs: p,
-                            cs: 1,
-                        };
-                        gemm_into(yc, g.o, p, ck, a, b, bias.is_some());
+                        conv_image(g, &x[n * img..][..img], w, bias, col, yc);
                         relu_pool_plane(yc, g.ho, g.wo, yn, an);
                     },
                 );
@@ -773,23 +782,9 @@ impl ConvPool {
         if gy.dims() != [g.n, g.o, hp, wp] {
             candle_core::bail!("fused conv-pool gradient has shape {:?}", gy.dims())
         }
-        let (xs, _) = x.storage_and_layout();
-        let (ws, _) = w.storage_and_layout();
         let gy = gy.contiguous()?;
-        let (gs, _) = gy.storage_and_layout();
-        let (
-            candle_core::Storage::Cpu(xs),
-            candle_core::Storage::Cpu(ws),
-            candle_core::Storage::Cpu(gs),
-        ) = (&*xs, &*ws, &*gs)
-        else {
-            candle_core::bail!("the fused conv-pool backward runs on the CPU")
-        };
-        let (xv, wv, gv) = (
-            slice(xs, x.layout())?,
-            slice(ws, w.layout())?,
-            slice(gs, gy.layout())?,
-        );
+        let held = hold([x, w, &gy]);
+        let [xv, wv, gv] = cpu_values(&held, "the fused conv-pool backward")?;
         let arg = self
             .arg
             .lock()
@@ -1040,25 +1035,8 @@ impl CustomOp3 for BnRelu {
             candle_core::bail!("the BatchNorm backward ran before its forward pass")
         }
         let gy = gy.contiguous()?;
-        let (xs, _) = x.storage_and_layout();
-        let (ys, _) = res.storage_and_layout();
-        let (gs, _) = gy.storage_and_layout();
-        let (ws, _) = gamma.storage_and_layout();
-        let (
-            candle_core::Storage::Cpu(xs),
-            candle_core::Storage::Cpu(ys),
-            candle_core::Storage::Cpu(gs),
-            candle_core::Storage::Cpu(ws),
-        ) = (&*xs, &*ys, &*gs, &*ws)
-        else {
-            candle_core::bail!("the BatchNorm backward runs on the CPU")
-        };
-        let (xv, yv, gv, wv) = (
-            slice(xs, x.layout())?,
-            slice(ys, res.layout())?,
-            slice(gs, gy.layout())?,
-            slice(ws, gamma.layout())?,
-        );
+        let held = hold([x, res, &gy, gamma]);
+        let [xv, yv, gv, wv] = cpu_values(&held, "the BatchNorm backward")?;
         // Pass 1: dβ = Σ g, dγ = Σ g·x̂ with g = dY where the output is positive.
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
@@ -1152,7 +1130,7 @@ pub fn batch_norm_relu_train(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use candle_core::{D, Device, Var};
 
@@ -1170,7 +1148,8 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    /// The largest absolute difference between two tensors of one shape.
+    pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)
             .unwrap()
             .abs()
