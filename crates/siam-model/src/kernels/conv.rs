@@ -1,0 +1,449 @@
+//! 2-D convolution (stride 1, zero padding, optional bias) by im2col packing and one gemm per
+//! image for the output, the weight gradient and the input gradient — the input gradient only
+//! where the input needs one (never for the images themselves). Images are spread over rayon's
+//! pool, each gemm runs on one thread, and every per-thread buffer is reused across the images it
+//! handles.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::gemm::{Mat, gemm_into};
+use super::ops::{conv_ops, slice};
+
+/// Geometry of one convolution.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Geom {
+    pub(super) n: usize,
+    pub(super) c: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) o: usize,
+    pub(super) kh: usize,
+    pub(super) kw: usize,
+    pub(super) pad: usize,
+    pub(super) ho: usize,
+    pub(super) wo: usize,
+}
+
+impl Geom {
+    pub(super) fn new(x: &[usize], w: &[usize], pad: usize) -> Result<Self> {
+        let (&[n, c, h, wd], &[o, c2, kh, kw]) = (x, w) else {
+            candle_core::bail!("conv2d takes (N, C, H, W) and (O, C, KH, KW), got {x:?} and {w:?}")
+        };
+        if c != c2 || h + 2 * pad < kh || wd + 2 * pad < kw {
+            candle_core::bail!("conv2d: input {x:?} does not fit kernel {w:?} with padding {pad}")
+        }
+        Ok(Self {
+            n,
+            c,
+            h,
+            w: wd,
+            o,
+            kh,
+            kw,
+            pad,
+            ho: h + 2 * pad - kh + 1,
+            wo: wd + 2 * pad - kw + 1,
+        })
+    }
+    /// Rows of the packed column matrix: C·KH·KW.
+    pub(super) fn ck(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+    /// Output positions per image: HO·WO.
+    pub(super) fn p(&self) -> usize {
+        self.ho * self.wo
+    }
+}
+
+/// Packs one image (C, H, W) into col (C·KH·KW, HO·WO): each row holds one kernel tap's view
+/// of the (zero-padded) input, copied a contiguous output row at a time.
+pub(super) fn im2col(g: &Geom, x: &[f32], col: &mut [f32]) {
+    let (p, pad) = (g.p(), g.pad as isize);
+    for c in 0..g.c {
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let row = &mut col[((c * g.kh + i) * g.kw + j) * p..][..p];
+                for oh in 0..g.ho {
+                    let dst = &mut row[oh * g.wo..][..g.wo];
+                    let ih = oh as isize + i as isize - pad;
+                    if ih < 0 || ih >= g.h as isize {
+                        dst.fill(0.0);
+                        continue;
+                    }
+                    let src = &x[(c * g.h + ih as usize) * g.w..][..g.w];
+                    // Output column ow reads input column ow + j − pad.
+                    let lo = (pad - j as isize).clamp(0, g.wo as isize) as usize;
+                    let hi = (g.w as isize + pad - j as isize).clamp(0, g.wo as isize) as usize;
+                    dst[..lo].fill(0.0);
+                    if hi > lo {
+                        let s0 = (lo as isize + j as isize - pad) as usize;
+                        dst[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
+                    }
+                    dst[hi.max(lo)..].fill(0.0);
+                }
+            }
+        }
+    }
+}
+
+/// Adds col (C·KH·KW, HO·WO) back onto one image's gradient (C, H, W): the adjoint of
+/// [`im2col`].
+pub(super) fn col2im(g: &Geom, col: &[f32], x: &mut [f32]) {
+    let (p, pad) = (g.p(), g.pad as isize);
+    x.fill(0.0);
+    for c in 0..g.c {
+        for i in 0..g.kh {
+            for j in 0..g.kw {
+                let row = &col[((c * g.kh + i) * g.kw + j) * p..][..p];
+                for oh in 0..g.ho {
+                    let ih = oh as isize + i as isize - pad;
+                    if ih < 0 || ih >= g.h as isize {
+                        continue;
+                    }
+                    let dst = &mut x[(c * g.h + ih as usize) * g.w..][..g.w];
+                    let src = &row[oh * g.wo..][..g.wo];
+                    let lo = (pad - j as isize).clamp(0, g.wo as isize) as usize;
+                    let hi = (g.w as isize + pad - j as isize).clamp(0, g.wo as isize) as usize;
+                    if hi > lo {
+                        let s0 = (lo as isize + j as isize - pad) as usize;
+                        for (d, s) in dst[s0..s0 + hi - lo].iter_mut().zip(&src[lo..hi]) {
+                            *d += s;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One image's convolution: `yn (O, HO·WO) = W · im2col(xn) [+ b]`, packing into `col`.
+pub(super) fn conv_image(
+    g: &Geom,
+    xn: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    col: &mut [f32],
+    yn: &mut [f32],
+) {
+    let (ck, p) = (g.ck(), g.p());
+    im2col(g, xn, col);
+    if let Some(b) = bias {
+        for (row, &bo) in yn.chunks_mut(p).zip(b) {
+            row.fill(bo);
+        }
+    }
+    let a = Mat {
+        data: w,
+        rs: ck,
+        cs: 1,
+    };
+    let b = Mat {
+        data: col,
+        rs: p,
+        cs: 1,
+    };
+    gemm_into(yn, g.o, p, ck, a, b, bias.is_some());
+}
+
+/// y = conv(x, w) [+ b]: the forward pass.
+fn conv_forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let (ck, p) = (g.ck(), g.p());
+    let mut y = vec![0f32; g.n * g.o * p];
+    let img = g.c * g.h * g.w;
+    y.par_chunks_mut(g.o * p).enumerate().for_each_init(
+        || vec![0f32; ck * p],
+        |col, (n, yn)| conv_image(g, &x[n * img..][..img], w, bias, col, yn),
+    );
+    y
+}
+
+/// dW (O, C·KH·KW) = Σₙ dYₙ (O, P) · colₙᵀ (P, C·KH·KW), accumulated per thread.
+fn conv_weight_grad(g: &Geom, x: &[f32], gy: &[f32]) -> Vec<f32> {
+    let (ck, p) = (g.ck(), g.p());
+    let img = g.c * g.h * g.w;
+    (0..g.n)
+        .into_par_iter()
+        .fold(
+            || (vec![0f32; g.o * ck], vec![0f32; ck * p]),
+            |(mut acc, mut col), n| {
+                im2col(g, &x[n * img..][..img], &mut col);
+                gemm_into(
+                    &mut acc,
+                    g.o,
+                    ck,
+                    p,
+                    Mat {
+                        data: &gy[n * g.o * p..][..g.o * p],
+                        rs: p,
+                        cs: 1,
+                    },
+                    Mat {
+                        data: &col,
+                        rs: 1,
+                        cs: p,
+                    },
+                    true,
+                );
+                (acc, col)
+            },
+        )
+        .map(|(acc, _)| acc)
+        .reduce(
+            || vec![0f32; g.o * ck],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
+/// dX: colₙ' (C·KH·KW, P) = Wᵀ · dYₙ, folded back with [`col2im`].
+fn conv_input_grad(g: &Geom, gy: &[f32], w: &[f32]) -> Vec<f32> {
+    let (ck, p) = (g.ck(), g.p());
+    let img = g.c * g.h * g.w;
+    let mut gx = vec![0f32; g.n * img];
+    gx.par_chunks_mut(img).enumerate().for_each_init(
+        || vec![0f32; ck * p],
+        |col, (n, gxn)| {
+            gemm_into(
+                col,
+                ck,
+                p,
+                g.o,
+                Mat {
+                    data: w,
+                    rs: 1,
+                    cs: ck,
+                },
+                Mat {
+                    data: &gy[n * g.o * p..][..g.o * p],
+                    rs: p,
+                    cs: 1,
+                },
+                false,
+            );
+            col2im(g, col, gxn);
+        },
+    );
+    gx
+}
+
+/// dB (O) = Σ over images and positions of dY.
+fn bias_grad(g: &Geom, gy: &[f32]) -> Vec<f32> {
+    let p = g.p();
+    (0..g.o)
+        .into_par_iter()
+        .map(|o| {
+            (0..g.n)
+                .map(|n| gy[(n * g.o + o) * p..][..p].iter().sum::<f32>())
+                .sum()
+        })
+        .collect()
+}
+
+struct Conv {
+    pub(super) pad: usize,
+    input_grad: bool,
+}
+
+impl Conv {
+    fn forward(&self, g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> (Vec<f32>, Shape) {
+        let y = conv_forward(g, x, w, bias);
+        (y, Shape::from((g.n, g.o, g.ho, g.wo)))
+    }
+
+    /// (dX when asked for, dW, dB when the convolution has a bias).
+    fn backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        gy: &Tensor,
+        bias: bool,
+    ) -> Result<(Option<Tensor>, Tensor, Option<Tensor>)> {
+        let gy = gy.contiguous()?;
+        let gw = x.apply_op2_no_bwd(&gy, &WeightGrad(self.pad, w.dims4()?))?;
+        let gx = if self.input_grad {
+            Some(gy.apply_op2_no_bwd(w, &InputGrad(self.pad, x.dims4()?))?)
+        } else {
+            None
+        };
+        let gb = if bias {
+            Some(gy.apply_op1_no_bwd(&BiasGrad)?)
+        } else {
+            None
+        };
+        Ok((gx, gw, gb))
+    }
+}
+
+conv_ops!(Conv, "siam-conv2d", "siam-conv2d-bias");
+
+struct WeightGrad(usize, (usize, usize, usize, usize));
+
+impl CustomOp2 for WeightGrad {
+    fn name(&self) -> &'static str {
+        "siam-conv2d-weight-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (o, c, kh, kw) = self.1;
+        let g = Geom::new(l1.dims(), &[o, c, kh, kw], self.0)?;
+        if l2.dims() != [g.n, g.o, g.ho, g.wo] {
+            candle_core::bail!("conv2d weight gradient: dY has shape {:?}", l2.dims())
+        }
+        let gw = conv_weight_grad(&g, slice(s1, l1)?, slice(s2, l2)?);
+        Ok((CpuStorage::F32(gw), Shape::from(self.1)))
+    }
+}
+
+struct InputGrad(usize, (usize, usize, usize, usize));
+
+impl CustomOp2 for InputGrad {
+    fn name(&self) -> &'static str {
+        "siam-conv2d-input-grad"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (n, c, h, w) = self.1;
+        let g = Geom::new(&[n, c, h, w], l2.dims(), self.0)?;
+        if l1.dims() != [g.n, g.o, g.ho, g.wo] {
+            candle_core::bail!("conv2d input gradient: dY has shape {:?}", l1.dims())
+        }
+        let gx = conv_input_grad(&g, slice(s1, l1)?, slice(s2, l2)?);
+        Ok((CpuStorage::F32(gx), Shape::from(self.1)))
+    }
+}
+
+struct BiasGrad;
+
+impl CustomOp1 for BiasGrad {
+    fn name(&self) -> &'static str {
+        "siam-conv2d-bias-grad"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let &[n, o, h, w] = l.dims() else {
+            candle_core::bail!("bias gradient takes (N, O, H, W), got {:?}", l.dims())
+        };
+        let g = Geom {
+            n,
+            c: 0,
+            h: 0,
+            w: 0,
+            o,
+            kh: 0,
+            kw: 0,
+            pad: 0,
+            ho: h,
+            wo: w,
+        };
+        Ok((CpuStorage::F32(bias_grad(&g, slice(s, l)?)), Shape::from(o)))
+    }
+}
+
+/// 2-D convolution, stride 1, zero `padding`, with an optional bias of one value per output
+/// channel. `input_grad = false` skips the input's gradient (for the images themselves).
+pub fn conv2d(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    input_grad: bool,
+) -> Result<Tensor> {
+    let mut all = vec![x, w];
+    all.extend(bias);
+    if !super::fast_path(&all) {
+        let y = x.conv2d(w, padding, 1, 1, 1)?;
+        return match bias {
+            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            None => Ok(y),
+        };
+    }
+    let op = Conv {
+        pad: padding,
+        input_grad,
+    };
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    match bias {
+        Some(b) => x.apply_op3(&w, &b.contiguous()?, op),
+        None => x.apply_op2(&w, op),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::tests::{max_diff, rand};
+    use candle_core::Var;
+
+    /// Forward and every gradient against candle's own conv2d + broadcast bias.
+    #[test]
+    fn conv2d_matches_candle_with_gradients() {
+        // (N, C, H, W, O, K, padding)
+        for (i, &(n, c, h, w, o, k, pad)) in [
+            (3, 2, 9, 7, 4, 3, 0),
+            (2, 1, 28, 28, 5, 5, 0),
+            (4, 3, 8, 8, 6, 3, 1),
+            (1, 1, 5, 6, 2, 1, 0),
+            (5, 4, 6, 5, 3, 3, 1),
+            (2, 2, 4, 4, 3, 5, 2),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let x = Var::from_tensor(&rand(&[n, c, h, w], i as u64)).unwrap();
+            let wt = Var::from_tensor(&rand(&[o, c, k, k], 100 + i as u64)).unwrap();
+            let b = Var::from_tensor(&rand(&[o], 200 + i as u64)).unwrap();
+            let up = rand(
+                &[n, o, h + 2 * pad - k + 1, w + 2 * pad - k + 1],
+                300 + i as u64,
+            );
+            let ours = conv2d(&x, &wt, Some(&b), pad, true).unwrap();
+            let theirs = x
+                .conv2d(&wt, pad, 1, 1, 1)
+                .unwrap()
+                .broadcast_add(&b.reshape((1, o, 1, 1)).unwrap())
+                .unwrap();
+            assert!(max_diff(&ours, &theirs) < 1e-5, "case {i}: forward");
+            let g1 = (&ours * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (&theirs * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for (name, v) in [
+                ("x", x.as_tensor()),
+                ("w", wt.as_tensor()),
+                ("b", b.as_tensor()),
+            ] {
+                let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
+                assert!(d < 1e-4, "case {i}: d{name} differs by {d}");
+            }
+            // Without bias, and without the input's gradient.
+            let nb = conv2d(&x, &wt, None, pad, false).unwrap();
+            assert!(max_diff(&nb, &x.conv2d(&wt, pad, 1, 1, 1).unwrap()) < 1e-5);
+            let g = nb.sum_all().unwrap().backward().unwrap();
+            assert!(
+                g.get(x.as_tensor()).is_none(),
+                "no input gradient was asked for"
+            );
+            assert!(g.get(wt.as_tensor()).is_some());
+        }
+    }
+}
