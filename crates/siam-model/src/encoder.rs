@@ -366,6 +366,64 @@ impl Block {
     }
 }
 
+impl Block {
+    /// The block as one fused CPU operation on channel-last (N, H, W, C) activations, ending
+    /// with 2×2 max-pooling when `pool`; the output is channel-last too.
+    fn forward_fused(&self, x: &Tensor, train: bool, pool: bool) -> Result<Tensor> {
+        let (cout, cin) = (self.c1.weight().dim(0)?, self.c1.weight().dim(1)?);
+        let bn_params = |bn: &BatchNorm| -> Result<(Tensor, Tensor)> {
+            let (gamma, beta) = match bn.weight_and_bias() {
+                Some((g, b)) => (g.clone(), b.clone()),
+                None => {
+                    let one = Tensor::ones(cout, x.dtype(), x.device())?;
+                    (one.clone(), one.zeros_like()?)
+                }
+            };
+            if train {
+                return Ok((gamma, beta));
+            }
+            // Evaluation: the running statistics folded into a scale and a shift.
+            let scale = (gamma / (bn.running_var().detach() + bn.eps())?.sqrt()?)?;
+            let shift = (beta - (bn.running_mean().detach() * &scale)?)?;
+            Ok((scale, shift))
+        };
+        let (p1, q1) = bn_params(&self.b1)?;
+        let (p2, q2) = bn_params(&self.b2)?;
+        let params = Tensor::cat(
+            &[
+                &self.c1.weight().flatten_all()?,
+                &p1,
+                &q1,
+                &self.c2.weight().flatten_all()?,
+                &p2,
+                &q2,
+            ],
+            0,
+        )?;
+        let eps = train.then(|| self.b1.eps());
+        let (y, stats) =
+            crate::kernels::conv_block(x, &params, (cin, cout), pool, !self.first, eps)?;
+        if let Some([(m1, v1), (m2, v2)]) = stats {
+            let (n, h, w, _) = x.dims4()?;
+            let count = (n * h * w) as f64;
+            let dev = x.device();
+            update_running(
+                &self.b1,
+                &Tensor::new(m1, dev)?,
+                &Tensor::new(v1, dev)?,
+                count,
+            )?;
+            update_running(
+                &self.b2,
+                &Tensor::new(m2, dev)?,
+                &Tensor::new(v2, dev)?,
+                count,
+            )?;
+        }
+        Ok(y)
+    }
+}
+
 /// `relu(bn(x))`. In training, the fused kernel normalises with the batch statistics and the
 /// running statistics are updated as candle's BatchNorm does (momentum, unbiased variance).
 fn bn_relu(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
@@ -374,6 +432,13 @@ fn bn_relu(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
     };
     let (y, mean, var) = crate::kernels::batch_norm_relu_train(x, gamma, beta, bn.eps())?;
     let count = (x.elem_count() / x.dim(1)?) as f64;
+    update_running(bn, &mean, &var, count)?;
+    Ok(y)
+}
+
+/// Updates BatchNorm's running statistics from a batch's mean and biased variance over
+/// `count` values per channel, as candle's BatchNorm does (momentum, unbiased variance).
+fn update_running(bn: &BatchNorm, mean: &Tensor, var: &Tensor, count: f64) -> Result<()> {
     let m = bn.momentum();
     let (rm, rv) = (bn.running_mean(), bn.running_var());
     let new_mean = ((rm.detach() * (1.0 - m))? + (mean * m)?)?;
@@ -386,7 +451,7 @@ fn bn_relu(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
     // In place: the running statistics are variables shared with the model's VarMap.
     rm.slice_set(&new_mean.to_dtype(rm.dtype())?, 0, 0)?;
     rv.slice_set(&new_var.to_dtype(rv.dtype())?, 0, 0)?;
-    Ok(y)
+    Ok(())
 }
 
 /// The deeper encoder.
@@ -457,14 +522,20 @@ impl ConvNet {
 
 impl ModuleT for ConvNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut x = x.clone();
         let last = self.blocks.len() - 1;
-        for (i, b) in self.blocks.iter().enumerate() {
-            x = b.forward_t(&x, train)?;
-            if i < last {
-                // Block outputs are ReLU'd already, so this is plain 2×2 max-pooling.
-                x = crate::kernels::relu_max_pool2(&x)?;
+        let x = if crate::kernels::fast_path(&[x, self.blocks[0].c1.weight()]) {
+            // The CPU path: each block one fused operation on channel-last activations; the
+            // last map goes back to (N, C, H, W), so the head sees the same order everywhere.
+            let mut x = x.permute((0, 2, 3, 1))?.contiguous()?;
+            for (i, b) in self.blocks.iter().enumerate() {
+                x = b.forward_fused(&x, train, i < last)?;
             }
+            x.permute((0, 3, 1, 2))?.contiguous()?
+        } else {
+            self.forward_blocks(x, train)?
+        };
+        if x.rank() != 4 {
+            candle_core::bail!("the convnet's feature map has shape {:?}", x.dims())
         }
         let x = match self.pooling {
             Pooling::GlobalAverage => x.mean(D::Minus1)?.mean(D::Minus1)?,
@@ -476,6 +547,23 @@ impl ModuleT for ConvNet {
             None => x,
         };
         self.out.forward(&x)
+    }
+}
+
+impl ConvNet {
+    /// The blocks with candle's ops (and siam's kernels where they apply): CUDA, Metal, other
+    /// dtypes.
+    fn forward_blocks(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut x = x.clone();
+        let last = self.blocks.len() - 1;
+        for (i, b) in self.blocks.iter().enumerate() {
+            x = b.forward_t(&x, train)?;
+            if i < last {
+                // Block outputs are ReLU'd already, so this is plain 2×2 max-pooling.
+                x = crate::kernels::relu_max_pool2(&x)?;
+            }
+        }
+        Ok(x)
     }
 }
 

@@ -8,23 +8,92 @@
 //! - [`conv`]: im2col convolution, forward and backward;
 //! - [`pool`]: ReLU + 2×2 max-pooling, and the per-plane pool/unpool helpers;
 //! - [`conv_pool`]: the seed CNN's convolution + bias + ReLU + pooling stage as one op;
-//! - [`batchnorm`]: training-mode BatchNorm + ReLU.
+//! - [`batchnorm`]: training-mode BatchNorm + ReLU;
+//! - [`winograd`]: 3×3 convolution by Winograd F(4×4, 3×3) on channel-last activations,
+//!   forward and backward;
+//! - [`nhwc`]: channel-last direct convolution (few input channels), BatchNorm + ReLU and
+//!   pooling, with reductions in a fixed order;
+//! - [`lane`]: eight-lane vectors the tile transforms compute with;
+//! - [`scratch`]: reused buffers for the large temporaries;
+//! - [`block`]: the convnet's block (two convolutions with BatchNorm and ReLU, optional
+//!   pooling) as one operation.
+//!
+//! Every reduction over images sums fixed parts (an image, a gemm over the whole batch) and
+//! combines them in a fixed order, so results are bit-identical for any thread count.
+
+/// Defines a kernel function whose body runs compiled for the best instruction set the CPU has
+/// (AVX2 + FMA on x86-64, detected at run time through pulp, the SIMD dispatch gemm uses), so
+/// the loops it inlines are vectorised for it. The body becomes pulp's `WithSimd::with_simd`,
+/// an `#[inline(always)]` method: closures and function items may be kept out of line by the
+/// compiler, and so compiled for the baseline instruction set.
+macro_rules! simd_kernel {
+    (
+        $(#[$meta:meta])*
+        fn $name:ident<$($lt:lifetime),+>($($arg:ident: $ty:ty),* $(,)?) $body:block
+    ) => {
+        $(#[$meta])*
+        #[allow(clippy::too_many_arguments)]
+        fn $name<$($lt),+>($($arg: $ty),*) {
+            struct Op<$($lt),+> {
+                $($arg: $ty,)*
+            }
+            impl<$($lt),+> pulp::WithSimd for Op<$($lt),+> {
+                type Output = ();
+                #[inline(always)]
+                fn with_simd<S: pulp::Simd>(self, _: S) {
+                    let Op { $($arg),* } = self;
+                    $body
+                }
+            }
+            pulp::Arch::new().dispatch(Op { $($arg),* })
+        }
+    };
+}
 
 mod batchnorm;
+mod block;
 mod conv;
 mod conv_pool;
 mod gemm;
+mod lane;
+mod nhwc;
 mod ops;
 mod pool;
+mod scratch;
+mod winograd;
 
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 pub use batchnorm::batch_norm_relu_train;
 pub use conv::conv2d;
 pub use conv_pool::conv2d_relu_max_pool2;
 pub use pool::relu_max_pool2;
 
-fn fast_path(ts: &[&Tensor]) -> bool {
+pub(crate) use block::BatchStats;
+
+/// The convnet block `[pool2](relu(bn2(conv2(relu(bn1(conv1(x)))))))` on channel-last `x`
+/// (N, H, W, C) as one CPU operation; `params` packs `[w1, p1, q1, w2, p2, q2]` (see
+/// [`block`]). With `batch_eps`, BatchNorm uses the batch statistics (returned, for the running
+/// statistics) and (p, q) are (γ, β); without, (p, q) are the folded per-channel scale and
+/// shift. The output is channel-last too. CPU and f32 only: callers check [`fast_path`].
+pub(crate) fn conv_block(
+    x: &Tensor,
+    params: &Tensor,
+    (cin, cout): (usize, usize),
+    pool: bool,
+    input_grad: bool,
+    batch_eps: Option<f64>,
+) -> Result<(Tensor, Option<BatchStats>)> {
+    let (op, stats) = block::BlockOp::new(cin, cout, pool, input_grad, batch_eps);
+    let y = x.contiguous()?.apply_op2(&params.contiguous()?, op)?;
+    let stats = stats
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("conv block statistics poisoned".into()))?
+        .take();
+    Ok((y, stats))
+}
+
+pub(crate) fn fast_path(ts: &[&Tensor]) -> bool {
     ts.iter()
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
 }

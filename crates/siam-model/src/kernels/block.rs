@@ -1,0 +1,567 @@
+//! The convnet's block as one operation on channel-last (N, H, W, C) activations:
+//! `[pool2](relu(bn2(conv2(relu(bn1(conv1(x)))))))`, both convolutions 3×3 with padding 1 and no
+//! bias. The convolutions run by Winograd F(4×4, 3×3) (a direct convolution for inputs of fewer
+//! than four channels, the first layer on images); BatchNorm, ReLU and pooling are vector
+//! operations over the channels. No full-size activation or gradient passes through candle's
+//! graph: its backward pass sees only the block's input, output and one parameter vector.
+//!
+//! The parameters come packed in one vector, `[w1, p1, q1, w2, p2, q2]`: in training (p, q) are
+//! BatchNorm's (γ, β) and the batch statistics normalise; in evaluation they are the per-channel
+//! scale and shift folded from the running statistics. The batch statistics of a training
+//! forward pass are reported for the caller to update the running statistics.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+
+use super::nhwc::{
+    Norm, NormSaved, direct_backward, direct_forward, max_pool2, norm_relu_backward,
+    norm_relu_forward, unpool2,
+};
+use super::ops::{cpu_values, hold, slice};
+use super::scratch::Buf;
+use super::winograd::{self, MIN_CHANNELS, Wino};
+
+/// Images per chunk of an evaluation forward pass (bounded memory, warm caches).
+const EVAL_CHUNK: usize = 64;
+
+/// The batch mean and biased variance of each BatchNorm of a training forward pass.
+pub(crate) type BatchStats = [(Vec<f32>, Vec<f32>); 2];
+
+/// One convolution's saved state: Winograd's transforms, or the input of a direct one.
+#[derive(Debug)]
+enum ConvSaved {
+    Wino(winograd::Saved),
+    Direct(Vec<f32>),
+}
+
+/// A convolution's weights as its forward pass uses them: Winograd's transform `U`, or as
+/// they are for a direct convolution.
+fn prepare(w: &[f32], c: usize, o: usize) -> Vec<f32> {
+    if c >= MIN_CHANNELS {
+        winograd::kernel_transform(w, o, c)
+    } else {
+        w.to_vec()
+    }
+}
+
+/// One convolution; `w` as [`prepare`] made it.
+fn conv_forward(g: &Wino, x: &[f32], w: &[f32], keep: bool) -> (Buf, ConvSaved) {
+    let mut y = Buf::scratch(g.n * g.ho * g.wo * g.o);
+    if g.c >= MIN_CHANNELS {
+        let s = winograd::forward(g, x, w, &mut y, keep);
+        (y, ConvSaved::Wino(s))
+    } else {
+        direct_forward(g, x, w, &mut y);
+        (
+            y,
+            ConvSaved::Direct(if keep { x.to_vec() } else { Vec::new() }),
+        )
+    }
+}
+
+fn conv_backward(
+    g: &Wino,
+    s: &ConvSaved,
+    w: &[f32],
+    gy: &[f32],
+    input_grad: bool,
+) -> (Option<Buf>, Vec<f32>) {
+    match s {
+        ConvSaved::Wino(s) => winograd::backward(g, s, gy, input_grad),
+        ConvSaved::Direct(x) => direct_backward(g, x, w, gy, input_grad),
+    }
+}
+
+/// Everything the backward pass needs from a training forward pass.
+#[derive(Debug)]
+struct Saved {
+    g1: Wino,
+    g2: Wino,
+    c1: ConvSaved,
+    y1: Buf,
+    n1: NormSaved,
+    c2: ConvSaved,
+    y2: Buf,
+    n2: NormSaved,
+    /// Where each pooled maximum came from (pooling blocks).
+    arg: Vec<u8>,
+}
+
+/// The fused block.
+pub(super) struct BlockOp {
+    pub(super) cin: usize,
+    pub(super) cout: usize,
+    /// End with 2×2 max-pooling.
+    pub(super) pool: bool,
+    /// Compute the input's gradient (not for the images).
+    pub(super) input_grad: bool,
+    /// Batch statistics (training) with this ε, or `None`: the packed affine parameters.
+    pub(super) batch_eps: Option<f64>,
+    saved: Mutex<Option<Saved>>,
+    stats: Arc<Mutex<Option<BatchStats>>>,
+}
+
+/// The parameter slices of a packed vector: (w1, p1, q1, w2, p2, q2).
+type Params<'a> = (
+    &'a [f32],
+    &'a [f32],
+    &'a [f32],
+    &'a [f32],
+    &'a [f32],
+    &'a [f32],
+);
+
+impl BlockOp {
+    pub(super) fn new(
+        cin: usize,
+        cout: usize,
+        pool: bool,
+        input_grad: bool,
+        batch_eps: Option<f64>,
+    ) -> (Self, Arc<Mutex<Option<BatchStats>>>) {
+        let stats = Arc::new(Mutex::new(None));
+        (
+            Self {
+                cin,
+                cout,
+                pool,
+                input_grad,
+                batch_eps,
+                saved: Mutex::new(None),
+                stats: stats.clone(),
+            },
+            stats,
+        )
+    }
+
+    /// Length of the packed parameter vector.
+    pub(super) fn param_len(cin: usize, cout: usize) -> usize {
+        cout * cin * 9 + cout * cout * 9 + 4 * cout
+    }
+
+    fn split<'a>(&self, p: &'a [f32]) -> Result<Params<'a>> {
+        let (c, o) = (self.cin, self.cout);
+        if p.len() != Self::param_len(c, o) {
+            candle_core::bail!(
+                "conv block {c}->{o} takes {} parameters, got {}",
+                Self::param_len(c, o),
+                p.len()
+            )
+        }
+        let (w1, r) = p.split_at(o * c * 9);
+        let (p1, r) = r.split_at(o);
+        let (q1, r) = r.split_at(o);
+        let (w2, r) = r.split_at(o * o * 9);
+        let (p2, q2) = r.split_at(o);
+        Ok((w1, p1, q1, w2, p2, q2))
+    }
+
+    fn norm<'a>(&self, p: &'a [f32], q: &'a [f32]) -> Norm<'a> {
+        match self.batch_eps {
+            Some(eps) => Norm::Batch {
+                gamma: p,
+                beta: q,
+                eps,
+            },
+            None => Norm::Affine { scale: p, shift: q },
+        }
+    }
+
+    fn geometry(&self, dims: &[usize]) -> Result<(Wino, Wino)> {
+        let &[n, h, w, c] = dims else {
+            candle_core::bail!("conv block takes (N, H, W, C), got {dims:?}")
+        };
+        if c != self.cin {
+            candle_core::bail!("conv block expects {} channels, got {c}", self.cin)
+        }
+        let g1 = Wino::new(n, c, self.cout, h, w, 1)?;
+        let g2 = Wino::new(n, self.cout, self.cout, g1.ho, g1.wo, 1)?;
+        Ok((g1, g2))
+    }
+
+    /// The block on `n` images: the output and, with `keep`, the backward pass's state.
+    /// `prepared` holds both convolutions' weights as [`prepare`] made them.
+    fn run(
+        &self,
+        x: &[f32],
+        params: Params<'_>,
+        prepared: &(Vec<f32>, Vec<f32>),
+        (g1, g2): (Wino, Wino),
+        keep: bool,
+    ) -> (Buf, Saved) {
+        let (_, p1, q1, _, p2, q2) = params;
+        let (w1, w2) = (&prepared.0, &prepared.1);
+        let (n, o) = (g1.n, self.cout);
+        let (c1, y1) = {
+            let (y, s) = conv_forward(&g1, x, w1, keep);
+            (s, y)
+        };
+        let (z1, n1) = norm_relu_forward(&y1, n, o, self.norm(p1, q1));
+        let (y2, c2) = conv_forward(&g2, &z1, w2, keep);
+        drop(z1);
+        let (z2, n2) = norm_relu_forward(&y2, n, o, self.norm(p2, q2));
+        let (out, arg) = if self.pool {
+            max_pool2(&z2, n, g2.ho, g2.wo, o)
+        } else {
+            (z2, Vec::new())
+        };
+        let saved = Saved {
+            g1,
+            g2,
+            c1,
+            y1: if keep { y1 } else { Buf::default() },
+            n1,
+            c2,
+            y2: if keep { y2 } else { Buf::default() },
+            n2,
+            arg,
+        };
+        (out, saved)
+    }
+
+    fn prepare(&self, (w1, _, _, w2, _, _): Params<'_>) -> (Vec<f32>, Vec<f32>) {
+        (
+            prepare(w1, self.cin, self.cout),
+            prepare(w2, self.cout, self.cout),
+        )
+    }
+
+    fn out_shape(&self, g2: &Wino) -> (usize, usize, usize, usize) {
+        if self.pool {
+            (g2.n, g2.ho / 2, g2.wo / 2, self.cout)
+        } else {
+            (g2.n, g2.ho, g2.wo, self.cout)
+        }
+    }
+}
+
+impl CustomOp2 for BlockOp {
+    fn name(&self) -> &'static str {
+        "siam-conv-block"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (x, p) = (slice(s1, l1)?, slice(s2, l2)?);
+        let params = self.split(p)?;
+        let (g1, g2) = self.geometry(l1.dims())?;
+        let shape = self.out_shape(&g2);
+        let prepared = self.prepare(params);
+        if self.batch_eps.is_some() {
+            // Training: the whole batch at once (its statistics normalise every image).
+            let (out, saved) = self.run(x, params, &prepared, (g1, g2), true);
+            let stats = [
+                (saved.n1.mean.clone(), saved.n1.var.clone()),
+                (saved.n2.mean.clone(), saved.n2.var.clone()),
+            ];
+            if let Ok(mut s) = self.stats.lock() {
+                *s = Some(stats);
+            }
+            if let Ok(mut s) = self.saved.lock() {
+                *s = Some(saved);
+            }
+            return Ok((CpuStorage::F32(out.into_vec()), Shape::from(shape)));
+        }
+        // Evaluation: each image independently, a chunk at a time; nothing kept (a backward
+        // pass, rare in evaluation, recomputes).
+        let img = g1.h * g1.w * g1.c;
+        let per_out = shape.1 * shape.2 * shape.3;
+        let mut out = vec![0f32; g1.n * per_out];
+        for start in (0..g1.n).step_by(EVAL_CHUNK) {
+            let k = EVAL_CHUNK.min(g1.n - start);
+            let gk = self.geometry(&[k, g1.h, g1.w, g1.c])?;
+            let (o, _) = self.run(&x[start * img..][..k * img], params, &prepared, gk, false);
+            out[start * per_out..][..k * per_out].copy_from_slice(&o);
+        }
+        Ok((CpuStorage::F32(out), Shape::from(shape)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        params: &Tensor,
+        _res: &Tensor,
+        gout: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let gout = gout.contiguous()?;
+        let held = hold([x, params, &gout]);
+        let [xv, pv, gv] = cpu_values(&held, "the conv block backward")?;
+        let ps = self.split(pv)?;
+        let mut lock = self
+            .saved
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("conv block state poisoned".into()))?;
+        if lock.is_none() {
+            let geo = self.geometry(x.dims())?;
+            *lock = Some(self.run(xv, ps, &self.prepare(ps), geo, true).1);
+        }
+        let Some(s) = lock.as_ref() else {
+            unreachable!("filled above")
+        };
+        let (w1, p1, _, w2, p2, _) = ps;
+        let batch = self.batch_eps.is_some();
+        let (n, o) = (s.g1.n, self.cout);
+        let gz2 = if self.pool {
+            unpool2(gv, &s.arg, n, s.g2.ho, s.g2.wo, o)
+        } else {
+            let mut b = Buf::scratch(gv.len());
+            b.copy_from_slice(gv);
+            b
+        };
+        let (gy2, dp2, dq2) = norm_relu_backward(&s.y2, &gz2, n, o, &s.n2, batch.then_some(p2));
+        drop(gz2);
+        let (gz1, dw2) = conv_backward(&s.g2, &s.c2, w2, &gy2, true);
+        drop(gy2);
+        let gz1 = gz1.expect("the input gradient was asked for");
+        let (gy1, dp1, dq1) = norm_relu_backward(&s.y1, &gz1, n, o, &s.n1, batch.then_some(p1));
+        drop(gz1);
+        let (gx, dw1) = conv_backward(&s.g1, &s.c1, w1, &gy1, self.input_grad);
+        let mut dp = Vec::with_capacity(pv.len());
+        for part in [&dw1, &dp1, &dq1, &dw2, &dp2, &dq2] {
+            dp.extend_from_slice(part);
+        }
+        let dev = x.device();
+        let gx = gx
+            .map(|v| Tensor::from_vec(v.into_vec(), x.dims(), dev))
+            .transpose()?;
+        Ok((gx, Some(Tensor::from_vec(dp, pv.len(), dev)?)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::tests::{max_diff, rand};
+    use candle_core::{D, Device, Var};
+
+    /// The block with candle's own ops, on (N, C, H, W): conv2d, BatchNorm from the batch
+    /// statistics (or the given scale and shift), ReLU, and siam's separately tested pooling.
+    fn reference(x: &Tensor, p: &[Tensor; 6], batch: bool, pool: bool, eps: f64) -> Tensor {
+        let bn = |y: Tensor, g: &Tensor, b: &Tensor| -> Tensor {
+            let c = g.dim(0).unwrap();
+            let (g, b) = (
+                g.reshape((1, c, 1, 1)).unwrap(),
+                b.reshape((1, c, 1, 1)).unwrap(),
+            );
+            if !batch {
+                return y
+                    .broadcast_mul(&g)
+                    .unwrap()
+                    .broadcast_add(&b)
+                    .unwrap()
+                    .relu()
+                    .unwrap();
+            }
+            let mean = y
+                .mean_keepdim(0)
+                .unwrap()
+                .mean_keepdim(2)
+                .unwrap()
+                .mean_keepdim(3)
+                .unwrap();
+            let d = y.broadcast_sub(&mean).unwrap();
+            let var = d
+                .sqr()
+                .unwrap()
+                .mean_keepdim(0)
+                .unwrap()
+                .mean_keepdim(2)
+                .unwrap()
+                .mean_keepdim(3)
+                .unwrap();
+            d.broadcast_div(&(var + eps).unwrap().sqrt().unwrap())
+                .unwrap()
+                .broadcast_mul(&g)
+                .unwrap()
+                .broadcast_add(&b)
+                .unwrap()
+                .relu()
+                .unwrap()
+        };
+        let y = bn(x.conv2d(&p[0], 1, 1, 1, 1).unwrap(), &p[1], &p[2]);
+        let y = bn(y.conv2d(&p[3], 1, 1, 1, 1).unwrap(), &p[4], &p[5]);
+        if pool {
+            crate::kernels::relu_max_pool2(&y).unwrap()
+        } else {
+            y
+        }
+    }
+
+    /// The fused block against the reference: forward, the input's gradient and every
+    /// parameter's, in training and evaluation; odd sizes, batch 1, one and three input
+    /// channels (the direct first layer), channel counts off the vector width.
+    #[test]
+    fn matches_candle_ops_with_gradients() {
+        // (N, H, W, Cin, Cout, pool)
+        for (i, &(n, h, w, cin, cout, pool)) in [
+            (2, 7, 9, 1, 5, true),
+            (1, 6, 6, 4, 8, true),
+            (3, 14, 14, 3, 6, true),
+            (2, 5, 5, 9, 4, false),
+            (4, 8, 7, 16, 12, false),
+        ]
+        .iter()
+        .enumerate()
+        {
+            for batch in [true, false] {
+                let s = 100 * i as u64 + u64::from(batch);
+                let x = Var::from_tensor(&rand(&[n, cin, h, w], s)).unwrap();
+                let shapes: [Vec<usize>; 6] = [
+                    vec![cout, cin, 3, 3],
+                    vec![cout],
+                    vec![cout],
+                    vec![cout, cout, 3, 3],
+                    vec![cout],
+                    vec![cout],
+                ];
+                let p: Vec<Var> = shapes
+                    .iter()
+                    .enumerate()
+                    .map(|(k, d)| {
+                        let t = rand(d, s + 10 + k as u64);
+                        // γ (or the scale) around 1.
+                        let t = if k == 1 || k == 4 {
+                            (t + 1.0).unwrap()
+                        } else {
+                            t
+                        };
+                        Var::from_tensor(&t).unwrap()
+                    })
+                    .collect();
+                let pt: [Tensor; 6] = std::array::from_fn(|k| p[k].as_tensor().clone());
+                let eps = 1e-5;
+                let theirs = reference(&x, &pt, batch, pool, eps)
+                    .permute((0, 2, 3, 1))
+                    .unwrap();
+                let packed = Tensor::cat(
+                    &pt.iter()
+                        .map(|t| t.flatten_all().unwrap())
+                        .collect::<Vec<_>>(),
+                    0,
+                )
+                .unwrap();
+                let xn = x.permute((0, 2, 3, 1)).unwrap().contiguous().unwrap();
+                let (ours, stats) = crate::kernels::conv_block(
+                    &xn,
+                    &packed,
+                    (cin, cout),
+                    pool,
+                    true,
+                    batch.then_some(eps),
+                )
+                .unwrap();
+                assert_eq!(ours.dims(), theirs.dims(), "case {i}: shape");
+                let d = max_diff(&ours, &theirs.contiguous().unwrap());
+                assert!(d < 1e-4, "case {i}, batch {batch}: forward differs by {d}");
+                assert_eq!(
+                    stats.is_some(),
+                    batch,
+                    "case {i}: statistics only in training"
+                );
+                let up = rand(ours.dims(), s + 50);
+                let g1 = (&ours * &up)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let g2 = (&theirs * &up)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                let d = max_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap());
+                assert!(d < 1e-3, "case {i}, batch {batch}: dx differs by {d}");
+                for (k, v) in p.iter().enumerate() {
+                    let (a, b) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+                    let scale = b
+                        .abs()
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .max(D::Minus1)
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap();
+                    let d = max_diff(a, b);
+                    assert!(
+                        d < 1e-4 * (1.0 + scale),
+                        "case {i}, batch {batch}: parameter {k} gradient differs by {d} (scale {scale})"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Every gradient against central finite differences of Σ up·block(x) in f64 (tiny block,
+    /// training mode, pooling).
+    #[test]
+    fn gradients_match_finite_differences() {
+        let (n, h, w, cin, cout) = (2, 5, 6, 4, 3);
+        let x: Vec<f32> = crate::kernels::winograd::tests::values(n * h * w * cin, 5);
+        let plen = BlockOp::param_len(cin, cout);
+        let mut p = crate::kernels::winograd::tests::values(plen, 6);
+        // γ around 1 for both BatchNorms.
+        let (o1, o2) = (cout * cin * 9, cout * cin * 9 + 2 * cout + cout * cout * 9);
+        for k in 0..cout {
+            p[o1 + k] += 1.0;
+            p[o2 + k] += 1.0;
+        }
+        let dev = Device::Cpu;
+        let run = |x: &[f32], p: &[f32]| -> (Tensor, Tensor, Tensor) {
+            let xt = Var::from_vec(x.to_vec(), (n, h, w, cin), &dev).unwrap();
+            let pt = Var::from_vec(p.to_vec(), plen, &dev).unwrap();
+            let (y, _) =
+                crate::kernels::conv_block(&xt, &pt, (cin, cout), true, true, Some(1e-5)).unwrap();
+            (y, xt.as_tensor().clone(), pt.as_tensor().clone())
+        };
+        let (y, xt, pt) = run(&x, &p);
+        let up = rand(y.dims(), 9);
+        let f = |x: &[f32], p: &[f32]| -> f64 {
+            let (y, _, _) = run(x, p);
+            (y * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_dtype(candle_core::DType::F64)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        let g = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let gx = g
+            .get(&xt)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let gp = g.get(&pt).unwrap().to_vec1::<f32>().unwrap();
+        let eps = 2e-3f32;
+        for (vals, grads, what) in [(&x, &gx, "x"), (&p, &gp, "params")] {
+            for k in (0..vals.len()).step_by(1 + vals.len() / 60) {
+                let (mut a, mut b) = (vals.clone(), vals.clone());
+                a[k] += eps;
+                b[k] -= eps;
+                let fd = if what == "x" {
+                    f(&a, &p) - f(&b, &p)
+                } else {
+                    f(&x, &a) - f(&x, &b)
+                } / (2.0 * f64::from(eps));
+                let d = (fd - f64::from(grads[k])).abs();
+                assert!(
+                    d < 1e-3 * (1.0 + fd.abs()),
+                    "d{what}[{k}]: {} vs finite difference {fd}",
+                    grads[k]
+                );
+            }
+        }
+    }
+}
