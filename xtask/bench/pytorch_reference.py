@@ -10,7 +10,8 @@ except the thread count, which is set to siam's.
 
 With --encoder convnet, siam's deeper encoder instead: blocks of two 3x3 convolutions
 (padding 1, no bias) each followed by BatchNorm and ReLU, channels 32-64-128, 2x2 max-pooling
-between blocks, global average pooling, Linear 128->256, ReLU, Linear 256->128.
+between blocks, then (--pooling flatten, the convnet preset) the 128x7x7 map flattened or
+(--pooling global-average) its mean over positions, Linear -> 256, ReLU, Linear 256->128.
 
 Prints one JSON object: train_pairs_per_s and infer_images_per_s (medians of --reps).
 """
@@ -56,11 +57,14 @@ class Block(nn.Sequential):
 
 
 class ConvNet(nn.Module):
-    def __init__(self, channels=(32, 64, 128), hidden=256, dim=128):
+    def __init__(self, pooling, channels=(32, 64, 128), hidden=256, dim=128):
         super().__init__()
         cins = (1,) + tuple(channels[:-1])
         self.blocks = nn.ModuleList(Block(a, b) for a, b in zip(cins, channels))
-        self.hidden = nn.Linear(channels[-1], hidden)
+        self.pooling = pooling
+        side = 28 // 2 ** (len(channels) - 1)
+        features = channels[-1] * (side * side if pooling == "flatten" else 1)
+        self.hidden = nn.Linear(features, hidden)
         self.out = nn.Linear(hidden, dim)
 
     def forward(self, x):
@@ -68,7 +72,7 @@ class ConvNet(nn.Module):
             x = b(x)
             if i < len(self.blocks) - 1:
                 x = torch.max_pool2d(x, 2)
-        x = x.mean((2, 3))
+        x = x.flatten(1) if self.pooling == "flatten" else x.mean((2, 3))
         return self.out(torch.relu(self.hidden(x)))
 
 
@@ -79,10 +83,11 @@ def main():
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, required=True)
     p.add_argument("--encoder", choices=["seed-cnn", "convnet"], default="seed-cnn")
+    p.add_argument("--pooling", choices=["flatten", "global-average"], default="flatten")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(1)
-    model = SeedCnn() if a.encoder == "seed-cnn" else ConvNet()
+    model = SeedCnn() if a.encoder == "seed-cnn" else ConvNet(a.pooling)
     n = a.pairs
     xa, xb = images(n, 1), images(n, 2)
     same = (torch.arange(n) % 2).to(torch.float32)

@@ -1,5 +1,6 @@
 //! `cargo xtask bench`: training pairs/s, inference images/s, loader images/s and `compare`
-//! latency of the seed CNN (or, with `--encoder convnet`, the deeper encoder) at 28×28; writes `target/bench/latest.json` and prints a table.
+//! latency of the seed CNN (or, with `--encoder convnet`, the `convnet` preset's encoder; `--pooling
+//! global-average` for its other head) at 28×28; writes `target/bench/latest.json` and prints a table.
 //! With `--device cuda` (or metal) it re-runs itself built with that feature.
 
 use std::path::Path;
@@ -44,6 +45,10 @@ pub struct Args {
     /// 256).
     #[arg(long, value_enum, default_value = "seed-cnn")]
     encoder: Encoder,
+    /// The convnet's pooling: as the `convnet` preset configures it (flatten, the default) or
+    /// global average.
+    #[arg(long, value_enum, default_value = "flatten")]
+    pooling: PoolingArg,
     /// Measure only this part (for profiling, e.g. under `perf record`); the others are
     /// reported as null.
     #[arg(long, value_enum)]
@@ -64,6 +69,24 @@ impl Encoder {
         match self {
             Self::SeedCnn => "seed-cnn",
             Self::Convnet => "convnet",
+        }
+    }
+}
+
+/// How the benchmarked convnet's last feature map reaches its head.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PoolingArg {
+    /// Every position of the last map (the `convnet` preset).
+    Flatten,
+    /// The mean over positions.
+    GlobalAverage,
+}
+
+impl PoolingArg {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Flatten => "flatten",
+            Self::GlobalAverage => "global-average",
         }
     }
 }
@@ -142,7 +165,10 @@ pub fn run(a: &Args) -> Result<()> {
                 hidden: 256,
                 dropout: 0.0,
                 embedding_dim: 128,
-                pooling: siam_model::Pooling::GlobalAverage,
+                pooling: match a.pooling {
+                    PoolingArg::Flatten => siam_model::Pooling::Flatten,
+                    PoolingArg::GlobalAverage => siam_model::Pooling::GlobalAverage,
+                },
             },
         },
         input: InputSpec::fashion_mnist(),
@@ -256,7 +282,7 @@ pub fn run(a: &Args) -> Result<()> {
         "device": a.device,
         "device_detail": format!("{device:?}"),
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        "network": format!("{} 28x28, embedding 128", a.encoder.name()),
+        "network": network(a),
         "train_batch_pairs": n,
         "infer_batch_images": a.infer_batch,
         "loader_batch_pairs": n,
@@ -313,6 +339,17 @@ pub fn run(a: &Args) -> Result<()> {
     Ok(())
 }
 
+/// What is measured, in words: the encoder (with its pooling) at 28×28.
+fn network(a: &Args) -> String {
+    match a.encoder {
+        Encoder::SeedCnn => "seed-cnn 28x28, embedding 128".into(),
+        Encoder::Convnet => format!(
+            "convnet ({} pooling) 28x28, embedding 128",
+            a.pooling.name()
+        ),
+    }
+}
+
 fn show(p: &Path) -> String {
     p.strip_prefix(project_root())
         .unwrap_or(p)
@@ -352,6 +389,7 @@ fn versus_pytorch(a: &Args, siam: &mut dyn FnMut() -> Result<(f64, f64)>) -> Res
             .args(["--reps", &a.reps.to_string()])
             .args(["--threads", &threads.to_string()])
             .args(["--encoder", a.encoder.name()])
+            .args(["--pooling", a.pooling.name()])
             .output()
             .context("running the PyTorch reference")?;
         if !o.status.success() {
@@ -377,7 +415,7 @@ fn versus_pytorch(a: &Args, siam: &mut dyn FnMut() -> Result<(f64, f64)>) -> Res
     let (st, si, pt, pi) = (median(st), median(si), median(pt), median(pi));
     let out = serde_json::json!({
         "threads": threads,
-        "network": a.encoder.name(),
+        "network": network(a),
         "windows": a.windows,
         "siam_train_pairs_per_s": st,
         "pytorch_train_pairs_per_s": pt,
@@ -396,8 +434,8 @@ fn versus_pytorch(a: &Args, siam: &mut dyn FnMut() -> Result<(f64, f64)>) -> Res
         println!("{out}");
     } else {
         println!(
-            "siam vs PyTorch, {} 28x28, {threads} threads each, medians of {} alternating windows",
-            a.encoder.name(),
+            "siam vs PyTorch, {}, {threads} threads each, medians of {} alternating windows",
+            network(a),
             a.windows
         );
         println!("                   siam      PyTorch   ratio siam/PyTorch");

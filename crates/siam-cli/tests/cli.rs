@@ -707,12 +707,109 @@ fn metrics_without_timing(run: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// A thread that keeps one core busy until dropped: load that changes how rayon's threads are
+/// scheduled and steal work.
+struct Busy(
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    Option<std::thread::JoinHandle<()>>,
+);
+
+impl Busy {
+    fn start() -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let h = std::thread::spawn(move || {
+            let mut x = 0u64;
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        });
+        Self(stop, Some(h))
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.1.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The same seeded run with 1, 2 and 4 rayon threads, while another thread loads a core, ends
+/// with byte-identical model files and the same metrics: every reduction over images (weight,
+/// bias and BatchNorm statistics, in the seed CNN's kernels and the convnet's Winograd blocks)
+/// sums fixed parts in a fixed order.
+#[test]
+fn training_is_bit_identical_for_any_thread_count_and_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let _busy = Busy::start();
+    let convnet = siam_model::EncoderConfig::Convnet {
+        channels: vec![6, 10],
+        hidden: 0,
+        dropout: 0.0,
+        embedding_dim: 16,
+        pooling: siam_model::Pooling::Flatten,
+    };
+    for (name, encoder) in [
+        (
+            "seed-cnn",
+            siam_model::EncoderConfig::SeedCnn { embedding_dim: 16 },
+        ),
+        ("convnet", convnet),
+    ] {
+        let mut c = siam_train::TrainConfig::preset("quick").unwrap();
+        c.data.limit_per_class = Some(40);
+        c.model.encoder = encoder;
+        c.sampler = siam_data::SamplerConfig::Pk { p: 4, k: 4 };
+        c.epochs = 1;
+        c.steps_per_epoch = 12;
+        c.log_every = 1;
+        c.validation.pairs = 100;
+        c.validation.test_pairs = 200;
+        let cfg = dir.path().join(format!("{name}.toml"));
+        std::fs::write(&cfg, c.to_toml()).unwrap();
+        let runs: Vec<PathBuf> = [1, 2, 4]
+            .iter()
+            .map(|threads| {
+                let out = dir.path().join(format!("{name}-{threads}"));
+                json(
+                    siam()
+                        .env("RAYON_NUM_THREADS", threads.to_string())
+                        .args(["train", "--json", "--config"])
+                        .arg(&cfg)
+                        .arg("--out")
+                        .arg(&out),
+                );
+                out
+            })
+            .collect();
+        let model = |p: &Path| std::fs::read(p.join("model.safetensors")).unwrap();
+        for r in &runs[1..] {
+            assert!(
+                model(r) == model(&runs[0]),
+                "{name}: {} ends with other weights than {}",
+                r.display(),
+                runs[0].display()
+            );
+            assert_eq!(
+                metrics_without_timing(r),
+                metrics_without_timing(&runs[0]),
+                "{name}"
+            );
+        }
+    }
+}
+
 /// `kill -9` at seeded random points (before the first checkpoint, between checkpoints, around
-/// validations), then `--resume`: the run ends with the same model file, metrics log and test
-/// figures as an uninterrupted one, and every checkpoint on disk is always complete.
+/// validations), then `--resume`, while another thread loads a core: the run ends with the same
+/// model file, metrics log and test figures as an uninterrupted one, and every checkpoint on
+/// disk is always complete.
 #[test]
 fn kill_9_at_random_points_then_resume_matches_an_uninterrupted_run() {
     let dir = tempfile::tempdir().unwrap();
+    let _busy = Busy::start();
     let mut c = siam_train::TrainConfig::preset("quick").unwrap();
     c.data.limit_per_class = Some(40);
     c.model.encoder = siam_model::EncoderConfig::SeedCnn { embedding_dim: 16 };

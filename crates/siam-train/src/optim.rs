@@ -158,8 +158,8 @@ struct AdamwStep {
     t: i32,
 }
 
-/// The contiguous f32 values of a CPU tensor, or `None`.
-fn cpu_values(t: &Tensor) -> Option<Vec<f32>> {
+/// Calls `f` with the contiguous f32 values of a CPU tensor (read in place), or returns `None`.
+fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     if !t.device().is_cpu() || t.dtype() != candle_core::DType::F32 || !t.is_contiguous() {
         return None;
     }
@@ -168,12 +168,17 @@ fn cpu_values(t: &Tensor) -> Option<Vec<f32>> {
         return None;
     };
     let (a, b) = l.contiguous_offsets()?;
-    Some(s.as_slice::<f32>().ok()?[a..b].to_vec())
+    Some(f(&s.as_slice::<f32>().ok()?[a..b]))
 }
 
+/// Values per parallel chunk of the fused update: element-wise, so the result does not depend
+/// on how the chunks are spread over threads.
+const CHUNK: usize = 1 << 14;
+
 impl AdamwStep {
-    /// The update in one pass over θ, g, m and v on the CPU (f32, contiguous): new (θ, m, v).
-    /// `None` elsewhere; the caller then uses tensor operations with the same formula.
+    /// The update in one pass over θ, g, m and v on the CPU (f32, contiguous), read in place and
+    /// spread over rayon in fixed chunks: new (θ, m, v). `None` elsewhere; the caller then uses
+    /// tensor operations with the same formula.
     fn fused(
         &self,
         theta: &Tensor,
@@ -181,19 +186,10 @@ impl AdamwStep {
         m: Option<&Tensor>,
         v: Option<&Tensor>,
     ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
-        let (Some(mut th), Some(gv)) = (cpu_values(theta), cpu_values(g)) else {
-            return Ok(None);
-        };
-        let n = th.len();
-        let state = |s: Option<&Tensor>| match s {
-            Some(s) => cpu_values(s).filter(|v| v.len() == n),
-            None => Some(vec![0f32; n]),
-        };
-        let (Some(mut mv), Some(mut vv)) = (state(m), state(v)) else {
-            return Ok(None);
-        };
-        if gv.len() != n {
-            candle_core::bail!("gradient of {} values for {n} parameters", gv.len())
+        use rayon::prelude::*;
+        let n = theta.elem_count();
+        if g.elem_count() != n {
+            candle_core::bail!("gradient of {} values for {n} parameters", g.elem_count())
         }
         let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
         let (c1, c2) = ((1.0 - self.beta1) as f32, (1.0 - self.beta2) as f32);
@@ -201,12 +197,49 @@ impl AdamwStep {
         let h2 = (1.0 / (1.0 - self.beta2.powi(self.t))) as f32;
         let decay = (1.0 - self.lr * self.weight_decay) as f32;
         let (lr, eps) = (self.lr as f32, self.eps as f32);
-        for (((x, &gi), mi), vi) in th.iter_mut().zip(&gv).zip(&mut mv).zip(&mut vv) {
-            *mi = *mi * b1 + gi * c1;
-            *vi = *vi * b2 + gi * gi * c2;
-            let update = (*mi * h1) / ((*vi * h2).sqrt() + eps);
-            *x = *x * decay - update * lr;
-        }
+        let zeros = vec![0f32; if m.is_none() || v.is_none() { n } else { 0 }];
+        let state = |s: Option<&Tensor>, f: &mut dyn FnMut(&[f32])| -> Option<()> {
+            match s {
+                Some(s) if s.elem_count() == n => with_values(s, |x| f(x)),
+                Some(_) => None,
+                None => {
+                    f(&zeros);
+                    Some(())
+                }
+            }
+        };
+        let mut out = None;
+        let done = with_values(theta, |th| {
+            with_values(g, |gv| {
+                state(m, &mut |mv| {
+                    let _ = state(v, &mut |vv| {
+                        let (mut t2, mut m2, mut v2) =
+                            (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+                        t2.par_chunks_mut(CHUNK)
+                            .zip(m2.par_chunks_mut(CHUNK))
+                            .zip(v2.par_chunks_mut(CHUNK))
+                            .enumerate()
+                            .for_each(|(k, ((to, mo), vo))| {
+                                let r = k * CHUNK..k * CHUNK + to.len();
+                                let (th, gv, mv, vv) =
+                                    (&th[r.clone()], &gv[r.clone()], &mv[r.clone()], &vv[r]);
+                                for i in 0..to.len() {
+                                    let mi = mv[i] * b1 + gv[i] * c1;
+                                    let vi = vv[i] * b2 + gv[i] * gv[i] * c2;
+                                    let update = (mi * h1) / ((vi * h2).sqrt() + eps);
+                                    mo[i] = mi;
+                                    vo[i] = vi;
+                                    to[i] = th[i] * decay - update * lr;
+                                }
+                            });
+                        out = Some((t2, m2, v2));
+                    });
+                })
+            })
+        });
+        let (Some(Some(Some(()))), Some((th, mv, vv))) = (done, out) else {
+            return Ok(None);
+        };
         let (shape, dev) = (theta.shape(), theta.device());
         Ok(Some((
             Tensor::from_vec(th, shape, dev)?,

@@ -158,44 +158,32 @@ fn conv_forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32
     y
 }
 
-/// dW (O, C·KH·KW) = Σₙ dYₙ (O, P) · colₙᵀ (P, C·KH·KW), accumulated per thread.
+/// dW (O, C·KH·KW) = Σₙ dYₙ (O, P) · colₙᵀ (P, C·KH·KW), summed over fixed parts of the batch
+/// in order (the same result for any thread count).
 fn conv_weight_grad(g: &Geom, x: &[f32], gy: &[f32]) -> Vec<f32> {
     let (ck, p) = (g.ck(), g.p());
     let img = g.c * g.h * g.w;
-    (0..g.n)
-        .into_par_iter()
-        .fold(
-            || (vec![0f32; g.o * ck], vec![0f32; ck * p]),
-            |(mut acc, mut col), n| {
+    let partial: Vec<Vec<f32>> = super::parts(g.n)
+        .map(|images| {
+            let (mut acc, mut col) = (vec![0f32; g.o * ck], vec![0f32; ck * p]);
+            for n in images {
                 im2col(g, &x[n * img..][..img], &mut col);
-                gemm_into(
-                    &mut acc,
-                    g.o,
-                    ck,
-                    p,
-                    Mat {
-                        data: &gy[n * g.o * p..][..g.o * p],
-                        rs: p,
-                        cs: 1,
-                    },
-                    Mat {
-                        data: &col,
-                        rs: 1,
-                        cs: p,
-                    },
-                    true,
-                );
-                (acc, col)
-            },
-        )
-        .map(|(acc, _)| acc)
-        .reduce(
-            || vec![0f32; g.o * ck],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        )
+                let dy = Mat {
+                    data: &gy[n * g.o * p..][..g.o * p],
+                    rs: p,
+                    cs: 1,
+                };
+                let colt = Mat {
+                    data: &col,
+                    rs: 1,
+                    cs: p,
+                };
+                gemm_into(&mut acc, g.o, ck, p, dy, colt, true);
+            }
+            acc
+        })
+        .collect();
+    super::add_in_order(partial, g.o * ck)
 }
 
 /// dX: colₙ' (C·KH·KW, P) = Wᵀ · dYₙ, folded back with [`col2im`].

@@ -112,43 +112,42 @@ impl ConvPool {
                 col2im(&g, col, gxn);
             }
         };
-        let init = || {
-            (
+        // Fixed parts of the batch, each on one thread in image order, added in order: the same
+        // weight and bias gradients for any thread count.
+        let part = |images: std::ops::Range<usize>, mut gx: Option<&mut [f32]>| {
+            let mut s = (
                 vec![0f32; g.o * ck],
                 vec![0f32; g.o],
                 vec![0f32; ck * p],
                 vec![0f32; g.o * p],
+            );
+            let first = images.start;
+            for n in images {
+                let gxn = gx
+                    .as_deref_mut()
+                    .map(|b| &mut b[(n - first) * img..][..img]);
+                per_image(n, &mut s, gxn);
+            }
+            let mut out = s.0;
+            out.extend_from_slice(&s.1);
+            out
+        };
+        let (gx, partial): (Option<Vec<f32>>, Vec<Vec<f32>>) = if self.input_grad {
+            let mut gx = vec![0f32; g.n * img];
+            let partial = gx
+                .par_chunks_mut((super::part_len() * img).max(1))
+                .zip(super::parts(g.n))
+                .map(|(chunk, images)| part(images, Some(chunk)))
+                .collect();
+            (Some(gx), partial)
+        } else {
+            (
+                None,
+                super::parts(g.n).map(|images| part(images, None)).collect(),
             )
         };
-        let add = |mut a: (Vec<f32>, Vec<f32>), b: (Vec<f32>, Vec<f32>)| {
-            a.0.iter_mut().zip(&b.0).for_each(|(x, y)| *x += y);
-            a.1.iter_mut().zip(&b.1).for_each(|(x, y)| *x += y);
-            a
-        };
-        let zero = || (vec![0f32; g.o * ck], vec![0f32; g.o]);
-        let (gx, (dw, db)) = if self.input_grad {
-            let mut gx = vec![0f32; g.n * img];
-            let acc = gx
-                .par_chunks_mut(img.max(1))
-                .enumerate()
-                .fold(init, |mut s, (n, gxn)| {
-                    per_image(n, &mut s, Some(gxn));
-                    s
-                })
-                .map(|s| (s.0, s.1))
-                .reduce(zero, add);
-            (Some(gx), acc)
-        } else {
-            let acc = (0..g.n)
-                .into_par_iter()
-                .fold(init, |mut s, n| {
-                    per_image(n, &mut s, None);
-                    s
-                })
-                .map(|s| (s.0, s.1))
-                .reduce(zero, add);
-            (None, acc)
-        };
+        let mut dw = super::add_in_order(partial, g.o * ck + g.o);
+        let db = dw.split_off(g.o * ck);
         let dev = x.device();
         let gx = match gx {
             Some(v) => Some(Tensor::from_vec(v, x.dims(), dev)?),

@@ -43,7 +43,11 @@ impl Add for F8 {
     type Output = Self;
     #[inline(always)]
     fn add(self, o: Self) -> Self {
-        Self(std::array::from_fn(|i| self.0[i] + o.0[i]))
+        let mut r = self.0;
+        for (r, o) in r.iter_mut().zip(o.0) {
+            *r += o;
+        }
+        Self(r)
     }
 }
 
@@ -51,7 +55,11 @@ impl Sub for F8 {
     type Output = Self;
     #[inline(always)]
     fn sub(self, o: Self) -> Self {
-        Self(std::array::from_fn(|i| self.0[i] - o.0[i]))
+        let mut r = self.0;
+        for (r, o) in r.iter_mut().zip(o.0) {
+            *r -= o;
+        }
+        Self(r)
     }
 }
 
@@ -59,7 +67,11 @@ impl Mul<f32> for F8 {
     type Output = Self;
     #[inline(always)]
     fn mul(self, k: f32) -> Self {
-        Self(self.0.map(|v| v * k))
+        let mut r = self.0;
+        for r in &mut r {
+            *r *= k;
+        }
+        Self(r)
     }
 }
 

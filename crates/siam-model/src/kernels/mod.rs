@@ -93,6 +93,33 @@ pub(crate) fn conv_block(
     Ok((y, stats))
 }
 
+/// Images per part of a reduction over a batch: each part is summed on one thread in image
+/// order and the parts are added in order, so the sum does not depend on the thread count.
+const IMAGES_PER_PART: usize = 8;
+
+/// Images per part of a fixed-order reduction (a constant: never the thread count).
+fn part_len() -> usize {
+    IMAGES_PER_PART
+}
+
+/// The parts `0..n` splits into for a fixed-order reduction: ranges of [`part_len`] images.
+fn parts(n: usize) -> impl rayon::iter::IndexedParallelIterator<Item = std::ops::Range<usize>> {
+    use rayon::prelude::*;
+    let per = part_len();
+    (0..n.div_ceil(per))
+        .into_par_iter()
+        .map(move |k| k * per..((k + 1) * per).min(n))
+}
+
+/// Adds per-part vectors in part order (the deterministic half of a reduction).
+fn add_in_order<T: Copy + std::ops::AddAssign + Default>(parts: Vec<Vec<T>>, len: usize) -> Vec<T> {
+    let mut total = vec![T::default(); len];
+    for p in parts {
+        total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
+    }
+    total
+}
+
 pub(crate) fn fast_path(ts: &[&Tensor]) -> bool {
     ts.iter()
         .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)

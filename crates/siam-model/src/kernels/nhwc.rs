@@ -9,19 +9,9 @@
 
 use rayon::prelude::*;
 
+use super::add_in_order;
 use super::scratch::Buf;
 use super::winograd::Wino;
-
-/// Sums per-image partial vectors in image order (the deterministic half of a reduction).
-fn ordered_sum<T: Copy + std::ops::AddAssign + Default>(parts: Vec<Vec<T>>, len: usize) -> Vec<T> {
-    let mut total = vec![T::default(); len];
-    for p in parts {
-        for (t, v) in total.iter_mut().zip(p) {
-            *t += v;
-        }
-    }
-    total
-}
 
 /// Weights (O, C, 3, 3) as `[C·9][O]`: the taps of each input channel with the output channels
 /// contiguous.
@@ -94,7 +84,7 @@ pub(super) fn direct_backward(
             dt
         })
         .collect();
-    let dt = ordered_sum(parts, c * 9 * o);
+    let dt = add_in_order(parts, c * 9 * o);
     let mut gw = vec![0f32; o * c * 9];
     for oo in 0..o {
         for k in 0..c * 9 {
@@ -173,7 +163,7 @@ pub(super) fn batch_stats(y: &[f32], n: usize, c: usize) -> (Vec<f64>, Vec<f64>)
                 s
             })
             .collect();
-        ordered_sum(parts, c)
+        add_in_order(parts, c)
     };
     let mean: Vec<f64> = per_image(None).into_iter().map(|s| s / count).collect();
     let var = per_image(Some(&mean))
@@ -391,7 +381,7 @@ pub(super) fn norm_relu_backward(
             acc
         })
         .collect();
-    let acc = ordered_sum(parts, 2 * c);
+    let acc = add_in_order(parts, 2 * c);
     let sg: Vec<f32> = acc[..c].iter().map(|&v| v as f32).collect();
     let sgx: Vec<f32> = acc[c..].iter().map(|&v| v as f32).collect();
     // dY = k1·g − k2 − k3·(y − mean): in batch mode k1 = γ·inv, k2 = k1·Σg/M,

@@ -6,11 +6,24 @@
 
 use std::sync::Mutex;
 
+use rayon::prelude::*;
+
 /// Buffers kept for reuse, each at its full (initialised) length.
 static POOL: Mutex<Vec<Vec<f32>>> = Mutex::new(Vec::new());
 
 /// Buffers the pool keeps at most; more are freed.
 const MAX_POOLED: usize = 48;
+
+/// Values per task when zeroing in parallel.
+const ZERO_CHUNK: usize = 1 << 16;
+
+/// `len` zeros, written by rayon's threads (a large buffer's first touch is page faults and
+/// zeroing, which one thread would do alone).
+fn zeros(len: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    v.par_extend(rayon::iter::repeat_n(0f32, len));
+    v
+}
 
 /// A buffer of `len` values that returns to the pool when dropped.
 #[derive(Debug, Default)]
@@ -34,7 +47,7 @@ impl Buf {
             best.map(|i| pool.swap_remove(i)).unwrap_or_default()
         };
         if v.len() < len {
-            v = vec![0f32; len];
+            v = zeros(len);
         }
         Self { v, len }
     }
@@ -42,7 +55,7 @@ impl Buf {
     /// `len` zeros.
     pub(super) fn zeroed(len: usize) -> Self {
         let mut b = Self::scratch(len);
-        b.fill(0.0);
+        b.par_chunks_mut(ZERO_CHUNK).for_each(|c| c.fill(0.0));
         b
     }
 

@@ -190,39 +190,26 @@ macro_rules! unroll {
 }
 
 /// A 2-D tile transform in place on a row-major tile of lanes (row stride 6): the 1-D
-/// transform `f` along each of the first `ri` columns (rows `0..ri` → `0..ro`), then along each
-/// of the first `ro` rows (columns `0..ri` → `0..ro`). `ri` and `ro` are 6 or 4.
-#[inline(always)]
-fn sep2<T: Lane, const RI: usize, const RO: usize>(
-    t: &mut [T; 36],
-    f: impl Fn([T; RI]) -> [T; RO] + Copy,
-) {
-    macro_rules! pass {
-        ($at:expr, $step:expr) => {{
-            let mut v = [t[0]; RI];
-            unroll!(K in [0, 1, 2, 3, 4, 5] {
-                if K < RI {
-                    v[K] = t[$at + K * $step];
-                }
+/// transform `$f` (the first list's indices in, the second's out) along each input column, then
+/// along each output row. A macro, so `$f` is called by name (and inlined) with
+/// constant indices: the tile stays in registers.
+macro_rules! sep2 {
+    ($t:ident, $f:ident, [$($i:literal),*], [$($o:literal),*]) => {{
+        unroll!(J in [$($i),*] {
+            let v = [$($t[J + $i * A6]),*];
+            let r = $f(v);
+            unroll!(K in [$($o),*] {
+                $t[J + K * A6] = r[K];
             });
-            let r = f(v);
-            unroll!(K in [0, 1, 2, 3, 4, 5] {
-                if K < RO {
-                    t[$at + K * $step] = r[K];
-                }
+        });
+        unroll!(I in [$($o),*] {
+            let v = [$($t[I * A6 + $i]),*];
+            let r = $f(v);
+            unroll!(K in [$($o),*] {
+                $t[I * A6 + K] = r[K];
             });
-        }};
-    }
-    unroll!(J in [0, 1, 2, 3, 4, 5] {
-        if J < RI {
-            pass!(J, A6);
-        }
-    });
-    unroll!(I in [0, 1, 2, 3, 4, 5] {
-        if I < RO {
-            pass!(I * A6, 1);
-        }
-    });
+        });
+    }};
 }
 
 /// The tile transforms [`lanes`] applies (a const parameter, so every index folds): `Bᵀ d B`,
@@ -239,10 +226,10 @@ const OUTPUT_GRAD: u8 = 3;
 #[inline(always)]
 fn apply<T: Lane, const TX: u8>(t: &mut [T; 36]) {
     match TX {
-        INPUT => sep2(t, bt),
-        INPUT_GRAD => sep2(t, b),
-        OUTPUT => sep2(t, at),
-        _ => sep2(t, a),
+        INPUT => sep2!(t, bt, [0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5]),
+        INPUT_GRAD => sep2!(t, b, [0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5]),
+        OUTPUT => sep2!(t, at, [0, 1, 2, 3, 4, 5], [0, 1, 2, 3]),
+        _ => sep2!(t, a, [0, 1, 2, 3], [0, 1, 2, 3, 4, 5]),
     }
 }
 
@@ -362,45 +349,74 @@ fn position_offsets(nt: usize, width: usize) -> [usize; P] {
     o
 }
 
-/// `U [36][C][O]` from weights (O, C, 3, 3): `G g Gᵀ` per kernel.
+/// `U [36][C][O]` from weights (O, C, 3, 3): `G g Gᵀ` per kernel, one input channel per task.
 pub(super) fn kernel_transform(w: &[f32], o: usize, c: usize) -> Vec<f32> {
+    // By input channel ([C][36][O]) in parallel, then laid out by position.
+    let mut by_channel = vec![0f32; c * P * o];
+    by_channel
+        .par_chunks_exact_mut(P * o)
+        .enumerate()
+        .for_each(|(cc, part)| kernel_transform_channel(w, o, c, cc, part));
     let mut u = vec![0f32; P * c * o];
-    kernel_transform_into(w, o, c, &mut u);
+    u.par_chunks_exact_mut(c * o)
+        .enumerate()
+        .for_each(|(pos, up)| {
+            for (cc, row) in up.chunks_exact_mut(o).enumerate() {
+                row.copy_from_slice(&by_channel[(cc * P + pos) * o..][..o]);
+            }
+        });
     u
 }
 
 simd_kernel! {
-fn kernel_transform_into<'a>(w: &'a [f32], o: usize, c: usize, u: &'a mut [f32]) {
-    for cc in 0..c {
+    /// The transforms `[36][O]` of input channel `cc`'s kernels.
+    fn kernel_transform_channel<'a>(w: &'a [f32], o: usize, c: usize, cc: usize, part: &'a mut [f32]) {
         for oo in 0..o {
             let g = &w[(oo * c + cc) * 9..][..9];
-            let cols: [[f32; 6]; 3] = std::array::from_fn(|j| gk([g[j], g[3 + j], g[6 + j]]));
+            let cols: [[f32; 6]; 3] = [
+                gk([g[0], g[3], g[6]]),
+                gk([g[1], g[4], g[7]]),
+                gk([g[2], g[5], g[8]]),
+            ];
             for i in 0..A6 {
                 let row = gk([cols[0][i], cols[1][i], cols[2][i]]);
                 for (jj, v) in row.into_iter().enumerate() {
-                    u[((i * A6 + jj) * c + cc) * o + oo] = v;
+                    part[(i * A6 + jj) * o + oo] = v;
                 }
             }
         }
     }
 }
-}
 
-/// The weight gradient (O, C, 3, 3) from `dU [36][C][O]`: `Gᵀ dU G` per kernel.
+/// The weight gradient (O, C, 3, 3) from `dU [36][C][O]`: `Gᵀ dU G` per kernel, one output
+/// channel per task.
 pub(super) fn kernel_grad(du: &[f32], o: usize, c: usize) -> Vec<f32> {
     let mut dw = vec![0f32; o * c * 9];
-    for (k, g) in dw.chunks_exact_mut(9).enumerate() {
-        let (oo, cc) = (k / c, k % c);
-        let at = |pos: usize| du[(pos * c + cc) * o + oo];
-        // Gᵀ along the columns, then along the rows.
-        let cols: [[f32; 3]; 6] =
-            std::array::from_fn(|j| gkt(std::array::from_fn(|i| at(i * A6 + j))));
-        for i in 0..3 {
-            let row = gkt(std::array::from_fn(|j| cols[j][i]));
-            g[i * 3..][..3].copy_from_slice(&row);
+    dw.par_chunks_exact_mut(c * 9)
+        .enumerate()
+        .for_each(|(oo, part)| kernel_grad_channel(du, o, c, oo, part));
+    dw
+}
+
+simd_kernel! {
+    /// Output channel `oo`'s kernel gradients (C, 3, 3) from `dU`.
+    fn kernel_grad_channel<'a>(du: &'a [f32], o: usize, c: usize, oo: usize, part: &'a mut [f32]) {
+        for (cc, g) in part.chunks_exact_mut(9).enumerate() {
+            // Gᵀ along the columns, then along the rows.
+            let mut cols = [[0f32; 3]; 6];
+            for (j, col) in cols.iter_mut().enumerate() {
+                let mut u = [0f32; 6];
+                for (i, v) in u.iter_mut().enumerate() {
+                    *v = du[((i * A6 + j) * c + cc) * o + oo];
+                }
+                *col = gkt(u);
+            }
+            for i in 0..3 {
+                let row = gkt([cols[0][i], cols[1][i], cols[2][i], cols[3][i], cols[4][i], cols[5][i]]);
+                g[i * 3..][..3].copy_from_slice(&row);
+            }
         }
     }
-    dw
 }
 
 /// For each image, the 36 blocks (one per position) of its T rows in a `[36][N·T][width]`
