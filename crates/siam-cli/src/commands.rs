@@ -365,19 +365,30 @@ fn eval(a: EvalArgs) -> Result<()> {
         threshold,
     };
     let r = evaluate(&model, &set, &pairs, &transform, &spec)?;
+    let classes = siam_train::evaluate::seen_classes(&model, &set);
     let tsource = if threshold.is_some() {
         "model"
     } else {
         "calibrated-on-this-data"
     };
     if a.json {
-        println!(
-            "{}",
-            render::eval_json(&r, &path.display().to_string(), tsource)
-        );
+        let mut v = render::eval_json(&r, &path.display().to_string(), tsource);
+        if let Some(c) = &classes {
+            v["classes"] = serde_json::json!({ "seen": c.seen, "unseen": c.unseen });
+        }
+        println!("{v}");
     } else {
         println!("model: {} ({source})", path.display());
         println!("data: {description}");
+        if let Some(c) = &classes {
+            println!(
+                "classes: {} seen in training ({}), {} never seen ({})",
+                c.seen.len(),
+                c.seen.join(", "),
+                c.unseen.len(),
+                c.unseen.join(", ")
+            );
+        }
         print!("{}", render::table(&r));
         if threshold.is_none() {
             println!(

@@ -79,6 +79,7 @@ impl Progress {
                 ));
             }
             Event::Checkpoint { .. } => {}
+            Event::Note(n) => self.line(format!("note: {n}")),
             Event::EarlyStop { step, best_step } => {
                 self.line(format!(
                     "early stop at step {step}: no improvement since step {best_step}"

@@ -1217,17 +1217,20 @@ fn broken_configs_name_the_key() {
             "batch-size",
         ),
         (
-            "P×K larger than the data",
-            base.replace("p = 8", "p = 50"),
-            "50",
-        ),
-        (
-            "holdout leaves one class",
+            "the retired holdout-classes",
             base.replace(
                 "test-fraction = 0.2",
-                "test-fraction = 0.2\nholdout-classes = { count = 9 }",
+                "test-fraction = 0.2\nholdout-classes = { count = 3 }",
             ),
-            "class",
+            "data.class-split",
+        ),
+        (
+            "a class split that leaves one training class",
+            base.replace(
+                "test-fraction = 0.2",
+                "test-fraction = 0.2\nclass-split = { validation = { count = 2 }, test = { count = 7 } }",
+            ),
+            "1 for training",
         ),
     ];
     for (what, text, needle) in cases {

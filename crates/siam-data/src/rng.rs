@@ -21,6 +21,8 @@ pub mod stream {
     pub const DROPOUT: u64 = 5;
     /// The fixed validation and test pairs.
     pub const EVAL_PAIRS: u64 = 6;
+    /// Class proxies of the CosFace and ArcFace losses.
+    pub const PROXIES: u64 = 7;
 }
 
 /// SplitMix64 finaliser: a bijective 64-bit mix with good avalanche.

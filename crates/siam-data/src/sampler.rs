@@ -51,6 +51,26 @@ impl Default for SamplerConfig {
 
 impl SamplerConfig {
     /// Builds the sampler over `set`. `batch_size` counts pairs or triplets; P×K ignores it.
+    /// The config fitted to `set`: P×K's P capped at the number of classes with two or more
+    /// images (when that leaves at least two), with a note saying so; otherwise unchanged.
+    pub fn fit(&self, set: &ImageSet) -> (Self, Option<String>) {
+        match *self {
+            Self::Pk { p, k } => {
+                let classes = set.class_counts().iter().filter(|&&n| n >= 2).count();
+                if classes >= 2 && p > classes {
+                    let note = format!(
+                        "sampler.p = {p} capped at {classes}: the training set has {classes} classes with two or more images"
+                    );
+                    (Self::Pk { p: classes, k }, Some(note))
+                } else {
+                    (self.clone(), None)
+                }
+            }
+            _ => (self.clone(), None),
+        }
+    }
+
+    /// The sampler over `set` (see [`SamplerConfig::fit`] for fitting P×K to the set first).
     pub fn build(&self, set: &ImageSet, batch_size: usize, seed: u64) -> Result<Sampler> {
         Ok(match *self {
             Self::Pairs { positive_fraction } => {

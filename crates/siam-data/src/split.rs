@@ -90,6 +90,102 @@ pub fn class_disjoint(
     Ok((set.subset(&seen)?, set.subset(&unseen)?))
 }
 
+/// The classes of a three-way class split: trained on, validated on (model selection and
+/// calibration), tested on (the final figures only). Disjoint.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ClassRoles {
+    /// Labels trained on.
+    pub train: Vec<u32>,
+    /// Labels validated on.
+    pub validation: Vec<u32>,
+    /// Labels tested on.
+    pub test: Vec<u32>,
+}
+
+/// Draws a three-way class split of the classes present in `set`: `test` classes first, then
+/// `validation` classes from the rest, the remainder for training. Explicit lists must be
+/// disjoint and present; every role keeps at least two classes.
+pub fn class_roles(
+    set: &ImageSet,
+    validation: &Holdout,
+    test: &Holdout,
+    seed: u64,
+) -> Result<ClassRoles> {
+    let present: Vec<u32> = set
+        .class_counts()
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(c, _)| c as u32)
+        .collect();
+    let draw = |h: &Holdout, from: &[u32], stream_id: u64, role: &str| -> Result<Vec<u32>> {
+        let mut held = match h {
+            Holdout::Count(k) => {
+                let mut c = from.to_vec();
+                c.shuffle(&mut rng_for(seed, &[stream::SPLIT, stream_id]));
+                c.truncate(*k);
+                c
+            }
+            Holdout::Classes(c) => {
+                if let Some(bad) = c.iter().find(|c| !from.contains(c)) {
+                    let why = if present.contains(bad) {
+                        "is also a test class"
+                    } else {
+                        "has no image in this set"
+                    };
+                    return Err(DataError::Invalid(format!("{role} class {bad} {why}")));
+                }
+                c.clone()
+            }
+        };
+        held.sort_unstable();
+        held.dedup();
+        Ok(held)
+    };
+    let test = draw(test, &present, 1, "test")?;
+    let rest: Vec<u32> = present
+        .iter()
+        .copied()
+        .filter(|c| !test.contains(c))
+        .collect();
+    let validation = draw(validation, &rest, 2, "validation")?;
+    let train: Vec<u32> = rest
+        .iter()
+        .copied()
+        .filter(|c| !validation.contains(c))
+        .collect();
+    for (role, c) in [
+        ("training", &train),
+        ("validation", &validation),
+        ("test", &test),
+    ] {
+        if c.len() < 2 {
+            return Err(DataError::Invalid(format!(
+                "a three-way class split of {} classes leaves {} for training, {} for validation and {} for testing; each needs at least 2 ({role} has {})",
+                present.len(),
+                train.len(),
+                validation.len(),
+                test.len(),
+                c.len()
+            )));
+        }
+    }
+    Ok(ClassRoles {
+        train,
+        validation,
+        test,
+    })
+}
+
+/// The images of `set` whose label is one of `classes`.
+pub fn with_classes(set: &ImageSet, classes: &[u32]) -> Result<ImageSet> {
+    let keep: Vec<usize> = (0..set.len())
+        .filter(|&i| classes.contains(&set.label(i)))
+        .collect();
+    set.subset(&keep)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +239,39 @@ mod tests {
         let (_, u) = class_disjoint(&s, &Holdout::Classes(vec![0, 4]), 0).unwrap();
         assert_eq!(u.class_counts(), vec![3, 0, 0, 0, 3]);
         assert!(class_disjoint(&s, &Holdout::Classes(vec![9]), 0).is_err());
+    }
+
+    /// A three-way split partitions the classes, whatever the seed and the counts: no test
+    /// class is trained or validated on, no validation class is trained on.
+    #[test]
+    fn three_way_split_partitions_the_classes() {
+        use proptest::prelude::*;
+        proptest!(|(classes in 8usize..20, v in 2usize..4, t in 2usize..4, seed in any::<u64>())| {
+            let s = set(&vec![2; classes]);
+            let r = class_roles(&s, &Holdout::Count(v), &Holdout::Count(t), seed).unwrap();
+            prop_assert_eq!(r.validation.len(), v);
+            prop_assert_eq!(r.test.len(), t);
+            prop_assert_eq!(r.train.len() + v + t, classes);
+            let all: std::collections::BTreeSet<u32> =
+                r.train.iter().chain(&r.validation).chain(&r.test).copied().collect();
+            prop_assert_eq!(all.len(), classes, "the roles overlap");
+            let tr = with_classes(&s, &r.train).unwrap();
+            prop_assert!(tr.labels().iter().all(|l| !r.test.contains(l) && !r.validation.contains(l)));
+        });
+        let s = set(&[2; 6]);
+        let e = class_roles(
+            &s,
+            &Holdout::Classes(vec![1, 2]),
+            &Holdout::Classes(vec![2, 3]),
+            0,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("validation class 2 is also a test class"),
+            "{e}"
+        );
+        let e = class_roles(&s, &Holdout::Count(2), &Holdout::Count(3), 0).unwrap_err();
+        assert!(e.to_string().contains("1 for training"), "{e}");
     }
 }

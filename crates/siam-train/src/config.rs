@@ -56,9 +56,13 @@ pub struct DataConfig {
     pub source: String,
     /// Share of each training class held out for validation (stratified split).
     pub val_fraction: f64,
-    /// Hold out whole classes (for unseen-class evaluation) instead of a stratified split.
+    /// Replaced by `class-split`; kept so that an old config gets an error naming the new key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub holdout_classes: Option<Holdout>,
+    /// Classes held out of training for unseen-class evaluation: `validation` classes select
+    /// the model and calibrate the threshold, `test` classes give the final figures only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_split: Option<ClassSplit>,
     /// Share of an image folder held out as the test split (IDX sets have their own).
     pub test_fraction: f64,
     /// Keep at most this many training images per class (for quick runs).
@@ -77,6 +81,16 @@ pub struct DataConfig {
     pub std: Option<Vec<f32>>,
 }
 
+/// A three-way class split: training classes, `validation` classes, `test` classes.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ClassSplit {
+    /// Validation classes: a count drawn with the seed, or a list of labels.
+    pub validation: Holdout,
+    /// Test classes, drawn first: a count or a list of labels.
+    pub test: Holdout,
+}
+
 /// The network part of the config (the input spec comes from the data).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -89,7 +103,7 @@ pub struct ModelSection {
     pub distance: Distance,
 }
 
-/// The loss, with its margin.
+/// The loss and its settings. `docs/guide.md` says which to choose when.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(
     tag = "kind",
@@ -116,15 +130,114 @@ pub enum LossConfig {
     },
     /// Binary cross-entropy on a learned head over |e₁ − e₂|.
     Bce,
+    /// Multi-similarity loss with its miner over P×K batches (cosine similarities).
+    MultiSimilarity {
+        /// α, the positives' weight (default 2).
+        #[serde(default = "ms_alpha")]
+        alpha: f64,
+        /// β, the negatives' weight (default 50).
+        #[serde(default = "ms_beta")]
+        beta: f64,
+        /// λ, the similarity both are measured from (default 0.5).
+        #[serde(default = "ms_base")]
+        base: f64,
+        /// The miner's ε (default 0.1).
+        #[serde(default = "ms_epsilon")]
+        epsilon: f64,
+    },
+    /// NT-Xent over P×K batches (every same-class image is a positive).
+    NtXent {
+        /// τ (default 0.1).
+        #[serde(default = "temperature")]
+        temperature: f64,
+    },
+    /// Supervised contrastive loss (SupCon) over P×K batches.
+    #[serde(rename = "supcon", alias = "sup-con")]
+    SupCon {
+        /// τ (default 0.1).
+        #[serde(default = "temperature")]
+        temperature: f64,
+    },
+    /// CosFace against learned class proxies: the target cosine lowered by `margin`, scaled.
+    Cosface {
+        /// m (default 0.35).
+        #[serde(default = "cosface_margin")]
+        margin: f64,
+        /// s (default 64).
+        #[serde(default = "proxy_scale")]
+        scale: f64,
+    },
+    /// ArcFace against learned class proxies: the target angle widened by `margin` radians.
+    Arcface {
+        /// m in radians (default 0.5, about 28.6°).
+        #[serde(default = "arcface_margin")]
+        margin: f64,
+        /// s (default 64).
+        #[serde(default = "proxy_scale")]
+        scale: f64,
+    },
+}
+
+fn ms_alpha() -> f64 {
+    2.0
+}
+fn ms_beta() -> f64 {
+    50.0
+}
+fn ms_base() -> f64 {
+    0.5
+}
+fn ms_epsilon() -> f64 {
+    0.1
+}
+fn temperature() -> f64 {
+    0.1
+}
+fn cosface_margin() -> f64 {
+    0.35
+}
+fn arcface_margin() -> f64 {
+    0.5
+}
+fn proxy_scale() -> f64 {
+    64.0
 }
 
 impl LossConfig {
-    /// The margin, for statistics (BCE has none; 1.0 is reported).
-    pub fn margin(&self) -> f64 {
+    /// The distance margin the loss works against (contrastive, triplet); the others have none.
+    pub fn margin(&self) -> Option<f64> {
         match self {
-            Self::Contrastive { margin, .. } | Self::Triplet { margin, .. } => *margin,
-            Self::Bce => 1.0,
+            Self::Contrastive { margin, .. } | Self::Triplet { margin, .. } => Some(*margin),
+            _ => None,
         }
+    }
+
+    /// The name used in configs and run records.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Contrastive { .. } => "contrastive",
+            Self::Triplet { .. } => "triplet",
+            Self::Bce => "bce",
+            Self::MultiSimilarity { .. } => "multi-similarity",
+            Self::NtXent { .. } => "nt-xent",
+            Self::SupCon { .. } => "supcon",
+            Self::Cosface { .. } => "cosface",
+            Self::Arcface { .. } => "arcface",
+        }
+    }
+
+    /// True for the losses that train class proxies with the encoder (kept in checkpoints,
+    /// not in the model file).
+    pub fn has_proxies(&self) -> bool {
+        matches!(self, Self::Cosface { .. } | Self::Arcface { .. })
+    }
+
+    /// True for the losses over a labelled batch (P×K) rather than pairs or triplets.
+    pub fn takes_classes(&self) -> bool {
+        !matches!(
+            self,
+            Self::Contrastive { .. } | Self::Triplet { .. } | Self::Bce
+        )
     }
 }
 
@@ -299,6 +412,7 @@ impl TrainConfig {
                 source: "fixtures".into(),
                 val_fraction: 0.1,
                 holdout_classes: None,
+                class_split: None,
                 test_fraction: 0.2,
                 limit_per_class: None,
                 color: ColorMode::Gray,
@@ -399,16 +513,20 @@ impl TrainConfig {
         }
     }
 
-    /// Sets the margin of the contrastive or triplet loss (the BCE loss has none).
+    /// Sets the margin of the loss (contrastive, triplet, CosFace, ArcFace).
     pub fn set_margin(&mut self, m: f64) -> Result<()> {
         match &mut self.loss {
-            LossConfig::Contrastive { margin, .. } | LossConfig::Triplet { margin, .. } => {
+            LossConfig::Contrastive { margin, .. }
+            | LossConfig::Triplet { margin, .. }
+            | LossConfig::Cosface { margin, .. }
+            | LossConfig::Arcface { margin, .. } => {
                 *margin = m;
                 Ok(())
             }
-            LossConfig::Bce => Err(TrainError::Config(
-                "loss.margin: the bce loss has no margin".into(),
-            )),
+            other => Err(TrainError::Config(format!(
+                "loss.margin: the {} loss has no margin",
+                other.kind()
+            ))),
         }
     }
 
@@ -470,7 +588,13 @@ impl TrainConfig {
                 format!("{} must be in [0, 1)", self.data.test_fraction),
             );
         }
-        if self.data.holdout_classes.is_none() && self.data.val_fraction == 0.0 {
+        if self.data.holdout_classes.is_some() {
+            return bad(
+                "data.holdout-classes",
+                "replaced by data.class-split, which draws validation and test classes separately so that model selection never sees a test class: class-split = { validation = { count = 2 }, test = { count = 3 } }".into(),
+            );
+        }
+        if self.data.class_split.is_none() && self.data.val_fraction == 0.0 {
             return bad(
                 "data.val-fraction",
                 "must be positive: validation calibrates the threshold".into(),
@@ -510,6 +634,69 @@ impl TrainConfig {
                     return bad("sampler.kind", "the bce loss takes pairs".into());
                 }
             }
+            LossConfig::MultiSimilarity {
+                alpha,
+                beta,
+                base,
+                epsilon,
+            } => {
+                if !(*alpha > 0.0 && alpha.is_finite()) {
+                    return bad("loss.alpha", format!("{alpha} must be positive"));
+                }
+                if !(*beta > 0.0 && beta.is_finite()) {
+                    return bad("loss.beta", format!("{beta} must be positive"));
+                }
+                if !(-1.0..=1.0).contains(base) {
+                    return bad(
+                        "loss.base",
+                        format!("{base} must be a cosine similarity in [-1, 1]"),
+                    );
+                }
+                if !(*epsilon >= 0.0 && epsilon.is_finite()) {
+                    return bad("loss.epsilon", format!("{epsilon} must be at least 0"));
+                }
+            }
+            LossConfig::NtXent { temperature } | LossConfig::SupCon { temperature } => {
+                if !(*temperature > 0.0 && temperature.is_finite()) {
+                    return bad(
+                        "loss.temperature",
+                        format!("{temperature} must be positive"),
+                    );
+                }
+            }
+            LossConfig::Cosface { margin, scale } | LossConfig::Arcface { margin, scale } => {
+                let arc = matches!(self.loss, LossConfig::Arcface { .. });
+                let top = if arc { std::f64::consts::PI } else { 2.0 };
+                if !(*margin >= 0.0 && *margin < top) {
+                    let what = if arc {
+                        "an angle in radians in [0, π)"
+                    } else {
+                        "in [0, 2)"
+                    };
+                    return bad("loss.margin", format!("{margin} must be {what}"));
+                }
+                if !(*scale > 0.0 && scale.is_finite()) {
+                    return bad("loss.scale", format!("{scale} must be positive"));
+                }
+                if self.validation.metric == Metric::Loss {
+                    return bad(
+                        "validation.metric",
+                        format!(
+                            "the {} loss has no validation figure (its proxies are the training classes'); use map-at-r, precision-at-1 or roc-auc",
+                            self.loss.kind()
+                        ),
+                    );
+                }
+            }
+        }
+        if self.loss.takes_classes() && !matches!(self.sampler, SamplerConfig::Pk { .. }) {
+            return bad(
+                "sampler.kind",
+                format!(
+                    "the {} loss takes pk batches (classes × images)",
+                    self.loss.kind()
+                ),
+            );
         }
         if !(self.optimizer.lr() > 0.0) || !self.optimizer.lr().is_finite() {
             return bad(

@@ -32,6 +32,8 @@ pub struct Datasets {
     pub val: ImageSet,
     /// Test images (the final report).
     pub test: ImageSet,
+    /// With a class split: which classes each role has (labels).
+    pub roles: Option<split::ClassRoles>,
 }
 
 /// The folder datasets are downloaded to: `$SIAM_DATA_DIR`, else `./data`.
@@ -152,20 +154,19 @@ pub fn load(cfg: &DataConfig, seed: u64) -> Result<Datasets> {
             (tr, te)
         }
     };
-    let (train, val, test) = match &cfg.holdout_classes {
+    let (train, val, test, roles) = match &cfg.class_split {
         None => {
             let (tr, va) = split::stratified(&all, cfg.val_fraction, seed)?;
-            (tr, va, test)
+            (tr, va, test, None)
         }
-        Some(h) => {
-            let (seen, unseen) = split::class_disjoint(&all, h, seed)?;
-            let unseen_labels: Vec<u32> = (0..unseen.num_classes() as u32)
-                .filter(|c| unseen.class_counts()[*c as usize] > 0)
-                .collect();
-            let keep: Vec<usize> = (0..test.len())
-                .filter(|&i| unseen_labels.contains(&test.label(i)))
-                .collect();
-            (seen, unseen, test.subset(&keep)?)
+        Some(cs) => {
+            let roles = split::class_roles(&all, &cs.validation, &cs.test, seed)?;
+            (
+                split::with_classes(&all, &roles.train)?,
+                split::with_classes(&all, &roles.validation)?,
+                split::with_classes(&test, &roles.test)?,
+                Some(roles),
+            )
         }
     };
     for (name, s) in [("training", &train), ("validation", &val), ("test", &test)] {
@@ -181,6 +182,7 @@ pub fn load(cfg: &DataConfig, seed: u64) -> Result<Datasets> {
         train,
         val,
         test,
+        roles,
     })
 }
 
@@ -190,6 +192,7 @@ pub fn data_config_for(source: &str, input: &siam_model::InputSpec) -> DataConfi
         source: source.to_string(),
         val_fraction: 0.1,
         holdout_classes: None,
+        class_split: None,
         test_fraction: 0.2,
         limit_per_class: None,
         color: if input.channels == 3 {

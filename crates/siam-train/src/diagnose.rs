@@ -12,7 +12,7 @@ use siam_eval::diagnose::{
 };
 use siam_model::SiameseModel;
 
-use crate::config::{LossConfig, TrainConfig};
+use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
 use crate::evaluate::{EvalSpec, eval_pairs, evaluate};
 
@@ -113,20 +113,7 @@ fn context(model: &SiameseModel, cfg: Option<&TrainConfig>) -> Context {
             .unwrap_or_default()
     };
     let (loss, margin) = match cfg {
-        Some(c) => (
-            Some(
-                match c.loss {
-                    LossConfig::Contrastive { .. } => "contrastive",
-                    LossConfig::Triplet { .. } => "triplet",
-                    LossConfig::Bce => "bce",
-                }
-                .to_string(),
-            ),
-            match c.loss {
-                LossConfig::Bce => None,
-                ref l => Some(l.margin()),
-            },
-        ),
+        Some(c) => (Some(c.loss.kind().to_string()), c.loss.margin()),
         None => {
             let l = rec("loss");
             (l["kind"].as_str().map(String::from), l["margin"].as_f64())

@@ -104,7 +104,7 @@ pub fn evaluate(
     let verification = siam_eval::verification(&d, &pairs.same, Some(threshold))?;
     let labels = set.labels();
     let retrieval = siam_eval::retrieval(&emb, &labels, None, model.distance_kind(), 256)?;
-    let margin = spec.loss.map_or(1.0, LossConfig::margin);
+    let margin = spec.loss.and_then(LossConfig::margin).unwrap_or(1.0);
     let stats = siam_eval::distance_stats(&d, &pairs.same, margin)?;
     let same_t = Tensor::from_slice(&pairs.same, pairs.same.len(), &dev)?;
     let loss = match spec.loss {
@@ -127,6 +127,19 @@ pub fn evaluate(
             )?;
             Some(r.loss.to_scalar::<f32>()? as f64)
         }
+        // The batch losses on the first 512 images (as the triplet loss); the proxy losses
+        // have none (their proxies are the training classes').
+        Some(l) if l.takes_classes() && !l.has_proxies() => {
+            let n = emb.dim(0)?.min(512);
+            let batch =
+                crate::trainer::class_batch_loss(l, &emb.narrow(0, 0, n)?, &labels[..n], None)?;
+            Some(f64::from(
+                batch
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_scalar::<f32>()?,
+            ))
+        }
+        Some(_) => None,
     };
     Ok(EvalReport {
         images: set.len(),
@@ -136,4 +149,33 @@ pub fn evaluate(
         loss,
         quantiles: Some(siam_eval::distance_quantiles(&d, &pairs.same)?),
     })
+}
+
+/// Which of a set's classes a model saw in training: known when the model was trained with a
+/// class split (its training record lists the training classes), by class name.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SeenClasses {
+    /// Classes of the set the model was trained on.
+    pub seen: Vec<String>,
+    /// Classes of the set it never saw.
+    pub unseen: Vec<String>,
+}
+
+/// The set's classes split into those the model was trained on and those it never saw, or
+/// `None` when the model was trained on every class of its data (no class split recorded).
+pub fn seen_classes(model: &SiameseModel, set: &ImageSet) -> Option<SeenClasses> {
+    let trained: Vec<String> = model.meta().training.as_ref()?["classes"]["train"]
+        .as_array()?
+        .iter()
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
+    let counts = set.class_counts();
+    let present = set
+        .class_names()
+        .iter()
+        .enumerate()
+        .filter(|(c, _)| counts.get(*c).is_some_and(|&n| n > 0))
+        .map(|(_, n)| n.clone());
+    let (seen, unseen) = present.partition(|n| trained.contains(n));
+    Some(SeenClasses { seen, unseen })
 }

@@ -100,6 +100,8 @@ pub enum Event<'a> {
     },
     /// The final test evaluation starts.
     Testing,
+    /// The config was fitted to the data (P capped at the number of classes, say).
+    Note(&'a str),
 }
 
 /// Options that are not part of the recipe.
@@ -132,6 +134,42 @@ pub struct Summary {
     pub test: EvalReport,
     /// Wall time of this invocation, seconds.
     pub wall_s: f64,
+    /// With a class split: the class names of each role (training classes are the only ones
+    /// seen; the test figures are on `test` classes alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<ClassNames>,
+}
+
+/// Class names by role in a three-way class split.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ClassNames {
+    /// Trained on: the only classes the model has seen.
+    pub train: Vec<String>,
+    /// Validated on (model selection, calibration), never trained on.
+    pub validation: Vec<String>,
+    /// Tested on only.
+    pub test: Vec<String>,
+}
+
+impl ClassNames {
+    fn of(roles: &siam_data::split::ClassRoles, names: &[String]) -> Self {
+        let n = |c: &[u32]| {
+            c.iter()
+                .map(|&l| {
+                    names
+                        .get(l as usize)
+                        .cloned()
+                        .unwrap_or_else(|| l.to_string())
+                })
+                .collect()
+        };
+        Self {
+            train: n(&roles.train),
+            validation: n(&roles.validation),
+            test: n(&roles.test),
+        }
+    }
 }
 
 /// Counters saved in checkpoints.
@@ -154,6 +192,9 @@ struct Run<'a> {
     dir: PathBuf,
     data: Datasets,
     model: SiameseModel,
+    /// The loss's own trainable state (CosFace/ArcFace class proxies): trained with the model,
+    /// kept in checkpoints, not in the model file.
+    loss_vars: candle_nn::VarMap,
     opt: Optimizer,
     progress: Progress,
     val_pairs: PairIndices,
@@ -243,6 +284,90 @@ fn named_vars(model: &SiameseModel) -> Vec<(String, candle_core::Var)> {
         .collect()
 }
 
+/// The optimizer's variables: the model's trainable ones, then the loss's (`loss.NAME`).
+fn trained_vars(
+    model: &SiameseModel,
+    loss_vars: &candle_nn::VarMap,
+) -> Vec<(String, candle_core::Var)> {
+    let mut v = named_vars(model);
+    let data = loss_vars.data().lock().expect("var map lock");
+    v.extend(
+        data.iter()
+            .map(|(k, var)| (format!("loss.{k}"), var.clone())),
+    );
+    v
+}
+
+/// The loss's trainable state for `cfg`: CosFace/ArcFace proxies, one row per class of the data
+/// (labels index `classes`), drawn from the config's seed; empty for the other losses.
+fn loss_state(
+    cfg: &TrainConfig,
+    classes: usize,
+    dim: usize,
+    device: &Device,
+) -> Result<candle_nn::VarMap> {
+    let vars = candle_nn::VarMap::new();
+    if cfg.loss.has_proxies() {
+        let init = loss::init_proxies(
+            classes,
+            dim,
+            derive_seed(cfg.seed, &[stream::PROXIES]),
+            device,
+        )?;
+        vars.data()
+            .lock()
+            .expect("var map lock")
+            .insert("proxies".into(), candle_core::Var::from_tensor(&init)?);
+    }
+    Ok(vars)
+}
+
+/// The loss over a labelled batch of embeddings for the losses that take one whole (all but
+/// contrastive and triplet, which the trainer mines itself); `proxies` for CosFace/ArcFace.
+pub(crate) fn class_batch_loss(
+    cfg: &LossConfig,
+    e: &Tensor,
+    labels: &[u32],
+    proxies: Option<&Tensor>,
+) -> Result<Tensor> {
+    let need = |p: Option<&Tensor>| {
+        p.cloned().ok_or_else(|| {
+            TrainError::Config(format!("the {} loss needs its class proxies", cfg.kind()))
+        })
+    };
+    Ok(match *cfg {
+        LossConfig::MultiSimilarity {
+            alpha,
+            beta,
+            base,
+            epsilon,
+        } => loss::multi_similarity(
+            e,
+            labels,
+            &loss::MsConfig {
+                alpha,
+                beta,
+                base,
+                epsilon: Some(epsilon),
+            },
+        )?,
+        LossConfig::NtXent { temperature } => loss::nt_xent(e, labels, temperature)?,
+        LossConfig::SupCon { temperature } => loss::supcon(e, labels, temperature)?,
+        LossConfig::Cosface { margin, scale } => {
+            loss::cosface(e, labels, &need(proxies)?, margin, scale)?
+        }
+        LossConfig::Arcface { margin, scale } => {
+            loss::arcface(e, labels, &need(proxies)?, margin, scale)?
+        }
+        ref other => {
+            return Err(TrainError::Config(format!(
+                "the {} loss is not a batch loss",
+                other.kind()
+            )));
+        }
+    })
+}
+
 fn checkpoint_dir(dir: &Path) -> PathBuf {
     dir.join("checkpoints")
 }
@@ -310,7 +435,8 @@ pub fn train(
     }
     // Everything that can fail on the inputs fails before the run folder exists.
     let data = data::load(&cfg.data, cfg.seed)?;
-    cfg.sampler.build(&data.train, cfg.batch_size, cfg.seed)?;
+    let (sampler, note) = cfg.sampler.fit(&data.train);
+    sampler.build(&data.train, cfg.batch_size, cfg.seed)?;
     let device = siam_model::parse_device(&cfg.device)?;
     let mcfg = model_config(cfg, &data.train);
     let model = SiameseModel::new(&mcfg, derive_seed(cfg.seed, &[stream::INIT]), &device)?;
@@ -318,6 +444,10 @@ pub fn train(
     std::fs::create_dir_all(dir)
         .map_err(|e| TrainError::run(dir, format!("cannot create the run folder: {e}")))?;
     let mut resolved = cfg.clone();
+    resolved.sampler = sampler;
+    if let Some(n) = &note {
+        on(Event::Note(n));
+    }
     resolved.data.mean = Some(mcfg.input.mean.clone());
     resolved.data.std = Some(mcfg.input.std.clone());
     write_atomic(&dir.join("config.toml"), resolved.to_toml().as_bytes())
@@ -325,8 +455,28 @@ pub fn train(
     let _lock = RunLock::acquire(dir)?;
     std::fs::create_dir_all(checkpoint_dir(dir))
         .map_err(|e| TrainError::run(dir, format!("cannot create the run folder: {e}")))?;
-    let opt = Optimizer::new(cfg.optimizer.clone(), named_vars(&model));
-    let run = Run::new(resolved, dir, data, model, opt, Progress::default(), opts)?;
+    let loss_vars = loss_state(
+        &resolved,
+        data.train.num_classes(),
+        mcfg.encoder.embedding_dim(),
+        &device,
+    )?;
+    let opt = Optimizer::new(cfg.optimizer.clone(), trained_vars(&model, &loss_vars));
+    if let Some(r) = &data.roles {
+        let mut rec = serde_json::to_value(ClassNames::of(r, data.train.class_names()))
+            .map_err(|e| TrainError::run(dir, e.to_string()))?;
+        rec["step"] = 0.into();
+        append_record(dir, "classes", &rec)?;
+    }
+    let run = Run::new(
+        resolved,
+        dir,
+        data,
+        (model, loss_vars),
+        opt,
+        Progress::default(),
+        opts,
+    )?;
     run.go(on)
 }
 
@@ -354,16 +504,22 @@ pub fn resume(dir: &Path, opts: &TrainOptions, on: &mut dyn FnMut(Event<'_>)) ->
     let data = data::load(&cfg.data, cfg.seed)?;
     let device = siam_model::parse_device(&cfg.device)?;
     let mcfg = model_config(&cfg, &data.train);
+    let loss_vars = loss_state(
+        &cfg,
+        data.train.num_classes(),
+        mcfg.encoder.embedding_dim(),
+        &device,
+    )?;
     let (model, opt, progress) = match checkpoints(dir).pop() {
         Some(ckpt) => {
             let model = SiameseModel::new(&mcfg, 0, &device)?;
-            let mut opt = Optimizer::new(cfg.optimizer.clone(), named_vars(&model));
-            let progress = load_checkpoint(&ckpt, &model, &mut opt)?;
+            let mut opt = Optimizer::new(cfg.optimizer.clone(), trained_vars(&model, &loss_vars));
+            let progress = load_checkpoint(&ckpt, &model, &loss_vars, &mut opt)?;
             (model, opt, progress)
         }
         None => {
             let model = SiameseModel::new(&mcfg, derive_seed(cfg.seed, &[stream::INIT]), &device)?;
-            let opt = Optimizer::new(cfg.optimizer.clone(), named_vars(&model));
+            let opt = Optimizer::new(cfg.optimizer.clone(), trained_vars(&model, &loss_vars));
             std::fs::create_dir_all(checkpoint_dir(dir))
                 .map_err(|e| TrainError::run(dir, format!("cannot create checkpoints/: {e}")))?;
             let _ = std::fs::remove_file(dir.join("model.safetensors"));
@@ -385,11 +541,16 @@ pub fn resume(dir: &Path, opts: &TrainOptions, on: &mut dyn FnMut(Event<'_>)) ->
             .collect();
         write_atomic(&mp, kept.as_bytes()).map_err(|e| TrainError::run(&mp, e.to_string()))?;
     }
-    let run = Run::new(cfg, dir, data, model, opt, progress, opts)?;
+    let run = Run::new(cfg, dir, data, (model, loss_vars), opt, progress, opts)?;
     run.go(on)
 }
 
-fn load_checkpoint(path: &Path, model: &SiameseModel, opt: &mut Optimizer) -> Result<Progress> {
+fn load_checkpoint(
+    path: &Path,
+    model: &SiameseModel,
+    loss_vars: &candle_nn::VarMap,
+    opt: &mut Optimizer,
+) -> Result<Progress> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::run(path, e.to_string()))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| TrainError::run(path, format!("not a checkpoint: {e}")))?;
@@ -411,6 +572,12 @@ fn load_checkpoint(path: &Path, model: &SiameseModel, opt: &mut Optimizer) -> Re
                 .ok_or_else(|| TrainError::run(path, format!("missing tensor model.{name}")))?;
             var.set(t)?;
         }
+        for (name, var) in loss_vars.data().lock().expect("var map lock").iter() {
+            let t = tensors
+                .get(&format!("loss.{name}"))
+                .ok_or_else(|| TrainError::run(path, format!("missing tensor loss.{name}")))?;
+            var.set(t)?;
+        }
     }
     for (k, t) in tensors {
         if let Some(rest) = k.strip_prefix("opt.") {
@@ -426,7 +593,7 @@ impl<'a> Run<'a> {
         cfg: TrainConfig,
         dir: &Path,
         data: Datasets,
-        model: SiameseModel,
+        (model, loss_vars): (SiameseModel, candle_nn::VarMap),
         opt: Optimizer,
         progress: Progress,
         opts: &'a TrainOptions,
@@ -439,6 +606,7 @@ impl<'a> Run<'a> {
             dir: dir.to_path_buf(),
             data,
             model,
+            loss_vars,
             opt,
             progress,
             val_pairs,
@@ -455,6 +623,9 @@ impl<'a> Run<'a> {
             let vars = self.model.varmap().data().lock().expect("var map lock");
             for (k, v) in vars.iter() {
                 tensors.insert(format!("model.{k}"), v.as_tensor().to_device(&Device::Cpu)?);
+            }
+            for (k, v) in self.loss_vars.data().lock().expect("var map lock").iter() {
+                tensors.insert(format!("loss.{k}"), v.as_tensor().to_device(&Device::Cpu)?);
             }
         }
         let (state, _) = self.opt.state();
@@ -533,9 +704,7 @@ impl<'a> Run<'a> {
                         loss::contrastive_with(&m.distance(&e1, &e2)?, same, *margin, *pos_margin)?,
                         None,
                     ),
-                    LossConfig::Triplet { .. } => {
-                        unreachable!("validated: triplet loss takes no pairs")
-                    }
+                    l => unreachable!("validated: the {} loss takes no pairs", l.kind()),
                 }
             }
             Batch::Triplets {
@@ -550,7 +719,7 @@ impl<'a> Run<'a> {
                     e.narrow(0, n, n)?,
                     e.narrow(0, 2 * n, n)?,
                 );
-                let margin = self.cfg.loss.margin();
+                let margin = self.cfg.loss.margin().unwrap_or(1.0);
                 (
                     loss::triplet(&m.distance(&ea, &ep)?, &m.distance(&ea, &en)?, margin)?,
                     None,
@@ -593,6 +762,16 @@ impl<'a> Run<'a> {
                         (((part(pa, pb, 1.0)? + part(na, nb, 0.0)?)? * 0.5)?, None)
                     }
                     LossConfig::Bce => unreachable!("validated: bce takes pairs"),
+                    l => {
+                        let proxies = self
+                            .loss_vars
+                            .data()
+                            .lock()
+                            .expect("var map lock")
+                            .get("proxies")
+                            .map(|v| v.as_tensor().clone());
+                        (class_batch_loss(l, &e, &labels, proxies.as_ref())?, None)
+                    }
                 }
             }
         })
@@ -631,7 +810,13 @@ impl<'a> Run<'a> {
             let meta = self.model.meta_mut();
             meta.threshold = Some(report.verification.threshold);
             meta.distance_quantiles = report.quantiles.clone();
+            let classes = self
+                .data
+                .roles
+                .as_ref()
+                .map(|r| ClassNames::of(r, self.data.train.class_names()));
             meta.training = Some(serde_json::json!({
+                "classes": classes,
                 "data": data_description,
                 "step": self.progress.step,
                 "epoch": epoch,
@@ -843,6 +1028,11 @@ impl<'a> Run<'a> {
             best_metric: (cfg.validation.metric, value),
             test,
             wall_s: started.elapsed().as_secs_f64(),
+            classes: self
+                .data
+                .roles
+                .as_ref()
+                .map(|r| ClassNames::of(r, self.data.train.class_names())),
         };
         let sp = self.dir.join("summary.json");
         let text = serde_json::to_string_pretty(&summary)

@@ -108,21 +108,14 @@ fn config_errors_name_the_key() {
             .to_string()
             .contains("known: default, seed, quick, convnet")
     );
-    // A P×K batch larger than the data's classes, and a held-out split leaving one class.
+    // A class split leaving one training class is an error; a P×K batch asking for more
+    // classes than the data has is capped, and the run says so and records it.
     let dir = tempfile::tempdir().unwrap();
     let mut c = tiny();
-    c.sampler = siam_data::SamplerConfig::Pk { p: 11, k: 2 };
-    let e = train(
-        &c,
-        &dir.path().join("a"),
-        &TrainOptions::default(),
-        &mut quiet(),
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(e.contains("P=11"), "{e}");
-    let mut c = tiny();
-    c.data.holdout_classes = Some(siam_data::split::Holdout::Count(9));
+    c.data.class_split = Some(siam_train::config::ClassSplit {
+        validation: siam_data::split::Holdout::Count(2),
+        test: siam_data::split::Holdout::Count(7),
+    });
     let e = train(
         &c,
         &dir.path().join("b"),
@@ -131,7 +124,34 @@ fn config_errors_name_the_key() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("1 seen"), "{e}");
+    assert!(e.contains("1 for training"), "{e}");
+    let mut c = tiny();
+    c.data.holdout_classes = Some(siam_data::split::Holdout::Count(3));
+    assert!(
+        c.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("data.class-split")
+    );
+    let mut c = tiny();
+    c.sampler = siam_data::SamplerConfig::Pk { p: 11, k: 2 };
+    let mut notes = Vec::new();
+    let run = dir.path().join("capped");
+    train(&c, &run, &TrainOptions::default(), &mut |e| {
+        if let siam_train::Event::Note(n) = e {
+            notes.push(n.to_string());
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        notes,
+        ["sampler.p = 11 capped at 10: the training set has 10 classes with two or more images"]
+    );
+    let resolved = TrainConfig::from_file(&run.join("config.toml")).unwrap();
+    assert_eq!(
+        resolved.sampler,
+        siam_data::SamplerConfig::Pk { p: 10, k: 2 }
+    );
 }
 
 #[test]
@@ -306,4 +326,88 @@ fn the_guide_config_parses() {
     let c = TrainConfig::from_toml(block, Path::new("docs/guide.md")).unwrap();
     assert_eq!(c.data.source, "photos");
     assert_eq!(c.validation.patience, Some(3));
+}
+
+/// Every batch loss trains a P×K run to finite figures; the proxy losses keep their class
+/// proxies in the checkpoints (trained: they move between checkpoints), not in the model file,
+/// and an interrupted run resumes to exactly the uninterrupted one.
+#[test]
+fn batch_losses_train_and_proxies_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    for loss in [
+        LossConfig::MultiSimilarity {
+            alpha: 2.0,
+            beta: 50.0,
+            base: 0.5,
+            epsilon: 0.1,
+        },
+        LossConfig::NtXent { temperature: 0.1 },
+        LossConfig::SupCon { temperature: 0.1 },
+        LossConfig::Cosface {
+            margin: 0.35,
+            scale: 30.0,
+        },
+        LossConfig::Arcface {
+            margin: 0.5,
+            scale: 30.0,
+        },
+    ] {
+        let name = loss.kind();
+        let mut cfg = tiny();
+        cfg.model.normalize = true;
+        cfg.loss = loss.clone();
+        let full = dir.path().join(format!("{name}-full"));
+        let s = train(&cfg, &full, &TrainOptions::default(), &mut quiet()).unwrap();
+        assert!(s.test.verification.roc_auc.is_finite(), "{name}");
+        assert!(
+            metrics(&full)
+                .iter()
+                .all(|r| r["loss"].as_f64().is_none_or(f64::is_finite)),
+            "{name}"
+        );
+        if !loss.has_proxies() {
+            continue;
+        }
+        let tensors = |p: &Path| {
+            let bytes = std::fs::read(p).unwrap();
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            st.names().into_iter().map(String::from).collect::<Vec<_>>()
+        };
+        assert!(
+            !tensors(&full.join("model.safetensors"))
+                .iter()
+                .any(|n| n.contains("prox")),
+            "{name}: proxies in the model file"
+        );
+        let ckpts = siam_train::trainer::checkpoints(&full);
+        let proxies = |p: &Path| {
+            let t = candle_core::safetensors::load(p, &candle_core::Device::Cpu).unwrap();
+            t["loss.proxies"]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_ne!(
+            proxies(&ckpts[0]),
+            proxies(ckpts.last().unwrap()),
+            "{name}: the proxies did not train"
+        );
+        let cut = dir.path().join(format!("{name}-cut"));
+        let stop = TrainOptions {
+            stop_after: Some(5),
+            ..Default::default()
+        };
+        assert!(matches!(
+            train(&cfg, &cut, &stop, &mut quiet()).unwrap_err(),
+            TrainError::Interrupted { step: 5, .. }
+        ));
+        resume(&cut, &TrainOptions::default(), &mut quiet()).unwrap();
+        assert_eq!(metrics(&full), metrics(&cut), "{name}");
+        assert_eq!(
+            weights(&full.join("model.safetensors")),
+            weights(&cut.join("model.safetensors")),
+            "{name}"
+        );
+    }
 }

@@ -1,86 +1,8 @@
-//! Metric-learning losses as free functions that check shapes up front.
-//!
-//! Pair labels are always called `same`: 1.0 for a same-class pair, 0.0 otherwise.
-//! The contrastive loss is Hadsell et al. 2006 without a ½ factor, averaged over pairs:
-//! `mean( same·d² + (1−same)·max(0, m−d)² )`.
+//! Triplet loss with online mining over a batch of embeddings with class labels.
 
 use candle_core::{D, DType, Result, Tensor};
 
 use crate::distance::Distance;
-
-fn check_vec(name: &str, t: &Tensor) -> Result<usize> {
-    match t.dims() {
-        [n] => Ok(*n),
-        other => candle_core::bail!("{name} must have shape (N,), got {other:?}"),
-    }
-}
-
-/// Checks that `same` holds only 0.0 and 1.0 (a flipped or soft label is a silent bug).
-fn check_same(same: &Tensor, n: usize) -> Result<()> {
-    let m = check_vec("same", same)?;
-    if m != n {
-        candle_core::bail!("same has {m} entries for {n} distances")
-    }
-    let v: Vec<f32> = same.to_dtype(DType::F32)?.to_vec1()?;
-    if let Some(x) = v.iter().find(|x| **x != 0.0 && **x != 1.0) {
-        candle_core::bail!("same must be 1.0 (same class) or 0.0 (different class), found {x}")
-    }
-    Ok(())
-}
-
-/// Contrastive loss `mean( same·d² + (1−same)·max(0, margin−d)² )`.
-///
-/// `distances` (N,) are pair distances (Euclidean for the usual form), `same` (N,) is 1.0 for
-/// a same-class pair and 0.0 otherwise.
-pub fn contrastive(distances: &Tensor, same: &Tensor, margin: f64) -> Result<Tensor> {
-    contrastive_with(distances, same, margin, 0.0)
-}
-
-/// Contrastive loss with a positive margin: same pairs are only pulled in beyond `pos_margin`:
-/// `mean( same·max(0, d−pos_margin)² + (1−same)·max(0, margin−d)² )`.
-pub fn contrastive_with(
-    distances: &Tensor,
-    same: &Tensor,
-    margin: f64,
-    pos_margin: f64,
-) -> Result<Tensor> {
-    let n = check_vec("distances", distances)?;
-    check_same(same, n)?;
-    if !(margin > 0.0) || pos_margin < 0.0 || pos_margin >= margin {
-        candle_core::bail!(
-            "contrastive loss needs 0 ≤ pos-margin < margin, got {pos_margin} and {margin}"
-        )
-    }
-    let same = same.to_dtype(distances.dtype())?;
-    let pos = if pos_margin > 0.0 {
-        (distances - pos_margin)?.relu()?.sqr()?
-    } else {
-        distances.sqr()?
-    };
-    let neg = (margin - distances)?.relu()?.sqr()?;
-    let diff = (1.0 - &same)?;
-    ((same * pos)? + (diff * neg)?)?.mean_all()
-}
-
-/// Triplet margin loss `mean( max(0, d(a,p) − d(a,n) + margin) )` from precomputed distances.
-pub fn triplet(d_ap: &Tensor, d_an: &Tensor, margin: f64) -> Result<Tensor> {
-    let n = check_vec("d_ap", d_ap)?;
-    let m = check_vec("d_an", d_an)?;
-    if n != m {
-        candle_core::bail!("triplet loss: {n} anchor-positive and {m} anchor-negative distances")
-    }
-    ((d_ap - d_an)? + margin)?.relu()?.mean_all()
-}
-
-/// Binary cross-entropy with logits, `mean( max(x,0) − x·same + log(1 + e^−|x|) )`: the logit is
-/// for "same class".
-pub fn bce_with_logits(logits: &Tensor, same: &Tensor) -> Result<Tensor> {
-    let n = check_vec("logits", logits)?;
-    check_same(same, n)?;
-    let same = same.to_dtype(logits.dtype())?;
-    let softplus = (logits.abs()?.neg()?.exp()? + 1.0)?.log()?;
-    ((logits.relu()? - (logits * same)?)? + softplus)?.mean_all()
-}
 
 /// Online triplet mining over a batch of embeddings with class labels (a P×K batch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
