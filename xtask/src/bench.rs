@@ -252,6 +252,7 @@ pub fn run(a: &Args) -> Result<()> {
                     std: vec![0.353],
                 }),
                 seed: 1,
+                second_view: None,
             };
             let cfg = LoaderConfig {
                 batches_per_epoch: loader_batches,

@@ -18,6 +18,7 @@ fn transform(augment: bool) -> Transform {
                 scale_max: 1.1,
                 translate: 0.1,
                 crop_padding: 2,
+                ..AugmentConfig::none()
             }
         } else {
             AugmentConfig::none()
@@ -27,6 +28,7 @@ fn transform(augment: bool) -> Transform {
             std: vec![0.353],
         }),
         seed: 1,
+        second_view: None,
     }
 }
 

@@ -1,5 +1,6 @@
 //! Augmentation on f32 CHW images: horizontal flip, rotation, affine (scale, translate) with
-//! bilinear interpolation, random crop with padding, and normalisation.
+//! bilinear interpolation, random crop with padding, random resized crop, Gaussian noise,
+//! random erasing, and normalisation.
 //!
 //! Geometric transforms fill with 0 (black) outside the source, before normalisation. Each
 //! sample's randomness comes from an RNG derived from (seed, epoch, sample slot).
@@ -25,6 +26,17 @@ pub struct AugmentConfig {
     pub translate: f32,
     /// Pad by this many zero pixels on each side, then crop back at a random offset (0 = off).
     pub crop_padding: usize,
+    /// Random resized crop (torchvision's `RandomResizedCrop`): a window of a uniform share of
+    /// the area in [`resized-crop-min`, `resized-crop-max`] and an aspect ratio log-uniform in
+    /// [3/4, 4/3], resized back to the full size bilinearly (1, 1 = off).
+    pub resized_crop_min: f32,
+    /// Upper end of the resized crop's area range.
+    pub resized_crop_max: f32,
+    /// Add Gaussian noise of this standard deviation, in [0, 1] pixel units (0 = off).
+    pub noise_std: f32,
+    /// Erase one rectangle with this probability (torchvision's `RandomErasing`: 2–33 % of the
+    /// area, aspect ratio log-uniform in [0.3, 3.3], filled with 0; 0 = off).
+    pub erase_probability: f32,
 }
 
 impl Default for AugmentConfig {
@@ -43,7 +55,28 @@ impl AugmentConfig {
             scale_max: 1.0,
             translate: 0.0,
             crop_padding: 0,
+            resized_crop_min: 1.0,
+            resized_crop_max: 1.0,
+            noise_std: 0.0,
+            erase_probability: 0.0,
         }
+    }
+
+    /// The strong augmentation of a self-supervised view (SimCLR's recipe for small gray
+    /// images): `self`'s transforms plus a resized crop of 35–100 % of the area, noise of
+    /// σ = 0.05 and erasing with probability 0.25, where `self` leaves them off.
+    pub fn strong_view(&self) -> Self {
+        let mut a = self.clone();
+        if a.resized_crop_min == 1.0 && a.resized_crop_max == 1.0 {
+            a.resized_crop_min = 0.35;
+        }
+        if a.noise_std == 0.0 {
+            a.noise_std = 0.05;
+        }
+        if a.erase_probability == 0.0 {
+            a.erase_probability = 0.25;
+        }
+        a
     }
 
     /// Checks ranges; the error names the offending key.
@@ -69,6 +102,27 @@ impl AugmentConfig {
             return bad(
                 "translate",
                 format!("{} is outside [0, 0.5]", self.translate),
+            );
+        }
+        if !(self.resized_crop_min > 0.0
+            && self.resized_crop_min <= self.resized_crop_max
+            && self.resized_crop_max <= 1.0)
+        {
+            return bad(
+                "resized-crop-min",
+                format!(
+                    "need 0 < resized-crop-min ≤ resized-crop-max ≤ 1, got {} and {}",
+                    self.resized_crop_min, self.resized_crop_max
+                ),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.noise_std) {
+            return bad("noise-std", format!("{} is outside [0, 1]", self.noise_std));
+        }
+        if !(0.0..=1.0).contains(&self.erase_probability) {
+            return bad(
+                "erase-probability",
+                format!("{} is outside [0, 1]", self.erase_probability),
             );
         }
         Ok(())
@@ -103,6 +157,17 @@ impl AugmentConfig {
         let p = self.crop_padding;
         let dy = rng.random_range(0..=2 * p);
         let dx = rng.random_range(0..=2 * p);
+        // Drawn after the older transforms' numbers, so configs without these keep their values.
+        let (h, w) = (shape.height, shape.width);
+        let crop = window(
+            rng,
+            h,
+            w,
+            (self.resized_crop_min, self.resized_crop_max),
+            (3.0 / 4.0, 4.0 / 3.0),
+        );
+        let erase_now = rng.random::<f32>() < self.erase_probability;
+        let erased = window(rng, h, w, (0.02, 0.33), (0.3, 3.3));
         if self.hflip && flip {
             hflip(img, shape);
         }
@@ -113,6 +178,89 @@ impl AugmentConfig {
         if p > 0 {
             crop_with_padding(img, scratch, shape, p, dy, dx);
             img.copy_from_slice(scratch);
+        }
+        if self.resized_crop_min < 1.0 {
+            resized_crop(img, scratch, shape, crop);
+            img.copy_from_slice(scratch);
+        }
+        if self.noise_std > 0.0 {
+            add_noise(img, self.noise_std, rng);
+        }
+        if erase_now {
+            erase(img, shape, erased);
+        }
+    }
+}
+
+/// A window (top, left, height, width) of an `h`×`w` image: a share of the area uniform in
+/// `scale`, an aspect ratio (width / height) log-uniform in `ratio`, at a uniform position.
+/// Always draws four numbers; a window too wide or tall for the image is clamped to it.
+fn window(
+    rng: &mut impl Rng,
+    h: usize,
+    w: usize,
+    scale: (f32, f32),
+    ratio: (f32, f32),
+) -> (usize, usize, usize, usize) {
+    let s = scale.0 + rng.random::<f32>() * (scale.1 - scale.0);
+    let (l0, l1) = (ratio.0.ln(), ratio.1.ln());
+    let r = (l0 + rng.random::<f32>() * (l1 - l0)).exp();
+    let (u, v) = (rng.random::<f32>(), rng.random::<f32>());
+    let area = s * (h * w) as f32;
+    let ww = ((area * r).sqrt().round() as usize).clamp(1, w);
+    let hh = ((area / r).sqrt().round() as usize).clamp(1, h);
+    let top = ((u * (h - hh + 1) as f32) as usize).min(h - hh);
+    let left = ((v * (w - ww + 1) as f32) as usize).min(w - ww);
+    (top, left, hh, ww)
+}
+
+/// Resizes the window (top, left, height, width) of `src` to the full size into `dst`,
+/// bilinearly with half-pixel centres (torchvision's `resize`, no antialiasing).
+pub fn resized_crop(
+    src: &[f32],
+    dst: &mut [f32],
+    shape: ImageShape,
+    (top, left, ch, cw): (usize, usize, usize, usize),
+) {
+    let (h, w) = (shape.height, shape.width);
+    let (sy, sx) = (ch as f32 / h as f32, cw as f32 / w as f32);
+    for (sp, dp) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(h * w)) {
+        for y in 0..h {
+            let yin =
+                (top as f32 + (y as f32 + 0.5) * sy - 0.5).clamp(top as f32, (top + ch - 1) as f32);
+            for x in 0..w {
+                let xin = (left as f32 + (x as f32 + 0.5) * sx - 0.5)
+                    .clamp(left as f32, (left + cw - 1) as f32);
+                dp[y * w + x] = bilinear(sp, h, w, yin, xin);
+            }
+        }
+    }
+}
+
+/// Adds N(0, σ²) to every value (Box–Muller over our RNG).
+fn add_noise(img: &mut [f32], sigma: f32, rng: &mut impl Rng) {
+    for pair in img.chunks_mut(2) {
+        let u1 = 1.0 - rng.random::<f32>(); // (0, 1]: ln is finite
+        let u2 = rng.random::<f32>();
+        let rad = (-2.0 * u1.ln()).sqrt() * sigma;
+        let (s, c) = (std::f32::consts::TAU * u2).sin_cos();
+        pair[0] += rad * c;
+        if let Some(b) = pair.get_mut(1) {
+            *b += rad * s;
+        }
+    }
+}
+
+/// Sets the window (top, left, height, width) to 0 in every channel.
+pub fn erase(
+    img: &mut [f32],
+    shape: ImageShape,
+    (top, left, eh, ew): (usize, usize, usize, usize),
+) {
+    let (h, w) = (shape.height, shape.width);
+    for plane in img.chunks_exact_mut(h * w) {
+        for row in plane[top * w..(top + eh) * w].chunks_exact_mut(w) {
+            row[left..left + ew].fill(0.0);
         }
     }
 }
@@ -301,7 +449,153 @@ mod tests {
     }
 
     #[test]
+    fn a_full_window_resized_crop_is_identity() {
+        let src = img();
+        let mut dst = vec![0.0; src.len()];
+        resized_crop(&src, &mut dst, S, (0, 0, S.height, S.width));
+        for (a, b) in src.iter().zip(&dst) {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn resized_crop_matches_pytorch_bilinear() {
+        // torchvision's resized_crop on tensors is F.interpolate(bilinear, align_corners=False):
+        //   x = torch.arange(36.).reshape(1, 1, 6, 6)
+        //   F.interpolate(x[:, :, 1:4, 2:6], size=[6, 6], mode='bilinear',
+        //                 align_corners=False).flatten().tolist()
+        let want: [f32; 36] = [
+            8.0, 8.5, 9.166667, 9.833334, 10.5, 11.0, 9.5, 10.0, 10.666667, 11.333333, 12.0, 12.5,
+            12.5, 13.0, 13.666667, 14.333333, 15.0, 15.5, 15.5, 16.0, 16.666668, 17.333334, 18.0,
+            18.5, 18.5, 19.0, 19.666668, 20.333332, 21.0, 21.5, 20.0, 20.5, 21.166668, 21.833334,
+            22.5, 23.0,
+        ];
+        let sh = ImageShape {
+            channels: 1,
+            height: 6,
+            width: 6,
+        };
+        let src: Vec<f32> = (0..36).map(|i| i as f32).collect();
+        let mut dst = vec![0.0; 36];
+        resized_crop(&src, &mut dst, sh, (1, 2, 3, 4));
+        for (i, (a, b)) in dst.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() < 1e-5, "pixel {i}: {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn windows_stay_inside_the_image_and_cover_the_asked_area() {
+        let mut rng = rng_for(3, &[1]);
+        let mut areas = vec![];
+        for _ in 0..2000 {
+            let (t, l, h, w) = window(&mut rng, 28, 28, (0.35, 1.0), (0.75, 4.0 / 3.0));
+            assert!(h >= 1 && w >= 1 && t + h <= 28 && l + w <= 28);
+            areas.push((h * w) as f64 / 784.0);
+        }
+        let mean = areas.iter().sum::<f64>() / areas.len() as f64;
+        // Uniform in [0.35, 1] has mean 0.675; clamping at the borders pulls it a little down.
+        assert!((0.6..0.7).contains(&mean), "mean area share {mean}");
+    }
+
+    #[test]
+    fn noise_has_the_asked_spread_and_erasing_zeroes_a_window() {
+        let sh = ImageShape {
+            channels: 1,
+            height: 64,
+            width: 64,
+        };
+        let mut a = vec![0.5f32; sh.numel()];
+        add_noise(&mut a, 0.1, &mut rng_for(5, &[1]));
+        let n = a.len() as f64;
+        let mean = a.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        let var = a
+            .iter()
+            .map(|&v| (f64::from(v) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        assert!((mean - 0.5).abs() < 0.01, "mean {mean}");
+        assert!((var.sqrt() - 0.1).abs() < 0.01, "std {}", var.sqrt());
+        let mut b = vec![1.0f32; sh.numel()];
+        erase(&mut b, sh, (3, 5, 10, 7));
+        assert_eq!(b.iter().filter(|&&v| v == 0.0).count(), 70);
+        assert_eq!(b[3 * 64 + 5], 0.0);
+        assert_eq!(b[3 * 64 + 12], 1.0);
+    }
+
+    #[test]
+    fn strong_views_are_deterministic_per_sample_and_differ_between_samples() {
+        let sh = ImageShape {
+            channels: 1,
+            height: 28,
+            width: 28,
+        };
+        let base: Vec<f32> = (0..sh.numel())
+            .map(|i| (i as f32 * 0.1).sin().abs())
+            .collect();
+        let aug = AugmentConfig::none().strong_view();
+        aug.validate().unwrap();
+        let view = |slot: u64| {
+            let mut a = base.clone();
+            let mut scratch = vec![0.0; a.len()];
+            aug.apply(&mut a, &mut scratch, sh, &mut rng_for(9, &[2, 0, slot]));
+            a
+        };
+        assert_eq!(view(4), view(4));
+        assert_ne!(view(4), view(5));
+        assert_ne!(view(4), base);
+    }
+
+    #[test]
+    fn new_transforms_leave_older_configs_unchanged() {
+        // The new transforms draw after the older ones: a config without them gives the same
+        // image whether or not they exist (checked against a crop-only run drawn by hand).
+        let c = AugmentConfig {
+            crop_padding: 2,
+            ..AugmentConfig::none()
+        };
+        let mut a = img();
+        let mut scratch = vec![0.0; a.len()];
+        c.apply(&mut a, &mut scratch, S, &mut rng_for(1, &[7]));
+        let mut rng = rng_for(1, &[7]);
+        let _flip = rng.random::<f32>();
+        let _angle = rng.random_range(-1.0f32..=1.0);
+        let _scale = rng.random::<f32>();
+        let _tx = rng.random_range(-1.0f32..=1.0);
+        let _ty = rng.random_range(-1.0f32..=1.0);
+        let dy = rng.random_range(0..=4usize);
+        let dx = rng.random_range(0..=4usize);
+        let mut b = vec![0.0; a.len()];
+        crop_with_padding(&img(), &mut b, S, 2, dy, dx);
+        assert_eq!(a, b);
+    }
+
+    #[test]
     fn validate_names_the_key() {
+        for (c, key) in [
+            (
+                AugmentConfig {
+                    resized_crop_min: 0.0,
+                    ..AugmentConfig::none()
+                },
+                "resized-crop-min",
+            ),
+            (
+                AugmentConfig {
+                    noise_std: -1.0,
+                    ..AugmentConfig::none()
+                },
+                "noise-std",
+            ),
+            (
+                AugmentConfig {
+                    erase_probability: 2.0,
+                    ..AugmentConfig::none()
+                },
+                "erase-probability",
+            ),
+        ] {
+            assert!(c.validate().unwrap_err().to_string().contains(key), "{key}");
+        }
         let c = AugmentConfig {
             rotate_degrees: 400.0,
             ..AugmentConfig::none()

@@ -24,6 +24,9 @@ pub struct Transform {
     pub normalize: Option<Normalize>,
     /// Seed of the augmentation stream.
     pub seed: u64,
+    /// For two-view self-supervised training: a second view of every P×K image, drawn with
+    /// this augmentation from its own stream (`Batch::Classes::views`). `None`: one view.
+    pub second_view: Option<AugmentConfig>,
 }
 
 impl Transform {
@@ -33,6 +36,7 @@ impl Transform {
             augment: AugmentConfig::none(),
             normalize,
             seed: 0,
+            second_view: None,
         }
     }
 
@@ -47,12 +51,30 @@ impl Transform {
         out: &mut [f32],
         scratch: &mut Vec<f32>,
     ) {
+        self.write_view(set, i, (epoch, slot), out, scratch, None);
+    }
+
+    /// [`Transform::write`] for the first view (`view = None`) or the second view drawn with
+    /// `view`'s augmentation from the second-view stream.
+    fn write_view(
+        &self,
+        set: &ImageSet,
+        i: usize,
+        (epoch, slot): (u64, u64),
+        out: &mut [f32],
+        scratch: &mut Vec<f32>,
+        view: Option<&AugmentConfig>,
+    ) {
         set.write_f32(i, out);
         let shape = set.shape();
-        if !self.augment.is_identity() {
+        let (augment, tag) = match view {
+            None => (&self.augment, stream::AUGMENT),
+            Some(a) => (a, stream::SECOND_VIEW),
+        };
+        if !augment.is_identity() {
             scratch.resize(out.len(), 0.0);
-            let mut rng = rng_for(self.seed, &[stream::AUGMENT, epoch, slot]);
-            self.augment.apply(out, scratch, shape, &mut rng);
+            let mut rng = rng_for(self.seed, &[tag, epoch, slot]);
+            augment.apply(out, scratch, shape, &mut rng);
         }
         if let Some(n) = &self.normalize {
             n.apply(out, shape);
@@ -68,6 +90,18 @@ impl Transform {
         first_slot: u64,
         device: &Device,
     ) -> Result<Tensor> {
+        self.tensor_view(set, indices, epoch, first_slot, device, None)
+    }
+
+    fn tensor_view(
+        &self,
+        set: &ImageSet,
+        indices: &[usize],
+        epoch: u64,
+        first_slot: u64,
+        device: &Device,
+        view: Option<&AugmentConfig>,
+    ) -> Result<Tensor> {
         let s = set.shape();
         let n = s.numel();
         let mut buf = vec![0f32; indices.len() * n];
@@ -75,7 +109,8 @@ impl Transform {
             .zip(indices.par_iter())
             .enumerate()
             .for_each_init(Vec::new, |scratch, (j, (out, &i))| {
-                self.write(set, i, epoch, first_slot + j as u64, out, scratch);
+                let slot = first_slot + j as u64;
+                self.write_view(set, i, (epoch, slot), out, scratch, view);
             });
         Ok(Tensor::from_vec(
             buf,
@@ -112,6 +147,8 @@ pub enum Batch {
         images: Tensor,
         /// Class labels.
         labels: Tensor,
+        /// A second view of the same images (N, C, H, W), when the transform asks for one.
+        views: Option<Tensor>,
     },
 }
 
@@ -160,6 +197,12 @@ pub fn materialize(
         BatchIndices::Classes(c) => Batch::Classes {
             images: t(&c.indices, 0)?,
             labels: Tensor::from_slice(&c.labels, c.labels.len(), device)?,
+            views: match &transform.second_view {
+                Some(v) => {
+                    Some(transform.tensor_view(set, &c.indices, epoch, base, device, Some(v))?)
+                }
+                None => None,
+            },
         },
     })
 }
@@ -219,6 +262,9 @@ impl Loader {
             n.validate(set.shape().channels)?;
         }
         transform.augment.validate()?;
+        if let Some(v) = &transform.second_view {
+            v.validate()?;
+        }
         let pool = match cfg.threads {
             Some(n) => Some(
                 rayon::ThreadPoolBuilder::new()

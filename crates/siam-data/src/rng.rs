@@ -23,6 +23,8 @@ pub mod stream {
     pub const EVAL_PAIRS: u64 = 6;
     /// Class proxies of the CosFace and ArcFace losses.
     pub const PROXIES: u64 = 7;
+    /// The second augmented view of two-view self-supervised training.
+    pub const SECOND_VIEW: u64 = 8;
 }
 
 /// SplitMix64 finaliser: a bijective 64-bit mix with good avalanche.

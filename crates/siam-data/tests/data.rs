@@ -10,7 +10,7 @@ use siam_data::augment::{AugmentConfig, Normalize, affine};
 use siam_data::idx::{self, IdxSplit};
 use siam_data::{
     Batch, BatchIndices, FolderOptions, ImageSet, ImageShape, Loader, LoaderConfig, SamplerConfig,
-    Transform, load_folder,
+    Transform, load_folder, loader::materialize,
 };
 
 fn fixtures() -> PathBuf {
@@ -484,12 +484,14 @@ fn augmenting(seed: u64) -> Transform {
             scale_max: 1.1,
             translate: 0.1,
             crop_padding: 2,
+            ..AugmentConfig::none()
         },
         normalize: Some(Normalize {
             mean: vec![0.286],
             std: vec![0.353],
         }),
         seed,
+        second_view: None,
     }
 }
 
@@ -597,4 +599,44 @@ fn dropping_a_loader_mid_stream_stops_its_thread() {
     .unwrap();
     assert!(loader.next().is_some());
     drop(loader); // must return, not hang
+}
+
+/// A transform with a second view gives P×K batches a second tensor of the same images: a
+/// function of (seed, epoch, slot) like the first view, drawn from its own stream, so it
+/// differs from the first view and from another epoch's.
+#[test]
+fn second_views_are_deterministic_and_differ_from_the_first() {
+    let set = fixture_train();
+    let sampler = SamplerConfig::Pk { p: 3, k: 2 }.build(&set, 6, 1).unwrap();
+    let mut t = augmenting(5);
+    t.second_view = Some(t.augment.strong_view());
+    let batch = |epoch: u64| {
+        let idx = sampler.batch(epoch, 0);
+        match materialize(&set, &idx, &t, epoch, 0, 6, &Device::Cpu).unwrap() {
+            Batch::Classes { images, views, .. } => (
+                images.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                views
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap(),
+            ),
+            _ => unreachable!("pk batches"),
+        }
+    };
+    let (a, v) = batch(0);
+    assert_eq!(batch(0), (a.clone(), v.clone()));
+    assert_eq!(a.len(), v.len());
+    assert_ne!(a, v);
+    assert_ne!(batch(1).1, v);
+    let plain = augmenting(5);
+    let idx = sampler.batch(0, 0);
+    match materialize(&set, &idx, &plain, 0, 0, 6, &Device::Cpu).unwrap() {
+        Batch::Classes { images, views, .. } => {
+            assert!(views.is_none());
+            assert_eq!(images.flatten_all().unwrap().to_vec1::<f32>().unwrap(), a);
+        }
+        _ => unreachable!("pk batches"),
+    }
 }

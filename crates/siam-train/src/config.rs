@@ -45,6 +45,34 @@ pub struct TrainConfig {
     pub validation: ValidationConfig,
     /// Checkpoints.
     pub checkpoint: CheckpointConfig,
+    /// Two-view self-supervised training (NT-Xent over two augmented views of each image),
+    /// mixed with the supervised loss; absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_supervised: Option<SelfSupervised>,
+}
+
+/// `[self-supervised]`: the loss becomes `(1 − weight)·supervised + weight·NT-Xent`, the
+/// NT-Xent term over two views of every image of the P×K batch (each image's two views are
+/// its only positives; SimCLR). With `weight = 1` the class labels are not used for training.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct SelfSupervised {
+    /// The self-supervised term's share of the loss, in (0, 1].
+    pub weight: f64,
+    /// NT-Xent's τ (default 0.1).
+    #[serde(default = "temperature")]
+    pub temperature: f64,
+    /// The second view's augmentation (default: the run's `[augment]` plus a resized crop of
+    /// 35–100 % of the area, noise σ = 0.05 and erasing with probability 0.25).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub augment: Option<AugmentConfig>,
+}
+
+impl SelfSupervised {
+    /// The second view's augmentation for a run whose first view uses `first`.
+    pub fn view_augment(&self, first: &AugmentConfig) -> AugmentConfig {
+        self.augment.clone().unwrap_or_else(|| first.strong_view())
+    }
 }
 
 /// Data source and split.
@@ -457,6 +485,7 @@ impl TrainConfig {
                 every_steps: 0,
                 keep_last: 2,
             },
+            self_supervised: None,
         };
         match name {
             "seed" => Ok(base),
@@ -687,6 +716,30 @@ impl TrainConfig {
                         ),
                     );
                 }
+            }
+        }
+        if let Some(ss) = &self.self_supervised {
+            if !(ss.weight > 0.0 && ss.weight <= 1.0) {
+                return bad(
+                    "self-supervised.weight",
+                    format!("{} must be in (0, 1]", ss.weight),
+                );
+            }
+            if !(ss.temperature > 0.0 && ss.temperature.is_finite()) {
+                return bad(
+                    "self-supervised.temperature",
+                    format!("{} must be positive", ss.temperature),
+                );
+            }
+            if let Some(a) = &ss.augment {
+                a.validate()
+                    .map_err(|e| TrainError::Config(format!("self-supervised.{e}")))?;
+            }
+            if !matches!(self.sampler, SamplerConfig::Pk { .. }) {
+                return bad(
+                    "sampler.kind",
+                    "two-view self-supervised training takes pk batches".into(),
+                );
             }
         }
         if self.loss.takes_classes() && !matches!(self.sampler, SamplerConfig::Pk { .. }) {

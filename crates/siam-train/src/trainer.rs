@@ -725,54 +725,91 @@ impl<'a> Run<'a> {
                     None,
                 )
             }
-            Batch::Classes { images, labels } => {
-                let e = m.forward_t(images, true)?;
+            Batch::Classes {
+                images,
+                labels,
+                views,
+            } => {
                 let labels: Vec<u32> = labels.to_device(&Device::Cpu)?.to_vec1()?;
-                match &self.cfg.loss {
-                    LossConfig::Triplet { margin, mining } => {
-                        let r =
-                            loss::mined_triplet(&e, &labels, *margin, m.distance_kind(), *mining)?;
-                        (r.loss, Some(f64::from(r.active_fraction)))
+                let ss = self.cfg.self_supervised.as_ref();
+                let (e, second) = match (ss, views) {
+                    (Some(_), Some(v)) => {
+                        // Both views in one forward pass: BatchNorm sees one batch.
+                        let n = images.dim(0)?;
+                        let both = m.forward_t(&Tensor::cat(&[images, v], 0)?, true)?;
+                        (both.narrow(0, 0, n)?, Some(both))
                     }
-                    LossConfig::Contrastive { margin, pos_margin } => {
-                        // All pairs of the batch; positives and negatives weigh one half each.
-                        let n = labels.len();
-                        let (mut pa, mut pb, mut na, mut nb) = (vec![], vec![], vec![], vec![]);
-                        for i in 0..n {
-                            for j in i + 1..n {
-                                if labels[i] == labels[j] {
-                                    pa.push(i as u32);
-                                    pb.push(j as u32);
-                                } else {
-                                    na.push(i as u32);
-                                    nb.push(j as u32);
-                                }
-                            }
+                    _ => (m.forward_t(images, true)?, None),
+                };
+                let (sup, active) = match ss {
+                    Some(s) if s.weight >= 1.0 => (None, None),
+                    _ => {
+                        let (l, a) = self.supervised_class_loss(&e, &labels)?;
+                        (Some(l), a)
+                    }
+                };
+                let Some(s) = ss else {
+                    return Ok((sup.expect("supervised without self-supervision"), active));
+                };
+                let both = second.ok_or_else(|| {
+                    TrainError::Config("two-view training needs the batch's second views".into())
+                })?;
+                let n = labels.len() as u32;
+                let ids: Vec<u32> = (0..n).chain(0..n).collect();
+                let selfsup = (loss::nt_xent(&both, &ids, s.temperature)? * s.weight)?;
+                let total = match sup {
+                    Some(l) => ((l * (1.0 - s.weight))? + selfsup)?,
+                    None => selfsup,
+                };
+                (total, active)
+            }
+        })
+    }
+
+    /// The supervised loss over a P×K batch's embeddings, with the miner's active fraction.
+    fn supervised_class_loss(&self, e: &Tensor, labels: &[u32]) -> Result<(Tensor, Option<f64>)> {
+        let m = &self.model;
+        Ok(match &self.cfg.loss {
+            LossConfig::Triplet { margin, mining } => {
+                let r = loss::mined_triplet(e, labels, *margin, m.distance_kind(), *mining)?;
+                (r.loss, Some(f64::from(r.active_fraction)))
+            }
+            LossConfig::Contrastive { margin, pos_margin } => {
+                // All pairs of the batch; positives and negatives weigh one half each.
+                let n = labels.len();
+                let (mut pa, mut pb, mut na, mut nb) = (vec![], vec![], vec![], vec![]);
+                for i in 0..n {
+                    for j in i + 1..n {
+                        if labels[i] == labels[j] {
+                            pa.push(i as u32);
+                            pb.push(j as u32);
+                        } else {
+                            na.push(i as u32);
+                            nb.push(j as u32);
                         }
-                        let dev = e.device();
-                        let part = |a: Vec<u32>, b: Vec<u32>, s: f32| -> Result<Tensor> {
-                            let k = a.len();
-                            let ia = Tensor::from_vec(a, k, dev)?;
-                            let ib = Tensor::from_vec(b, k, dev)?;
-                            let d =
-                                m.distance(&e.index_select(&ia, 0)?, &e.index_select(&ib, 0)?)?;
-                            let same = Tensor::full(s, k, dev)?;
-                            Ok(loss::contrastive_with(&d, &same, *margin, *pos_margin)?)
-                        };
-                        (((part(pa, pb, 1.0)? + part(na, nb, 0.0)?)? * 0.5)?, None)
-                    }
-                    LossConfig::Bce => unreachable!("validated: bce takes pairs"),
-                    l => {
-                        let proxies = self
-                            .loss_vars
-                            .data()
-                            .lock()
-                            .expect("var map lock")
-                            .get("proxies")
-                            .map(|v| v.as_tensor().clone());
-                        (class_batch_loss(l, &e, &labels, proxies.as_ref())?, None)
                     }
                 }
+                let dev = e.device();
+                let part = |a: Vec<u32>, b: Vec<u32>, s: f32| -> Result<Tensor> {
+                    let k = a.len();
+                    let ia = Tensor::from_vec(a, k, dev)?;
+                    let ib = Tensor::from_vec(b, k, dev)?;
+                    let d = m.distance(&e.index_select(&ia, 0)?, &e.index_select(&ib, 0)?)?;
+                    let same = Tensor::full(s, k, dev)?;
+                    Ok(loss::contrastive_with(&d, &same, *margin, *pos_margin)?)
+                };
+                (((part(pa, pb, 1.0)? + part(na, nb, 0.0)?)? * 0.5)?, None)
+            }
+            LossConfig::Bce => unreachable!("validated: bce takes pairs"),
+            l => {
+                let proxies = self
+                    .loss_vars
+                    .data()
+                    .lock()
+                    .expect("var map lock")
+                    .get("proxies")
+                    .map(|v| v.as_tensor().clone());
+                (class_batch_loss(l, e, labels, proxies.as_ref())?, None)
             }
         })
     }
@@ -885,6 +922,10 @@ impl<'a> Run<'a> {
                     std: input.std.clone(),
                 }),
                 seed: cfg.seed,
+                second_view: cfg
+                    .self_supervised
+                    .as_ref()
+                    .map(|s| s.view_augment(&cfg.augment)),
             };
             let loader = Loader::spawn(
                 self.data.train.clone(),

@@ -411,3 +411,73 @@ fn batch_losses_train_and_proxies_resume_exactly() {
         );
     }
 }
+
+/// Two-view self-supervised training on the fixtures: alone (weight 1, labels unused by the
+/// loss) and mixed with a supervised loss. Each run trains (finite losses, a test figure), the
+/// term changes what is learned, and an interrupted two-view run resumes exactly (the second
+/// view's randomness is a function of the sample, as the first's).
+#[test]
+fn two_view_self_supervised_runs_train_and_resume_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plain = tiny();
+    plain.model.normalize = true;
+    let one = dir.path().join("one-view");
+    train(&plain, &one, &TrainOptions::default(), &mut quiet()).unwrap();
+    for weight in [0.5, 1.0] {
+        let mut cfg = plain.clone();
+        cfg.self_supervised = Some(siam_train::config::SelfSupervised {
+            weight,
+            temperature: 0.2,
+            augment: None,
+        });
+        let full = dir.path().join(format!("ssl-{weight}"));
+        let s = train(&cfg, &full, &TrainOptions::default(), &mut quiet()).unwrap();
+        assert!(s.test.verification.roc_auc.is_finite());
+        let losses: Vec<f64> = metrics(&full)
+            .iter()
+            .filter_map(|r| r["loss"].as_f64())
+            .collect();
+        assert!(!losses.is_empty() && losses.iter().all(|l| l.is_finite() && *l > 0.0));
+        assert_ne!(
+            weights(&one.join("model.safetensors")),
+            weights(&full.join("model.safetensors")),
+            "weight {weight}: the self-supervised term changed nothing"
+        );
+        let text = std::fs::read_to_string(full.join("config.toml")).unwrap();
+        assert!(text.contains("[self-supervised]"), "{text}");
+        let cut = dir.path().join(format!("ssl-{weight}-cut"));
+        let stop = TrainOptions {
+            stop_after: Some(3),
+            ..Default::default()
+        };
+        assert!(train(&cfg, &cut, &stop, &mut quiet()).is_err());
+        resume(&cut, &TrainOptions::default(), &mut quiet()).unwrap();
+        assert_eq!(metrics(&full), metrics(&cut), "weight {weight}");
+        assert_eq!(
+            weights(&full.join("model.safetensors")),
+            weights(&cut.join("model.safetensors")),
+        );
+    }
+    // Bad settings name the key.
+    for (edit, key) in [
+        (
+            "[self-supervised]\nweight = 0.0\n",
+            "self-supervised.weight",
+        ),
+        (
+            "[self-supervised]\nweight = 0.5\ntemperature = -1.0\n",
+            "self-supervised.temperature",
+        ),
+        (
+            "[self-supervised]\nweight = 0.5\n[self-supervised.augment]\nnoise-std = 3.0\n",
+            "self-supervised.augment.noise-std",
+        ),
+        ("[self-supervised]\nweight = 0.5\nwieght = 1.0\n", "wieght"),
+    ] {
+        let text = format!("{}\n{edit}", plain.to_toml());
+        let e = TrainConfig::from_toml(&text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{key}: {e}");
+    }
+}
