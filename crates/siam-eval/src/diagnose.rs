@@ -53,18 +53,22 @@ pub enum Kind {
     NonFinite,
     /// Retrieval no better than raw pixels or an untrained encoder.
     WeakFeatures,
+    /// Training made the encoder worse than untrained (or than pixels) on this data — on
+    /// classes it never saw — while its figures on the training classes are good.
+    OverSpecialised,
     /// The stored threshold is far from the best threshold on this data.
     StaleThreshold,
 }
 
 impl Kind {
     /// Every kind, in the order reports list them.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::NonFinite,
         Kind::InvertedLabels,
         Kind::Collapse,
         Kind::EvalMode,
         Kind::MarginScale,
+        Kind::OverSpecialised,
         Kind::WeakFeatures,
         Kind::Overfitting,
         Kind::StaleThreshold,
@@ -84,6 +88,7 @@ impl Kind {
             Kind::EvalMode => "eval-mode",
             Kind::NonFinite => "non-finite",
             Kind::WeakFeatures => "weak-features",
+            Kind::OverSpecialised => "over-specialised",
             Kind::StaleThreshold => "stale-threshold",
         }
     }
@@ -299,6 +304,28 @@ pub struct Measurements {
     pub history: Option<History>,
     /// Train versus validation figures, when the run is known.
     pub generalization: Option<Generalization>,
+    /// Figures split by the classes the model trained on and those it never saw, when known.
+    #[serde(default)]
+    pub classes: Option<ClassBreakdown>,
+}
+
+/// Retrieval on the diagnosed data split by whether the model trained on the class.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ClassBreakdown {
+    /// Classes of the data the model trained on.
+    pub seen_classes: usize,
+    /// Classes of the data it never saw.
+    pub unseen_classes: usize,
+    /// Precision@1 within the seen classes' images (None with fewer than two such classes).
+    pub seen_precision_at_1: Option<f64>,
+    /// The untrained encoder's precision@1 within the seen classes' images.
+    pub seen_untrained_precision_at_1: Option<f64>,
+    /// Precision@1 within the unseen classes' images.
+    pub unseen_precision_at_1: Option<f64>,
+    /// The untrained encoder's precision@1 within the unseen classes' images.
+    pub unseen_untrained_precision_at_1: Option<f64>,
+    /// Raw pixels' precision@1 within the unseen classes' images.
+    pub unseen_pixels_precision_at_1: Option<f64>,
 }
 
 /// A full diagnosis: the measurements and the findings, worst first.
@@ -364,6 +391,10 @@ pub struct Probe<'a> {
     pub non_finite_weights: Vec<String>,
     /// Measure retrieval of raw pixels and of an untrained encoder (the weak-features check).
     pub baselines: bool,
+    /// The labels (of `labels`' numbering) of the classes the model was trained on, when its
+    /// file records them (a run with a class split): figures are then split by seen and unseen
+    /// classes.
+    pub seen_labels: Option<&'a [u32]>,
 }
 
 fn to_vec2(t: &Tensor) -> Result<Vec<f32>> {
@@ -534,6 +565,32 @@ fn quantile(v: &[f32], same: &[f32], want_same: bool, q: f64) -> f64 {
     s[lo] + (pos - lo as f64) * (s[hi] - s[lo])
 }
 
+/// Leave-one-out precision@1 within the rows of `emb` whose `is_seen` flag equals `want`;
+/// `None` when they hold fewer than two classes.
+fn subset_precision_at_1(
+    emb: &Tensor,
+    labels: &[u32],
+    is_seen: &[bool],
+    want: bool,
+    distance: Distance,
+) -> Result<Option<f64>> {
+    let rows: Vec<u32> = (0..labels.len() as u32)
+        .filter(|&i| is_seen[i as usize] == want)
+        .collect();
+    let sub_labels: Vec<u32> = rows.iter().map(|&i| labels[i as usize]).collect();
+    let mut distinct = sub_labels.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() < 2 {
+        return Ok(None);
+    }
+    let idx = Tensor::from_vec(rows.clone(), rows.len(), emb.device())?;
+    let sub = emb.index_select(&idx, 0)?;
+    Ok(Some(
+        retrieval(&sub, &sub_labels, None, distance, 256)?.precision_at_1,
+    ))
+}
+
 /// Measures everything [`findings`] needs. `context` says how the model was trained;
 /// `history` and `generalization` come from its run folder when known.
 pub fn measure(
@@ -592,6 +649,7 @@ pub fn measure(
     let retrieval_report = retrieval(&clean, probe.labels, None, model.distance_kind(), 256)?;
     let geometry = geometry(&clean, model.distance_kind())?;
     let consistency = consistency(model, probe.images)?;
+    let mut baseline_embeddings = None;
     let (pixels, untrained, untrained_auc) = if probe.baselines {
         let flat = probe.images.flatten_from(1)?.to_device(&Device::Cpu)?;
         let px = retrieval(&flat, probe.labels, None, Distance::Euclidean, 256)?;
@@ -599,6 +657,7 @@ pub fn measure(
         let ue = fresh.embed_chunked(probe.images, 512)?;
         let un = retrieval(&ue, probe.labels, None, model.distance_kind(), 256)?;
         let ud = pair_distances(&ue, pa, pb, model.distance_kind())?;
+        baseline_embeddings = Some((flat, ue.to_device(&Device::Cpu)?));
         (
             Some(px.precision_at_1),
             Some(un.precision_at_1),
@@ -606,6 +665,45 @@ pub fn measure(
         )
     } else {
         (None, None, None)
+    };
+    let classes = match probe.seen_labels {
+        Some(seen) => {
+            let is_seen: Vec<bool> = probe.labels.iter().map(|l| seen.contains(l)).collect();
+            let p1 = |e: &Tensor, want: bool, d: Distance| -> Result<Option<f64>> {
+                subset_precision_at_1(e, probe.labels, &is_seen, want, d)
+            };
+            let count = |want: bool| {
+                let mut c: Vec<u32> = probe
+                    .labels
+                    .iter()
+                    .zip(&is_seen)
+                    .filter(|(_, s)| **s == want)
+                    .map(|(l, _)| *l)
+                    .collect();
+                c.sort_unstable();
+                c.dedup();
+                c.len()
+            };
+            let dk = model.distance_kind();
+            let (upx, uun, sun) = match &baseline_embeddings {
+                Some((flat, ue)) => (
+                    p1(flat, false, Distance::Euclidean)?,
+                    p1(ue, false, dk)?,
+                    p1(ue, true, dk)?,
+                ),
+                None => (None, None, None),
+            };
+            Some(ClassBreakdown {
+                seen_classes: count(true),
+                unseen_classes: count(false),
+                seen_precision_at_1: p1(&clean, true, dk)?,
+                seen_untrained_precision_at_1: sun,
+                unseen_precision_at_1: p1(&clean, false, dk)?,
+                unseen_untrained_precision_at_1: uun,
+                unseen_pixels_precision_at_1: upx,
+            })
+        }
+        None => None,
     };
     let roc = roc(&finite, same)?;
     let m = Measurements {
@@ -629,6 +727,7 @@ pub fn measure(
         non_finite_embeddings,
         history,
         generalization,
+        classes,
     };
     let evidence = Evidence {
         embeddings: ev,
@@ -1025,8 +1124,111 @@ pub fn findings(m: &Measurements) -> Vec<Finding> {
         }
     }
 
-    // weak-features
+    // over-specialised: worse than a baseline where training figures are good
     if let (Some(px), Some(un)) = (m.pixels_precision_at_1, m.untrained_precision_at_1) {
+        let p1 = m.retrieval.precision_at_1;
+        let cb = m.classes.as_ref();
+        let unseen = cb.and_then(|c| {
+            let b = c
+                .unseen_untrained_precision_at_1?
+                .max(c.unseen_pixels_precision_at_1?);
+            Some((c.unseen_precision_at_1?, b))
+        });
+        let worse_here = p1 + 0.005 < px.max(un);
+        let worse_unseen = unseen.is_some_and(|(u, b)| u + 0.005 < b);
+        let train_p1 = m.generalization.as_ref().map(|g| g.train_precision_at_1);
+        // Training helped where it trained, and far more than where it did not: the seen
+        // classes against the untrained encoder on the same images (P@1 of different class
+        // subsets is not comparable), gaining at least 3 points more than the unseen ones.
+        let helped_seen = cb.is_some_and(|c| {
+            match (
+                c.seen_precision_at_1,
+                c.seen_untrained_precision_at_1,
+                c.unseen_precision_at_1,
+                c.unseen_untrained_precision_at_1,
+            ) {
+                (Some(s), Some(su), Some(u), Some(uu)) => s >= su && (s - su) - (u - uu) > 0.03,
+                _ => false,
+            }
+        });
+        let good_in_training = helped_seen
+            || (cb.is_none() && train_p1.is_some_and(|t| t > px.max(un).max(p1) + 0.02));
+        if (worse_here || worse_unseen) && good_in_training {
+            let (what, have, base) = match unseen {
+                Some((u, b)) if worse_unseen => ("on the classes it never saw", u, b),
+                _ => ("on this data", p1, px.max(un)),
+            };
+            let mut f = finding(
+                Kind::OverSpecialised,
+                Severity::Warning,
+                format!(
+                    "training made the encoder worse than {} {what}: precision@1 {have:.3} against {base:.3}, while it \
+                     separates its training classes well",
+                    if px >= un { "raw pixels" } else { "untrained" },
+                ),
+            )
+            .with("precision-at-1", p1)
+            .with("pixels-precision-at-1", px)
+            .with("untrained-precision-at-1", un)
+            .with("roc-auc", m.verification.roc_auc);
+            if let Some(a) = m.untrained_roc_auc {
+                f = f.with("untrained-roc-auc", a);
+            }
+            if let Some(t) = train_p1 {
+                f = f.with("train-precision-at-1", t);
+            }
+            if let Some(c) = cb {
+                for (name, v) in [
+                    ("seen-classes", Some(c.seen_classes as f64)),
+                    ("unseen-classes", Some(c.unseen_classes as f64)),
+                    ("seen-precision-at-1", c.seen_precision_at_1),
+                    (
+                        "seen-untrained-precision-at-1",
+                        c.seen_untrained_precision_at_1,
+                    ),
+                    ("unseen-precision-at-1", c.unseen_precision_at_1),
+                    (
+                        "unseen-untrained-precision-at-1",
+                        c.unseen_untrained_precision_at_1,
+                    ),
+                    (
+                        "unseen-pixels-precision-at-1",
+                        c.unseen_pixels_precision_at_1,
+                    ),
+                ] {
+                    if let Some(v) = v {
+                        f = f.with(name, v);
+                    }
+                }
+            }
+            if let Some(h) = m.history.as_ref().filter(|h| !h.validations.is_empty()) {
+                let sign = if h.higher_is_better { 1.0 } else { -1.0 };
+                let best = h
+                    .validations
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| (sign * a.1.metric).total_cmp(&(sign * b.1.metric)))
+                    .map_or(0, |(i, _)| i);
+                f = f
+                    .with("best-validation", (best + 1) as f64)
+                    .with("validations", h.validations.len() as f64);
+            }
+            out.push(f.explain(
+                "The supervised loss learned only what tells the training classes apart and discarded what the \
+                 untrained network already separated: the encoder is specialised to its training classes. Training \
+                 longer, or a deeper encoder, specialises it further.",
+                "Stop earlier: hold classes out with data.class-split so that validation measures classes the model \
+                 never trains on, validate every epoch and keep the best (validation.patience = 1); train on more, or \
+                 more varied, classes. Stronger augmentation (augment.resized-crop-min, augment.erase-probability) or a \
+                 self-supervised term ([self-supervised] weight = 0.3) may help; measure them on held-out classes.",
+            ));
+        }
+    }
+
+    // weak-features
+    if let (Some(px), Some(un)) = (m.pixels_precision_at_1, m.untrained_precision_at_1)
+        && !out.iter().any(|f| f.kind == Kind::OverSpecialised)
+    {
         let p1 = m.retrieval.precision_at_1;
         let best = px.max(un);
         if p1 <= best + 0.005 {

@@ -250,6 +250,7 @@ mod findings {
             non_finite_embeddings: 0,
             history: None,
             generalization: None,
+            classes: None,
         }
     }
 
@@ -396,6 +397,62 @@ mod findings {
             !kinds(&m).contains(&Kind::WeakFeatures),
             "no baselines, no claim"
         );
+    }
+
+    #[test]
+    fn worse_than_untrained_while_training_figures_are_good_is_over_specialised() {
+        // On this data the trained encoder retrieves worse than untrained, but on its own
+        // training classes it is far better: over-specialised, not weak, and its fix is not
+        // "train longer".
+        let mut m = healthy();
+        m.retrieval.precision_at_1 = 0.70;
+        m.generalization = Some(Generalization {
+            train_precision_at_1: 0.95,
+            val_precision_at_1: 0.70,
+            train_roc_auc: 0.99,
+            val_roc_auc: 0.8,
+        });
+        let f = findings(&m);
+        let o = f
+            .iter()
+            .find(|f| f.kind == Kind::OverSpecialised)
+            .expect("over-specialised");
+        assert!(!f.iter().any(|f| f.kind == Kind::WeakFeatures), "{f:?}");
+        assert!(!o.fix.contains("longer"), "{}", o.fix);
+        assert!(o.fix.contains("self-supervised"));
+        let names: Vec<&str> = o.evidence.iter().map(|e| e.name.as_str()).collect();
+        assert!(
+            names.contains(&"untrained-precision-at-1") && names.contains(&"train-precision-at-1")
+        );
+        // Without good training figures it is plain weak features.
+        m.generalization = None;
+        assert!(kinds(&m).contains(&Kind::WeakFeatures));
+        assert!(!kinds(&m).contains(&Kind::OverSpecialised));
+        // Known seen / unseen classes: good on the seen ones, worse than untrained on the
+        // unseen ones — even where the whole data's figure beats the baselines.
+        let mut m = healthy();
+        m.classes = Some(siam_eval::diagnose::ClassBreakdown {
+            seen_classes: 7,
+            unseen_classes: 3,
+            seen_precision_at_1: Some(0.9),
+            seen_untrained_precision_at_1: Some(0.8),
+            unseen_precision_at_1: Some(0.80),
+            unseen_untrained_precision_at_1: Some(0.9),
+            unseen_pixels_precision_at_1: Some(0.93),
+        });
+        let f = findings(&m);
+        let o = f
+            .iter()
+            .find(|f| f.kind == Kind::OverSpecialised)
+            .expect("over-specialised on unseen classes");
+        assert!(o.summary.contains("never saw"), "{}", o.summary);
+        // Training that made the seen classes worse too is not specialisation.
+        m.classes.as_mut().unwrap().seen_untrained_precision_at_1 = Some(0.95);
+        assert!(!kinds(&m).contains(&Kind::OverSpecialised));
+        // Unseen classes as good as the baselines: nothing to say.
+        m.classes.as_mut().unwrap().seen_untrained_precision_at_1 = Some(0.8);
+        m.classes.as_mut().unwrap().unseen_precision_at_1 = Some(0.95);
+        assert!(!kinds(&m).contains(&Kind::OverSpecialised));
     }
 
     #[test]

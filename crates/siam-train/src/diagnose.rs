@@ -217,6 +217,15 @@ pub fn diagnose(
             )),
         }
     }
+    // The classes the model trained on, when its file records a class split.
+    let seen_labels: Option<Vec<u32>> = crate::evaluate::seen_classes(&model, &set).map(|s| {
+        set.class_names()
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| s.seen.contains(n))
+            .map(|(c, _)| c as u32)
+            .collect()
+    });
     let probe = Probe {
         model: &model,
         images: &images,
@@ -225,6 +234,7 @@ pub fn diagnose(
         pairs: (&pairs.a, &pairs.b, &pairs.same),
         non_finite_weights,
         baselines: opts.baselines,
+        seen_labels: seen_labels.as_deref(),
     };
     let (measurements, evidence) = diagnose::measure(&probe, ctx, history.clone(), generalization)?;
     let findings = diagnose::findings(&measurements);
