@@ -1,0 +1,228 @@
+//! The loss of a batch, for every loss kind, and the loss's own trainable variables.
+
+use super::*;
+
+pub(super) fn named_vars(model: &SiameseModel) -> Vec<(String, candle_core::Var)> {
+    let data = model.varmap().data().lock().expect("var map lock");
+    data.iter()
+        .filter(|(k, _)| !k.ends_with(".running_mean") && !k.ends_with(".running_var"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+/// The optimizer's variables: the model's trainable ones, then the loss's (`loss.NAME`).
+pub(super) fn trained_vars(
+    model: &SiameseModel,
+    loss_vars: &candle_nn::VarMap,
+) -> Vec<(String, candle_core::Var)> {
+    let mut v = named_vars(model);
+    let data = loss_vars.data().lock().expect("var map lock");
+    v.extend(
+        data.iter()
+            .map(|(k, var)| (format!("loss.{k}"), var.clone())),
+    );
+    v
+}
+
+/// The loss's trainable state for `cfg`: CosFace/ArcFace proxies, one row per class of the data
+/// (labels index `classes`), drawn from the config's seed; empty for the other losses.
+pub(super) fn loss_state(
+    cfg: &TrainConfig,
+    classes: usize,
+    dim: usize,
+    device: &Device,
+) -> Result<candle_nn::VarMap> {
+    let vars = candle_nn::VarMap::new();
+    if cfg.loss.has_proxies() {
+        let init = loss::init_proxies(
+            classes,
+            dim,
+            derive_seed(cfg.seed, &[stream::PROXIES]),
+            device,
+        )?;
+        vars.data()
+            .lock()
+            .expect("var map lock")
+            .insert("proxies".into(), candle_core::Var::from_tensor(&init)?);
+    }
+    Ok(vars)
+}
+
+/// The loss over a labelled batch of embeddings for the losses that take one whole (all but
+/// contrastive and triplet, which the trainer mines itself); `proxies` for CosFace/ArcFace.
+pub(crate) fn class_batch_loss(
+    cfg: &LossConfig,
+    e: &Tensor,
+    labels: &[u32],
+    proxies: Option<&Tensor>,
+) -> Result<Tensor> {
+    let need = |p: Option<&Tensor>| {
+        p.cloned().ok_or_else(|| {
+            TrainError::Config(format!("the {} loss needs its class proxies", cfg.kind()))
+        })
+    };
+    Ok(match *cfg {
+        LossConfig::MultiSimilarity {
+            alpha,
+            beta,
+            base,
+            epsilon,
+        } => loss::multi_similarity(
+            e,
+            labels,
+            &loss::MsConfig {
+                alpha,
+                beta,
+                base,
+                epsilon: Some(epsilon),
+            },
+        )?,
+        LossConfig::NtXent { temperature } => loss::nt_xent(e, labels, temperature)?,
+        LossConfig::SupCon { temperature } => loss::supcon(e, labels, temperature)?,
+        LossConfig::Cosface { margin, scale } => {
+            loss::cosface(e, labels, &need(proxies)?, margin, scale)?
+        }
+        LossConfig::Arcface { margin, scale } => {
+            loss::arcface(e, labels, &need(proxies)?, margin, scale)?
+        }
+        ref other => {
+            return Err(TrainError::Config(format!(
+                "the {} loss is not a batch loss",
+                other.kind()
+            )));
+        }
+    })
+}
+
+impl Run<'_> {
+    /// The loss of one batch, with the miner's active fraction.
+    pub(super) fn batch_loss(&self, batch: &Batch) -> Result<(Tensor, Option<f64>)> {
+        let m = &self.model;
+        Ok(match batch {
+            Batch::Pairs { a, b, same } => {
+                let n = a.dim(0)?;
+                let e = m.forward_t(&Tensor::cat(&[a, b], 0)?, true)?;
+                let (e1, e2) = (e.narrow(0, 0, n)?, e.narrow(0, n, n)?);
+                match &self.cfg.loss {
+                    LossConfig::Bce => (
+                        loss::bce_with_logits(&m.pair_logits(&e1, &e2)?, same)?,
+                        None,
+                    ),
+                    LossConfig::Contrastive { margin, pos_margin } => (
+                        loss::contrastive_with(&m.distance(&e1, &e2)?, same, *margin, *pos_margin)?,
+                        None,
+                    ),
+                    l => unreachable!("validated: the {} loss takes no pairs", l.kind()),
+                }
+            }
+            Batch::Triplets {
+                anchor,
+                positive,
+                negative,
+            } => {
+                let n = anchor.dim(0)?;
+                let e = m.forward_t(&Tensor::cat(&[anchor, positive, negative], 0)?, true)?;
+                let (ea, ep, en) = (
+                    e.narrow(0, 0, n)?,
+                    e.narrow(0, n, n)?,
+                    e.narrow(0, 2 * n, n)?,
+                );
+                let margin = self.cfg.loss.margin().unwrap_or(1.0);
+                (
+                    loss::triplet(&m.distance(&ea, &ep)?, &m.distance(&ea, &en)?, margin)?,
+                    None,
+                )
+            }
+            Batch::Classes {
+                images,
+                labels,
+                views,
+            } => {
+                let labels: Vec<u32> = labels.to_device(&Device::Cpu)?.to_vec1()?;
+                let ss = self.cfg.self_supervised.as_ref();
+                let (e, second) = match (ss, views) {
+                    (Some(_), Some(v)) => {
+                        // Both views in one forward pass: BatchNorm sees one batch.
+                        let n = images.dim(0)?;
+                        let both = m.forward_t(&Tensor::cat(&[images, v], 0)?, true)?;
+                        (both.narrow(0, 0, n)?, Some(both))
+                    }
+                    _ => (m.forward_t(images, true)?, None),
+                };
+                let (sup, active) = match ss {
+                    Some(s) if s.weight >= 1.0 => (None, None),
+                    _ => {
+                        let (l, a) = self.supervised_class_loss(&e, &labels)?;
+                        (Some(l), a)
+                    }
+                };
+                let Some(s) = ss else {
+                    return Ok((sup.expect("supervised without self-supervision"), active));
+                };
+                let both = second.ok_or_else(|| {
+                    TrainError::Config("two-view training needs the batch's second views".into())
+                })?;
+                let n = labels.len() as u32;
+                let ids: Vec<u32> = (0..n).chain(0..n).collect();
+                let selfsup = (loss::nt_xent(&both, &ids, s.temperature)? * s.weight)?;
+                let total = match sup {
+                    Some(l) => ((l * (1.0 - s.weight))? + selfsup)?,
+                    None => selfsup,
+                };
+                (total, active)
+            }
+        })
+    }
+
+    /// The supervised loss over a P×K batch's embeddings, with the miner's active fraction.
+    pub(super) fn supervised_class_loss(
+        &self,
+        e: &Tensor,
+        labels: &[u32],
+    ) -> Result<(Tensor, Option<f64>)> {
+        let m = &self.model;
+        Ok(match &self.cfg.loss {
+            LossConfig::Triplet { margin, mining } => {
+                let r = loss::mined_triplet(e, labels, *margin, m.distance_kind(), *mining)?;
+                (r.loss, Some(f64::from(r.active_fraction)))
+            }
+            LossConfig::Contrastive { margin, pos_margin } => {
+                // All pairs of the batch; positives and negatives weigh one half each.
+                let n = labels.len();
+                let (mut pa, mut pb, mut na, mut nb) = (vec![], vec![], vec![], vec![]);
+                for i in 0..n {
+                    for j in i + 1..n {
+                        if labels[i] == labels[j] {
+                            pa.push(i as u32);
+                            pb.push(j as u32);
+                        } else {
+                            na.push(i as u32);
+                            nb.push(j as u32);
+                        }
+                    }
+                }
+                let dev = e.device();
+                let part = |a: Vec<u32>, b: Vec<u32>, s: f32| -> Result<Tensor> {
+                    let k = a.len();
+                    let ia = Tensor::from_vec(a, k, dev)?;
+                    let ib = Tensor::from_vec(b, k, dev)?;
+                    let d = m.distance(&e.index_select(&ia, 0)?, &e.index_select(&ib, 0)?)?;
+                    let same = Tensor::full(s, k, dev)?;
+                    Ok(loss::contrastive_with(&d, &same, *margin, *pos_margin)?)
+                };
+                (((part(pa, pb, 1.0)? + part(na, nb, 0.0)?)? * 0.5)?, None)
+            }
+            LossConfig::Bce => unreachable!("validated: bce takes pairs"),
+            l => {
+                let proxies = self
+                    .loss_vars
+                    .data()
+                    .lock()
+                    .expect("var map lock")
+                    .get("proxies")
+                    .map(|v| v.as_tensor().clone());
+                (class_batch_loss(l, e, labels, proxies.as_ref())?, None)
+            }
+        })
+    }
+}

@@ -1,0 +1,335 @@
+//! The training loop: one run folder, seeded and resumable. It emits [`Event`]s and prints
+//! nothing; the CLI renders them.
+//!
+//! Run folder: `config.toml` (resolved), `metrics.jsonl` (a record per log step and per
+//! validation), `checkpoints/step-NNNNNNNN.safetensors` (weights, optimizer state, counters),
+//! `model.safetensors` (best model with its calibrated threshold), `summary.json` (final test).
+//!
+//! The map:
+//! - this file: the records and events a run emits, [`train`] and [`resume`];
+//! - [`folder`]: the run folder — its lock, `metrics.jsonl`, checkpoints written and read;
+//! - [`losses`]: the loss of a batch for every loss kind (mining, all pairs, the batch losses,
+//!   the two-view self-supervised term) and the loss's own variables (class proxies);
+//! - [`run`]: one run's loop — steps, logging, validation and model selection, the final test.
+
+mod folder;
+mod losses;
+mod run;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use siam_data::rng::{derive_seed, stream};
+use siam_data::{
+    Batch, ImageSet, Loader, LoaderConfig, Normalize, PairIndices, SamplerConfig, Transform,
+};
+use siam_model::loss;
+use siam_model::model::write_atomic;
+use siam_model::{InputSpec, ModelConfig, SiameseModel};
+
+use crate::config::{LossConfig, Metric, TrainConfig};
+use crate::data::{self, Datasets};
+use crate::error::{Result, TrainError};
+use crate::evaluate::{EvalReport, EvalSpec, eval_pairs, evaluate};
+use crate::optim::{Optimizer, learning_rate};
+
+pub use folder::checkpoints;
+use folder::{RunLock, append_record, checkpoint_dir, load_checkpoint, remove_stale_temp_files};
+pub(crate) use losses::class_batch_loss;
+use losses::{loss_state, trained_vars};
+use run::model_config;
+
+/// A training-step record (also a line of `metrics.jsonl`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StepRecord {
+    /// Epoch, from 1.
+    pub epoch: u64,
+    /// Global step, from 1.
+    pub step: u64,
+    /// Mean training loss since the previous record.
+    pub loss: f64,
+    /// Learning rate of this step.
+    pub lr: f64,
+    /// Share of active triplets or pairs the miner reported (P×K batches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_fraction: Option<f64>,
+    /// Training pairs (or triplets, or images for P×K) per second since the previous record.
+    pub pairs_per_s: f64,
+    /// Estimated seconds to the end of training.
+    pub eta_s: f64,
+}
+
+/// A validation record (also a line of `metrics.jsonl`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ValidationRecord {
+    /// Epoch, from 1.
+    pub epoch: u64,
+    /// Global step.
+    pub step: u64,
+    /// The figures.
+    pub report: EvalReport,
+    /// The selection metric's value.
+    pub metric: f64,
+    /// True when this validation is the best so far (the model was saved).
+    pub best: bool,
+}
+
+/// What the trainer reports while it runs.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// The run starts (or resumes at `start_step`).
+    Started {
+        /// The run folder.
+        run_dir: &'a Path,
+        /// What data was loaded.
+        data: &'a str,
+        /// Images in each split.
+        sizes: [usize; 3],
+        /// Trainable parameters.
+        parameters: usize,
+        /// Steps in the run.
+        total_steps: u64,
+        /// The first step to run (0 unless resuming).
+        start_step: u64,
+    },
+    /// A logged training step.
+    Step(&'a StepRecord),
+    /// A validation pass.
+    Validation(&'a ValidationRecord),
+    /// A checkpoint was written.
+    Checkpoint {
+        /// Its file.
+        path: &'a Path,
+        /// The step it holds.
+        step: u64,
+    },
+    /// Early stopping ended the run.
+    EarlyStop {
+        /// The step it stopped at.
+        step: u64,
+        /// The step of the best model.
+        best_step: u64,
+    },
+    /// The final test evaluation starts.
+    Testing,
+    /// The config was fitted to the data (P capped at the number of classes, say).
+    Note(&'a str),
+}
+
+/// Options that are not part of the recipe.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Stop (with a checkpoint) after this global step, as an interruption would.
+    pub stop_after: Option<u64>,
+    /// Set to stop at the next step with a checkpoint (Ctrl-C).
+    pub stop: Option<Arc<AtomicBool>>,
+    /// Threads for augmentation (default 1: the model takes the cores).
+    pub loader_threads: Option<usize>,
+}
+
+/// The final result of a run (`summary.json`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Summary {
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// The best model file.
+    pub model: PathBuf,
+    /// What data was used.
+    pub data: String,
+    /// Steps run.
+    pub steps: u64,
+    /// Step of the best validation.
+    pub best_step: u64,
+    /// The selection metric and its best value.
+    pub best_metric: (Metric, f64),
+    /// Test figures of the best model at its calibrated threshold.
+    pub test: EvalReport,
+    /// Wall time of this invocation, seconds.
+    pub wall_s: f64,
+    /// With a class split: the class names of each role (training classes are the only ones
+    /// seen; the test figures are on `test` classes alone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<ClassNames>,
+}
+
+/// Class names by role in a three-way class split.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ClassNames {
+    /// Trained on: the only classes the model has seen.
+    pub train: Vec<String>,
+    /// Validated on (model selection, calibration), never trained on.
+    pub validation: Vec<String>,
+    /// Tested on only.
+    pub test: Vec<String>,
+}
+
+impl ClassNames {
+    fn of(roles: &siam_data::split::ClassRoles, names: &[String]) -> Self {
+        let n = |c: &[u32]| {
+            c.iter()
+                .map(|&l| {
+                    names
+                        .get(l as usize)
+                        .cloned()
+                        .unwrap_or_else(|| l.to_string())
+                })
+                .collect()
+        };
+        Self {
+            train: n(&roles.train),
+            validation: n(&roles.validation),
+            test: n(&roles.test),
+        }
+    }
+}
+
+/// Counters saved in checkpoints.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+struct Progress {
+    step: u64,
+    optimizer_steps: u64,
+    best: Option<(f64, u64)>,
+    bad_validations: usize,
+    window_loss: f64,
+    window_active: f64,
+    window_steps: u64,
+    stopped_early: bool,
+}
+
+const CHECKPOINT_KEY: &str = "siam-checkpoint";
+
+struct Run<'a> {
+    cfg: TrainConfig,
+    dir: PathBuf,
+    data: Datasets,
+    model: SiameseModel,
+    /// The loss's own trainable state (CosFace/ArcFace class proxies): trained with the model,
+    /// kept in checkpoints, not in the model file.
+    loss_vars: candle_nn::VarMap,
+    opt: Optimizer,
+    progress: Progress,
+    val_pairs: PairIndices,
+    eval_transform: Transform,
+    opts: &'a TrainOptions,
+}
+
+/// Starts a new run in `dir`, which must not exist or be empty.
+pub fn train(
+    cfg: &TrainConfig,
+    dir: &Path,
+    opts: &TrainOptions,
+    on: &mut dyn FnMut(Event<'_>),
+) -> Result<Summary> {
+    cfg.validate()?;
+    if dir.exists()
+        && std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(TrainError::run(
+            dir,
+            "the run folder exists and is not empty; choose another --out, or resume it",
+        ));
+    }
+    // Everything that can fail on the inputs fails before the run folder exists.
+    let data = data::load(&cfg.data, cfg.seed)?;
+    let (sampler, note) = cfg.sampler.fit(&data.train);
+    sampler.build(&data.train, cfg.batch_size, cfg.seed)?;
+    let device = siam_model::parse_device(&cfg.device)?;
+    let mcfg = model_config(cfg, &data.train);
+    let model = SiameseModel::new(&mcfg, derive_seed(cfg.seed, &[stream::INIT]), &device)?;
+    // config.toml first: a run killed at any later point can be resumed from its folder.
+    std::fs::create_dir_all(dir)
+        .map_err(|e| TrainError::run(dir, format!("cannot create the run folder: {e}")))?;
+    let mut resolved = cfg.clone();
+    resolved.sampler = sampler;
+    if let Some(n) = &note {
+        on(Event::Note(n));
+    }
+    resolved.data.mean = Some(mcfg.input.mean.clone());
+    resolved.data.std = Some(mcfg.input.std.clone());
+    write_atomic(&dir.join("config.toml"), resolved.to_toml().as_bytes())
+        .map_err(|e| TrainError::run(dir.join("config.toml"), e.to_string()))?;
+    let _lock = RunLock::acquire(dir)?;
+    std::fs::create_dir_all(checkpoint_dir(dir))
+        .map_err(|e| TrainError::run(dir, format!("cannot create the run folder: {e}")))?;
+    let loss_vars = loss_state(
+        &resolved,
+        data.train.num_classes(),
+        mcfg.encoder.embedding_dim(),
+        &device,
+    )?;
+    let opt = Optimizer::new(cfg.optimizer.clone(), trained_vars(&model, &loss_vars));
+    if let Some(r) = &data.roles {
+        let mut rec = serde_json::to_value(ClassNames::of(r, data.train.class_names()))
+            .map_err(|e| TrainError::run(dir, e.to_string()))?;
+        rec["step"] = 0.into();
+        append_record(dir, "classes", &rec)?;
+    }
+    let run = Run::new(
+        resolved,
+        dir,
+        data,
+        (model, loss_vars),
+        opt,
+        Progress::default(),
+        opts,
+    )?;
+    run.go(on)
+}
+
+/// Resumes the run in `dir` from its latest checkpoint; the result equals an uninterrupted run.
+/// A run stopped before its first checkpoint (killed, say) starts again from step 0.
+pub fn resume(dir: &Path, opts: &TrainOptions, on: &mut dyn FnMut(Event<'_>)) -> Result<Summary> {
+    let cfg = TrainConfig::from_file(&dir.join("config.toml"))?;
+    let _lock = RunLock::acquire(dir)?;
+    remove_stale_temp_files(dir);
+    let data = data::load(&cfg.data, cfg.seed)?;
+    let device = siam_model::parse_device(&cfg.device)?;
+    let mcfg = model_config(&cfg, &data.train);
+    let loss_vars = loss_state(
+        &cfg,
+        data.train.num_classes(),
+        mcfg.encoder.embedding_dim(),
+        &device,
+    )?;
+    let (model, opt, progress) = match checkpoints(dir).pop() {
+        Some(ckpt) => {
+            let model = SiameseModel::new(&mcfg, 0, &device)?;
+            let mut opt = Optimizer::new(cfg.optimizer.clone(), trained_vars(&model, &loss_vars));
+            let progress = load_checkpoint(&ckpt, &model, &loss_vars, &mut opt)?;
+            (model, opt, progress)
+        }
+        None => {
+            let model = SiameseModel::new(&mcfg, derive_seed(cfg.seed, &[stream::INIT]), &device)?;
+            let opt = Optimizer::new(cfg.optimizer.clone(), trained_vars(&model, &loss_vars));
+            std::fs::create_dir_all(checkpoint_dir(dir))
+                .map_err(|e| TrainError::run(dir, format!("cannot create checkpoints/: {e}")))?;
+            let _ = std::fs::remove_file(dir.join("model.safetensors"));
+            (model, opt, Progress::default())
+        }
+    };
+    // Forget what was logged after the checkpoint: it will be produced again, identically.
+    let mp = dir.join("metrics.jsonl");
+    if let Ok(text) = std::fs::read_to_string(&mp) {
+        let kept: String = text
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l)
+                    .ok()
+                    .and_then(|v| v["step"].as_u64())
+                    .is_some_and(|s| s <= progress.step)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        write_atomic(&mp, kept.as_bytes()).map_err(|e| TrainError::run(&mp, e.to_string()))?;
+    }
+    let run = Run::new(cfg, dir, data, (model, loss_vars), opt, progress, opts)?;
+    run.go(on)
+}
