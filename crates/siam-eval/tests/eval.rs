@@ -411,6 +411,7 @@ mod findings {
             val_precision_at_1: 0.70,
             train_roc_auc: 0.99,
             val_roc_auc: 0.8,
+            train_untrained_precision_at_1: Some(0.75),
         });
         let f = findings(&m);
         let o = f
@@ -449,6 +450,35 @@ mod findings {
         // Training that made the seen classes worse too is not specialisation.
         m.classes.as_mut().unwrap().seen_untrained_precision_at_1 = Some(0.95);
         assert!(!kinds(&m).contains(&Kind::OverSpecialised));
+        // Data of unseen classes only (a held-out test set): the signal destroyed there while
+        // training helped on its own training sample is over-specialisation, not inverted labels.
+        let mut u = healthy();
+        u.verification.roc_auc = 0.58;
+        u.untrained_roc_auc = Some(0.74);
+        u.retrieval.precision_at_1 = 0.77;
+        u.classes = Some(siam_eval::diagnose::ClassBreakdown {
+            seen_classes: 0,
+            unseen_classes: 3,
+            seen_precision_at_1: None,
+            seen_untrained_precision_at_1: None,
+            unseen_precision_at_1: Some(0.77),
+            unseen_untrained_precision_at_1: Some(0.94),
+            unseen_pixels_precision_at_1: Some(0.94),
+        });
+        assert!(
+            kinds(&u).contains(&Kind::InvertedLabels),
+            "no evidence of training yet"
+        );
+        u.generalization = Some(Generalization {
+            train_precision_at_1: 0.9,
+            val_precision_at_1: 0.6,
+            train_roc_auc: 0.97,
+            val_roc_auc: 0.6,
+            train_untrained_precision_at_1: Some(0.8),
+        });
+        let k = kinds(&u);
+        assert!(k.contains(&Kind::OverSpecialised), "{k:?}");
+        assert!(!k.contains(&Kind::InvertedLabels), "{k:?}");
         // Unseen classes as good as the baselines: nothing to say.
         m.classes.as_mut().unwrap().seen_untrained_precision_at_1 = Some(0.8);
         m.classes.as_mut().unwrap().unseen_precision_at_1 = Some(0.95);
@@ -463,6 +493,7 @@ mod findings {
             val_precision_at_1: 0.8,
             train_roc_auc: 0.999,
             val_roc_auc: 0.96,
+            train_untrained_precision_at_1: None,
         });
         assert!(kinds(&m).contains(&Kind::Overfitting));
         let mut m = healthy();

@@ -284,7 +284,21 @@ fn train_vs_val(
         &transform,
         &spec,
     )?;
+    // The untrained encoder on the same training sample (seed 0, as diagnose's baseline).
+    let untrained = if opts.baselines {
+        let fresh = SiameseModel::new(model.config(), 0, model.device())?;
+        let idx: Vec<usize> = (0..tr.len()).collect();
+        let images = transform.tensor(&tr, &idx, 0, 0, model.device())?;
+        let e = fresh.embed_chunked(&images, 512)?;
+        Some(
+            siam_eval::retrieval(&e, &tr.labels(), None, fresh.distance_kind(), 256)?
+                .precision_at_1,
+        )
+    } else {
+        None
+    };
     Ok(Generalization {
+        train_untrained_precision_at_1: untrained,
         train_precision_at_1: rt.retrieval.precision_at_1,
         val_precision_at_1: rv.retrieval.precision_at_1,
         train_roc_auc: rt.verification.roc_auc,
