@@ -481,3 +481,18 @@ fn two_view_self_supervised_runs_train_and_resume_exactly() {
         assert!(e.contains(key), "{key}: {e}");
     }
 }
+
+/// The recipes docs/BENCHMARKS.md runs parse and validate as they are committed.
+#[test]
+fn the_benchmark_recipes_parse() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/recipes");
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "toml") {
+            TrainConfig::from_file(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 5, "{n} recipes");
+}
