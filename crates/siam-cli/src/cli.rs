@@ -32,16 +32,36 @@ pub enum Command {
     Calibrate(CalibrateArgs),
     /// Short training runs over a grid of margins and learning rates, side by side.
     Sweep(SweepArgs),
+    /// Print a fully resolved training config as TOML (a preset, a file, overrides), validated.
+    Config(ConfigArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ConfigArgs {
+    /// A TOML config; with --preset, it holds only what differs from the preset.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// A built-in recipe: default, seed, quick, convnet (default: default).
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Override a key, dotted for nested tables (loss.margin=0.5); repeatable, applied in order.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
 }
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// A TOML config (see docs/guide.md); flags below override it.
-    #[arg(long, conflicts_with = "preset")]
+    /// A TOML config (see docs/guide.md); with --preset, it holds only what differs from the
+    /// preset. --set and the flags below override it.
+    #[arg(long)]
     pub config: Option<PathBuf>,
     /// A built-in recipe: default, seed, quick, convnet.
     #[arg(long)]
     pub preset: Option<String>,
+    /// Override any config key, dotted for nested tables (--set loss.margin=0.5 --set
+    /// data.class-split.test.count=3); repeatable, applied in order, before the flags below.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
     /// Data: fixtures, fashion-mnist, mnist, an IDX directory or an image folder.
     #[arg(long)]
     pub data: Option<String>,
@@ -66,7 +86,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Resume the run in this folder from its last checkpoint.
-    #[arg(long, conflicts_with_all = ["config", "preset", "out"])]
+    #[arg(long, conflicts_with_all = ["config", "preset", "out", "sets"])]
     pub resume: Option<PathBuf>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
@@ -208,12 +228,15 @@ pub struct CalibrateArgs {
 
 #[derive(Args, Debug)]
 pub struct SweepArgs {
-    /// The base config (TOML).
-    #[arg(long, conflicts_with = "preset")]
+    /// The base config (TOML); with --preset, it holds only what differs from the preset.
+    #[arg(long)]
     pub config: Option<PathBuf>,
     /// A built-in base recipe (default: quick).
     #[arg(long)]
     pub preset: Option<String>,
+    /// Override a config key (loss.kind=triplet); repeatable, applied in order.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub sets: Vec<String>,
     /// Margins to try, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub margin: Vec<f64>,

@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use siam_model::SiameseModel;
+use siam_train::TrainOptions;
+use siam_train::config::ConfigSource;
 use siam_train::evaluate::{EvalSpec, eval_pairs, evaluate};
-use siam_train::{TrainConfig, TrainOptions};
 
 use crate::cli::{
-    CalibrateArgs, Cli, Command, CompareArgs, DiagnoseArgs, EmbedArgs, EvalArgs, InfoArgs,
-    ModelArg, SearchArgs, SweepArgs, TrainArgs,
+    CalibrateArgs, Cli, Command, CompareArgs, ConfigArgs, DiagnoseArgs, EmbedArgs, EvalArgs,
+    InfoArgs, ModelArg, SearchArgs, SweepArgs, TrainArgs,
 };
 use crate::render;
 
@@ -33,6 +34,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Diagnose(a) => diagnose(a),
         Command::Calibrate(a) => calibrate(a),
         Command::Sweep(a) => sweep(a),
+        Command::Config(a) => config(a),
     }
 }
 
@@ -77,15 +79,11 @@ fn train(a: TrainArgs) -> Result<()> {
     let summary = if let Some(dir) = &a.resume {
         siam_train::resume(dir, &opts, &mut |e| progress.on(e))?
     } else {
-        let (mut cfg, name) = match (&a.config, &a.preset) {
-            (Some(p), _) => (
-                TrainConfig::from_file(p)?,
-                p.file_stem()
-                    .map_or("run".into(), |s| s.to_string_lossy().into_owned()),
-            ),
-            (None, Some(p)) => (TrainConfig::preset(p)?, p.clone()),
-            (None, None) => (TrainConfig::preset("default")?, "default".into()),
-        };
+        let (mut cfg, name) = siam_train::config::resolve(&ConfigSource {
+            preset: a.preset.as_deref(),
+            file: a.config.as_deref(),
+            sets: &a.sets,
+        })?;
         if let Some(d) = &a.data {
             cfg.data.source = d.clone();
         }
@@ -603,17 +601,33 @@ fn calibrate(a: CalibrateArgs) -> Result<()> {
     Ok(())
 }
 
+fn config(a: ConfigArgs) -> Result<()> {
+    let (cfg, _) = siam_train::config::resolve(&ConfigSource {
+        preset: a.preset.as_deref(),
+        file: a.config.as_deref(),
+        sets: &a.sets,
+    })?;
+    print!("{}", cfg.to_toml());
+    Ok(())
+}
+
 fn sweep(a: SweepArgs) -> Result<()> {
     if a.margin.is_empty() && a.lr.is_empty() {
         bail!(
             "nothing to sweep: give --margin and/or --lr, comma-separated (for example --margin 0.5,1,2)"
         );
     }
-    let mut cfg = match (&a.config, &a.preset) {
-        (Some(p), _) => TrainConfig::from_file(p)?,
-        (None, Some(p)) => TrainConfig::preset(p)?,
-        (None, None) => TrainConfig::preset("quick")?,
+    // A sweep's base is `quick` unless a preset or a complete file is given.
+    let preset = match (&a.preset, &a.config) {
+        (Some(p), _) => Some(p.as_str()),
+        (None, Some(_)) => None,
+        (None, None) => Some("quick"),
     };
+    let (mut cfg, _) = siam_train::config::resolve(&ConfigSource {
+        preset,
+        file: a.config.as_deref(),
+        sets: &a.sets,
+    })?;
     if let Some(d) = &a.data {
         cfg.data.source = d.clone();
     }

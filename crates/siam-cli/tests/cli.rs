@@ -1319,3 +1319,103 @@ fn unwritable_outputs_fail_cleanly() {
         .collect();
     assert!(left.is_empty(), "left on the full disk: {left:?}");
 }
+
+/// `siam config` prints every preset as TOML that parses back to the same config; a partial
+/// file over a preset and `--set` overrides resolve the same way in `config` and `train`.
+#[test]
+fn config_prints_resolves_and_overrides() {
+    for p in siam_train::config::PRESETS {
+        let o = siam().args(["config", "--preset", p]).output().unwrap();
+        assert!(
+            o.status.success(),
+            "{p}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let text = String::from_utf8(o.stdout).unwrap();
+        let back = siam_train::TrainConfig::from_toml(&text, Path::new("stdout")).unwrap();
+        assert_eq!(back, siam_train::TrainConfig::preset(p).unwrap(), "{p}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let partial = dir.path().join("short.toml");
+    std::fs::write(
+        &partial,
+        "epochs = 1\nsteps-per-epoch = 8\n[loss]\nmargin = 0.6\n",
+    )
+    .unwrap();
+    let o = siam()
+        .args(["config", "--preset", "quick", "--config"])
+        .arg(&partial)
+        .args([
+            "--set",
+            "loss.pos-margin=0.1",
+            "--set",
+            "validation.pairs=500",
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let c =
+        siam_train::TrainConfig::from_toml(&String::from_utf8(o.stdout).unwrap(), Path::new("-"))
+            .unwrap();
+    let mut want = siam_train::TrainConfig::preset("quick").unwrap();
+    want.epochs = 1;
+    want.steps_per_epoch = 8;
+    want.loss = siam_train::config::LossConfig::Contrastive {
+        margin: 0.6,
+        pos_margin: 0.1,
+    };
+    want.validation.pairs = 500;
+    assert_eq!(c, want);
+
+    // train records the same resolution in its run folder.
+    let out = dir.path().join("run");
+    let o = siam()
+        .args(["train", "--preset", "quick", "--config"])
+        .arg(&partial)
+        .args([
+            "--set",
+            "loss.pos-margin=0.1",
+            "--set",
+            "validation.pairs=500",
+            "--out",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut recorded = siam_train::TrainConfig::from_file(&out.join("config.toml")).unwrap();
+    // The run folder's config also records the normalisation measured on the training split.
+    assert!(recorded.data.mean.is_some() && recorded.data.std.is_some());
+    (recorded.data.mean, recorded.data.std) = (None, None);
+    assert_eq!(recorded, want);
+
+    // Errors name the override or file and the key; nothing is trained.
+    let bad = dir.path().join("bad-run");
+    fails(
+        siam()
+            .args([
+                "train",
+                "--preset",
+                "quick",
+                "--set",
+                "loss.margn=1",
+                "--out",
+            ])
+            .arg(&bad),
+        1,
+        "--set loss.margn=1: loss.margn: unknown field",
+    );
+    fails(
+        siam()
+            .args(["train", "--preset", "quick", "--set", "epochs=0", "--out"])
+            .arg(&bad),
+        1,
+        "epochs: must be at least 1",
+    );
+    fails(
+        siam().args(["config", "--config"]).arg(&partial),
+        1,
+        "--preset NAME",
+    );
+    assert!(!bad.exists());
+}

@@ -1,0 +1,200 @@
+//! `TrainConfig::validate`: values that parse but cannot work, each error naming its key.
+
+use siam_data::SamplerConfig;
+
+use super::*;
+use crate::error::{Result, TrainError};
+
+impl TrainConfig {
+    /// Checks values that parse but cannot work; errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, why: String| Err(TrainError::Config(format!("{key}: {why}")));
+        if self.epochs == 0 {
+            return bad("epochs", "must be at least 1".into());
+        }
+        if self.steps_per_epoch == 0 {
+            return bad("steps-per-epoch", "must be at least 1".into());
+        }
+        if self.log_every == 0 {
+            return bad("log-every", "must be at least 1".into());
+        }
+        let pk = matches!(self.sampler, SamplerConfig::Pk { .. });
+        if !pk && self.batch_size < 2 {
+            return bad(
+                "batch-size",
+                format!("{} is too small; use at least 2", self.batch_size),
+            );
+        }
+        if !(0.0..1.0).contains(&self.data.val_fraction) {
+            return bad(
+                "data.val-fraction",
+                format!("{} must be in [0, 1)", self.data.val_fraction),
+            );
+        }
+        if !(0.0..1.0).contains(&self.data.test_fraction) {
+            return bad(
+                "data.test-fraction",
+                format!("{} must be in [0, 1)", self.data.test_fraction),
+            );
+        }
+        if self.data.holdout_classes.is_some() {
+            return bad(
+                "data.holdout-classes",
+                "replaced by data.class-split, which draws validation and test classes separately so that model selection never sees a test class: class-split = { validation = { count = 2 }, test = { count = 3 } }".into(),
+            );
+        }
+        if self.data.class_split.is_none() && self.data.val_fraction == 0.0 {
+            return bad(
+                "data.val-fraction",
+                "must be positive: validation calibrates the threshold".into(),
+            );
+        }
+        match &self.loss {
+            LossConfig::Contrastive { margin, pos_margin } => {
+                if !(*margin > 0.0) {
+                    return bad("loss.margin", format!("{margin} must be positive"));
+                }
+                if !(*pos_margin >= 0.0 && pos_margin < margin) {
+                    return bad(
+                        "loss.pos-margin",
+                        format!("{pos_margin} must be in [0, margin)"),
+                    );
+                }
+                if matches!(self.sampler, SamplerConfig::Triplets) {
+                    return bad(
+                        "sampler.kind",
+                        "the contrastive loss takes pairs or pk batches, not triplets".into(),
+                    );
+                }
+            }
+            LossConfig::Triplet { margin, .. } => {
+                if !(*margin > 0.0) {
+                    return bad("loss.margin", format!("{margin} must be positive"));
+                }
+                if matches!(self.sampler, SamplerConfig::Pairs { .. }) {
+                    return bad(
+                        "sampler.kind",
+                        "the triplet loss takes triplets or pk batches, not pairs".into(),
+                    );
+                }
+            }
+            LossConfig::Bce => {
+                if !matches!(self.sampler, SamplerConfig::Pairs { .. }) {
+                    return bad("sampler.kind", "the bce loss takes pairs".into());
+                }
+            }
+            LossConfig::MultiSimilarity {
+                alpha,
+                beta,
+                base,
+                epsilon,
+            } => {
+                if !(*alpha > 0.0 && alpha.is_finite()) {
+                    return bad("loss.alpha", format!("{alpha} must be positive"));
+                }
+                if !(*beta > 0.0 && beta.is_finite()) {
+                    return bad("loss.beta", format!("{beta} must be positive"));
+                }
+                if !(-1.0..=1.0).contains(base) {
+                    return bad(
+                        "loss.base",
+                        format!("{base} must be a cosine similarity in [-1, 1]"),
+                    );
+                }
+                if !(*epsilon >= 0.0 && epsilon.is_finite()) {
+                    return bad("loss.epsilon", format!("{epsilon} must be at least 0"));
+                }
+            }
+            LossConfig::NtXent { temperature } | LossConfig::SupCon { temperature } => {
+                if !(*temperature > 0.0 && temperature.is_finite()) {
+                    return bad(
+                        "loss.temperature",
+                        format!("{temperature} must be positive"),
+                    );
+                }
+            }
+            LossConfig::Cosface { margin, scale } | LossConfig::Arcface { margin, scale } => {
+                let arc = matches!(self.loss, LossConfig::Arcface { .. });
+                let top = if arc { std::f64::consts::PI } else { 2.0 };
+                if !(*margin >= 0.0 && *margin < top) {
+                    let what = if arc {
+                        "an angle in radians in [0, π)"
+                    } else {
+                        "in [0, 2)"
+                    };
+                    return bad("loss.margin", format!("{margin} must be {what}"));
+                }
+                if !(*scale > 0.0 && scale.is_finite()) {
+                    return bad("loss.scale", format!("{scale} must be positive"));
+                }
+                if self.validation.metric == Metric::Loss {
+                    return bad(
+                        "validation.metric",
+                        format!(
+                            "the {} loss has no validation figure (its proxies are the training classes'); use map-at-r, precision-at-1 or roc-auc",
+                            self.loss.kind()
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(ss) = &self.self_supervised {
+            if !(ss.weight > 0.0 && ss.weight <= 1.0) {
+                return bad(
+                    "self-supervised.weight",
+                    format!("{} must be in (0, 1]", ss.weight),
+                );
+            }
+            if !(ss.temperature > 0.0 && ss.temperature.is_finite()) {
+                return bad(
+                    "self-supervised.temperature",
+                    format!("{} must be positive", ss.temperature),
+                );
+            }
+            if let Some(a) = &ss.augment {
+                a.validate()
+                    .map_err(|e| TrainError::Config(format!("self-supervised.{e}")))?;
+            }
+            if !matches!(self.sampler, SamplerConfig::Pk { .. }) {
+                return bad(
+                    "sampler.kind",
+                    "two-view self-supervised training takes pk batches".into(),
+                );
+            }
+        }
+        if self.loss.takes_classes() && !matches!(self.sampler, SamplerConfig::Pk { .. }) {
+            return bad(
+                "sampler.kind",
+                format!(
+                    "the {} loss takes pk batches (classes × images)",
+                    self.loss.kind()
+                ),
+            );
+        }
+        if !(self.optimizer.lr() > 0.0) || !self.optimizer.lr().is_finite() {
+            return bad(
+                "optimizer.lr",
+                format!("{} must be positive", self.optimizer.lr()),
+            );
+        }
+        if self.schedule.kind == ScheduleKind::Step && self.schedule.step_epochs == 0 {
+            return bad("schedule.step-epochs", "must be at least 1".into());
+        }
+        if self.validation.every_epochs == 0 {
+            return bad("validation.every-epochs", "must be at least 1".into());
+        }
+        if self.validation.pairs < 2 || self.validation.test_pairs < 2 {
+            return bad(
+                "validation.pairs",
+                "need at least 2 validation and test pairs".into(),
+            );
+        }
+        if self.checkpoint.keep_last == 0 {
+            return bad("checkpoint.keep-last", "must be at least 1".into());
+        }
+        self.augment
+            .validate()
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        Ok(())
+    }
+}
