@@ -163,7 +163,7 @@ fn load(m: &ModelArg) -> Result<(SiameseModel, PathBuf, &'static str)> {
 
 fn compare(a: CompareArgs) -> Result<()> {
     let (model, path, source) = load(&a.model)?;
-    let c = model.compare_paths(&a.a, &a.b)?;
+    let (c, adjusted) = model.compare_paths_noted(&a.a, &a.b)?;
     let ranks = model.meta().distance_quantiles.as_ref().map(|q| {
         (
             siam_eval::stats::rank_in(&q.same, c.distance),
@@ -182,10 +182,20 @@ fn compare(a: CompareArgs) -> Result<()> {
             o["same_pairs_closer"] = s.into();
             o["different_pairs_closer"] = d.into();
         }
+        // What preprocessing did to each input that does not match the model's input spec.
+        o["inputs"] = serde_json::json!([
+            { "path": a.a, "adjustments": adjusted[0] },
+            { "path": a.b, "adjustments": adjusted[1] },
+        ]);
         println!("{o}");
         return Ok(());
     }
     println!("model: {} ({source})", path.display());
+    for (p, adj) in [&a.a, &a.b].into_iter().zip(&adjusted) {
+        for x in adj {
+            eprintln!("warning: {}: {}", p.display(), x.detail);
+        }
+    }
     match (c.threshold, c.same) {
         (Some(t), Some(same)) => println!(
             "distance {:.4}  threshold {t:.4}  →  {}",

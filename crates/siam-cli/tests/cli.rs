@@ -159,6 +159,89 @@ fn compare_gives_distance_threshold_and_verdict() {
     );
 }
 
+/// An input unlike the model's input spec is adjusted with a warning (text) and a field (JSON)
+/// saying what was done; a fixture image of the training distribution gets none.
+#[test]
+fn compare_says_what_preprocessing_did_to_an_unlike_input() {
+    let m = model();
+    let dir = tempfile::tempdir().unwrap();
+    // 80×64 RGB noise from a fixed LCG.
+    let mut x: u32 = 7;
+    let mut next = || {
+        x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (x >> 24) as u8
+    };
+    let noise = image::RgbImage::from_fn(80, 64, |_, _| image::Rgb([next(), next(), next()]));
+    let noise_path = dir.path().join("noise.png");
+    noise.save(&noise_path).unwrap();
+    // The fixture bag as RGB of gray pixels and as RGBA: no colour to lose.
+    let bag = image::open(png("bag", 0)).unwrap();
+    let gray_rgb = dir.path().join("gray-rgb.png");
+    bag.to_rgb8().save(&gray_rgb).unwrap();
+    let rgba = dir.path().join("rgba.png");
+    bag.to_rgba8().save(&rgba).unwrap();
+
+    let kinds = |v: &serde_json::Value, i: usize| -> Vec<String> {
+        v["inputs"][i]["adjustments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["kind"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let v = json(
+        siam()
+            .arg("compare")
+            .arg(&noise_path)
+            .arg(png("bag", 0))
+            .arg("-m")
+            .arg(m)
+            .arg("--json"),
+    );
+    assert_eq!(kinds(&v, 0), ["resized", "converted-to-gray"], "{v}");
+    assert!(kinds(&v, 1).is_empty(), "{v}");
+    let detail = v["inputs"][0]["adjustments"][0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("80×64") && detail.contains("28×28") && detail.contains("aspect"),
+        "{detail}"
+    );
+    let v = json(
+        siam()
+            .arg("compare")
+            .arg(&gray_rgb)
+            .arg(&rgba)
+            .arg("-m")
+            .arg(m)
+            .arg("--json"),
+    );
+    assert!(kinds(&v, 0).is_empty(), "{v}");
+    assert_eq!(kinds(&v, 1), ["alpha-dropped"], "{v}");
+
+    let o = siam()
+        .arg("compare")
+        .arg(&noise_path)
+        .arg(png("bag", 0))
+        .arg("-m")
+        .arg(m)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning: ") && err.contains("noise.png") && err.contains("colour is lost"),
+        "{err}"
+    );
+    let o = siam()
+        .arg("compare")
+        .arg(png("bag", 0))
+        .arg(png("bag", 1))
+        .arg("-m")
+        .arg(m)
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&o.stderr).contains("warning"));
+}
+
 #[test]
 fn compare_errors_name_the_file() {
     let m = model();

@@ -47,8 +47,8 @@ pub use distance::Distance;
 pub use encoder::{EncoderConfig, InputSpec, Pooling};
 pub use error::{ModelError, Result};
 pub use model::{
-    Comparison, DistanceQuantiles, FORMAT_VERSION, ModelConfig, ModelMeta, SiameseModel,
-    read_model_meta,
+    Comparison, DistanceQuantiles, FORMAT_VERSION, InputAdjustment, ModelConfig, ModelMeta,
+    SiameseModel, read_model_meta,
 };
 
 /// Re-exported so users need not pin candle themselves.

@@ -81,6 +81,15 @@ pub struct Comparison {
     pub same: Option<bool>,
 }
 
+/// One thing preprocessing did to an input that does not match the model's input spec.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct InputAdjustment {
+    /// `resized`, `converted-to-gray`, `gray-to-rgb` or `alpha-dropped`.
+    pub kind: &'static str,
+    /// What was done, in words ("resized from 80×64 to the model's 28×28 ...").
+    pub detail: String,
+}
+
 /// A Siamese network: one encoder shared by both inputs.
 pub struct SiameseModel {
     encoder: Encoder,
@@ -470,8 +479,67 @@ impl SiameseModel {
         ))
     }
 
+    /// What [`preprocess`](Self::preprocess) does to `img` beyond scaling and normalising,
+    /// when the image does not match the model's input spec: a resize, colour dropped to
+    /// gray, gray copied to three channels, an alpha channel discarded. Empty for an image
+    /// the model takes as it is. The text says what was done, so that a surprising distance
+    /// can be traced to its input.
+    #[cfg(feature = "image")]
+    pub fn input_adjustments(&self, img: &image::DynamicImage) -> Vec<InputAdjustment> {
+        use image::ColorType as C;
+        let s = &self.meta.config.input;
+        let mut out = Vec::new();
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        if (h, w) != (s.height, s.width) {
+            out.push(InputAdjustment {
+                kind: "resized",
+                detail: format!(
+                    "resized from {w}×{h} to the model's {}×{}{}",
+                    s.width,
+                    s.height,
+                    if w * s.height != h * s.width {
+                        " (aspect ratio not kept)"
+                    } else {
+                        ""
+                    }
+                ),
+            });
+        }
+        let ct = img.color();
+        if ct.has_alpha() {
+            out.push(InputAdjustment {
+                kind: "alpha-dropped",
+                detail: "its alpha channel was discarded".into(),
+            });
+        }
+        let colour = matches!(
+            ct,
+            C::Rgb8 | C::Rgba8 | C::Rgb16 | C::Rgba16 | C::Rgb32F | C::Rgba32F
+        );
+        if s.channels == 1 && colour {
+            // Only a loss when the image has colour: an RGB file of gray pixels is gray.
+            let rgb = img.to_rgb8();
+            let tinted = rgb.pixels().any(|p| p[0] != p[1] || p[1] != p[2]);
+            if tinted {
+                out.push(InputAdjustment {
+                    kind: "converted-to-gray",
+                    detail:
+                        "a colour image, converted to gray for a gray model (its colour is lost)"
+                            .into(),
+                });
+            }
+        } else if s.channels == 3 && !colour {
+            out.push(InputAdjustment {
+                kind: "gray-to-rgb",
+                detail: "a gray image, copied to three channels for a colour model".into(),
+            });
+        }
+        out
+    }
+
     /// Converts a decoded image into a (1, C, H, W) tensor exactly as in training: resize to
     /// the input size (triangle filter), gray or RGB, scale to [0, 1], normalise.
+    /// [`input_adjustments`](Self::input_adjustments) says what of this an image needed.
     #[cfg(feature = "image")]
     pub fn preprocess(&self, img: &image::DynamicImage) -> Result<Tensor> {
         let s = &self.meta.config.input;
@@ -546,6 +614,28 @@ impl SiameseModel {
     #[cfg(feature = "image")]
     pub fn compare_paths(&self, a: impl AsRef<Path>, b: impl AsRef<Path>) -> Result<Comparison> {
         self.compare(&self.load_image(a)?, &self.load_image(b)?)
+    }
+
+    /// Compares two image files, with what preprocessing did to each
+    /// ([`input_adjustments`](Self::input_adjustments)).
+    #[cfg(feature = "image")]
+    pub fn compare_paths_noted(
+        &self,
+        a: impl AsRef<Path>,
+        b: impl AsRef<Path>,
+    ) -> Result<(Comparison, [Vec<InputAdjustment>; 2])> {
+        let open = |p: &Path| {
+            image::open(p).map_err(|e| ModelError::Image {
+                path: p.into(),
+                msg: format!("cannot decode image: {e}"),
+            })
+        };
+        let (ia, ib) = (open(a.as_ref())?, open(b.as_ref())?);
+        let c = self.compare(&self.preprocess(&ia)?, &self.preprocess(&ib)?)?;
+        Ok((
+            c,
+            [self.input_adjustments(&ia), self.input_adjustments(&ib)],
+        ))
     }
 }
 
