@@ -38,30 +38,46 @@ pub enum Command {
 
 #[derive(Args, Debug)]
 pub struct ConfigArgs {
-    /// A TOML config; with --preset, it holds only what differs from the preset.
-    #[arg(long)]
-    pub config: Option<std::path::PathBuf>,
-    /// A built-in recipe: default, seed, quick, convnet (default: default).
-    #[arg(long)]
-    pub preset: Option<String>,
-    /// Override a key, dotted for nested tables (loss.margin=0.5); repeatable, applied in order.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub sets: Vec<String>,
+    #[command(flatten)]
+    pub source: ConfigSourceArgs,
 }
 
+/// Where a training config comes from: `train`, `sweep` and `config` share these.
 #[derive(Args, Debug)]
-pub struct TrainArgs {
+pub struct ConfigSourceArgs {
     /// A TOML config (see docs/guide.md); with --preset, it holds only what differs from the
-    /// preset. --set and the flags below override it.
+    /// preset. --set and the flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// A built-in recipe: default, seed, quick, convnet.
     #[arg(long)]
     pub preset: Option<String>,
     /// Override any config key, dotted for nested tables (--set loss.margin=0.5 --set
-    /// data.class-split.test.count=3); repeatable, applied in order, before the flags below.
+    /// data.class-split.test.count=3); repeatable, applied in order, before the flags.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub sets: Vec<String>,
+}
+
+impl ConfigSourceArgs {
+    /// The sources, with `fallback` as the preset when neither a preset nor a file is given.
+    pub fn source<'a>(&'a self, fallback: &'a str) -> siam_train::config::ConfigSource<'a> {
+        let preset = match (&self.preset, &self.config) {
+            (Some(p), _) => Some(p.as_str()),
+            (None, Some(_)) => None,
+            (None, None) => Some(fallback),
+        };
+        siam_train::config::ConfigSource {
+            preset,
+            file: self.config.as_deref(),
+            sets: &self.sets,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub source: ConfigSourceArgs,
     /// Data: fixtures, fashion-mnist, mnist, an IDX directory or an image folder.
     #[arg(long)]
     pub data: Option<String>,
@@ -228,15 +244,9 @@ pub struct CalibrateArgs {
 
 #[derive(Args, Debug)]
 pub struct SweepArgs {
-    /// The base config (TOML); with --preset, it holds only what differs from the preset.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// A built-in base recipe (default: quick).
-    #[arg(long)]
-    pub preset: Option<String>,
-    /// Override a config key (loss.kind=triplet); repeatable, applied in order.
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub sets: Vec<String>,
+    /// The base config (default: the quick preset).
+    #[command(flatten)]
+    pub source: ConfigSourceArgs,
     /// Margins to try, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub margin: Vec<f64>,

@@ -8,7 +8,6 @@ use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use siam_model::SiameseModel;
 use siam_train::TrainOptions;
-use siam_train::config::ConfigSource;
 use siam_train::evaluate::{EvalSpec, eval_pairs, evaluate};
 
 use crate::cli::{
@@ -79,11 +78,7 @@ fn train(a: TrainArgs) -> Result<()> {
     let summary = if let Some(dir) = &a.resume {
         siam_train::resume(dir, &opts, &mut |e| progress.on(e))?
     } else {
-        let (mut cfg, name) = siam_train::config::resolve(&ConfigSource {
-            preset: a.preset.as_deref(),
-            file: a.config.as_deref(),
-            sets: &a.sets,
-        })?;
+        let (mut cfg, name) = siam_train::config::resolve(&a.source.source("default"))?;
         if let Some(d) = &a.data {
             cfg.data.source = d.clone();
         }
@@ -612,11 +607,7 @@ fn calibrate(a: CalibrateArgs) -> Result<()> {
 }
 
 fn config(a: ConfigArgs) -> Result<()> {
-    let (cfg, _) = siam_train::config::resolve(&ConfigSource {
-        preset: a.preset.as_deref(),
-        file: a.config.as_deref(),
-        sets: &a.sets,
-    })?;
+    let (cfg, _) = siam_train::config::resolve(&a.source.source("default"))?;
     print!("{}", cfg.to_toml());
     Ok(())
 }
@@ -627,17 +618,7 @@ fn sweep(a: SweepArgs) -> Result<()> {
             "nothing to sweep: give --margin and/or --lr, comma-separated (for example --margin 0.5,1,2)"
         );
     }
-    // A sweep's base is `quick` unless a preset or a complete file is given.
-    let preset = match (&a.preset, &a.config) {
-        (Some(p), _) => Some(p.as_str()),
-        (None, Some(_)) => None,
-        (None, None) => Some("quick"),
-    };
-    let (mut cfg, _) = siam_train::config::resolve(&ConfigSource {
-        preset,
-        file: a.config.as_deref(),
-        sets: &a.sets,
-    })?;
+    let (mut cfg, _) = siam_train::config::resolve(&a.source.source("quick"))?;
     if let Some(d) = &a.data {
         cfg.data.source = d.clone();
     }

@@ -590,12 +590,7 @@ impl SiameseModel {
     /// Decodes and preprocesses an image file into a (1, C, H, W) tensor.
     #[cfg(feature = "image")]
     pub fn load_image(&self, path: impl AsRef<Path>) -> Result<Tensor> {
-        let path = path.as_ref();
-        let img = image::open(path).map_err(|e| ModelError::Image {
-            path: path.into(),
-            msg: format!("cannot decode image: {e}"),
-        })?;
-        self.preprocess(&img)
+        self.preprocess(&open_image(path.as_ref())?)
     }
 
     /// Embeds a decoded image: (1, D).
@@ -624,19 +619,22 @@ impl SiameseModel {
         a: impl AsRef<Path>,
         b: impl AsRef<Path>,
     ) -> Result<(Comparison, [Vec<InputAdjustment>; 2])> {
-        let open = |p: &Path| {
-            image::open(p).map_err(|e| ModelError::Image {
-                path: p.into(),
-                msg: format!("cannot decode image: {e}"),
-            })
-        };
-        let (ia, ib) = (open(a.as_ref())?, open(b.as_ref())?);
+        let (ia, ib) = (open_image(a.as_ref())?, open_image(b.as_ref())?);
         let c = self.compare(&self.preprocess(&ia)?, &self.preprocess(&ib)?)?;
         Ok((
             c,
             [self.input_adjustments(&ia), self.input_adjustments(&ib)],
         ))
     }
+}
+
+/// Decodes an image file; the error names it.
+#[cfg(feature = "image")]
+fn open_image(path: &Path) -> Result<image::DynamicImage> {
+    image::open(path).map_err(|e| ModelError::Image {
+        path: path.into(),
+        msg: format!("cannot decode image: {e}"),
+    })
 }
 
 /// Reads and checks the metadata of a model file's bytes.
