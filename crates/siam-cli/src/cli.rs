@@ -20,7 +20,7 @@ pub enum Command {
     Compare(CompareArgs),
     /// Embed images into vectors (safetensors or CSV).
     Embed(EmbedArgs),
-    /// Find the gallery images nearest to a query image.
+    /// Find the gallery images nearest to each query image (a gallery file or folder).
     Search(SearchArgs),
     /// Evaluate a model on a dataset: verification and retrieval metrics.
     Eval(EvalArgs),
@@ -135,26 +135,48 @@ pub struct EmbedArgs {
     /// Image files or folders (searched recursively for .png/.jpg/.jpeg).
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
-    /// Output file: .safetensors (tensor "embeddings" and the file list in metadata) or .csv.
+    /// Output file: .safetensors (a gallery for `siam search`: tensor "embeddings", the file
+    /// list and the model's fingerprint in metadata) or .csv.
     #[arg(long, short)]
     pub out: PathBuf,
+    /// Add the inputs to an existing .safetensors gallery (created if missing); images
+    /// already in it are not embedded again. The model must be the gallery's.
+    #[arg(long)]
+    pub append: bool,
     #[command(flatten)]
     pub model: ModelArg,
 }
 
 #[derive(Args, Debug)]
 pub struct SearchArgs {
-    pub query: PathBuf,
-    /// A folder of images to search (recursively).
+    /// Query images or folders of them (recursively).
+    pub query: Vec<PathBuf>,
+    /// More queries: a folder, or a text file listing one image per line (relative to it).
+    #[arg(long, value_name = "FOLDER|LIST")]
+    pub queries: Option<PathBuf>,
+    /// The gallery: a .safetensors file from `siam embed`, or a folder of images (embedded
+    /// on every call).
     #[arg(long)]
     pub gallery: PathBuf,
-    /// Results to show.
+    /// Results per query.
     #[arg(short, default_value_t = 5)]
     pub k: usize,
-    #[command(flatten)]
-    pub model: ModelArg,
+    /// Output: text, csv (query,rank,file,distance,same) or jsonl (one object per query).
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: SearchFormat,
+    /// The same as --format jsonl.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub model: ModelArg,
+}
+
+/// Output formats of `siam search`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SearchFormat {
+    Text,
+    Csv,
+    Jsonl,
 }
 
 #[derive(Args, Debug)]

@@ -1,18 +1,17 @@
 //! One function per command: resolve inputs, call the libraries, render.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
-use candle_core::{Device, Tensor};
 use siam_model::SiameseModel;
 use siam_train::TrainOptions;
 use siam_train::evaluate::{EvalSpec, eval_pairs, evaluate};
 
 use crate::cli::{
-    CalibrateArgs, Cli, Command, CompareArgs, ConfigArgs, DiagnoseArgs, EmbedArgs, EvalArgs,
-    InfoArgs, ModelArg, SearchArgs, SweepArgs, TrainArgs,
+    CalibrateArgs, Cli, Command, CompareArgs, ConfigArgs, DiagnoseArgs, EvalArgs, InfoArgs,
+    ModelArg, SweepArgs, TrainArgs,
 };
 use crate::render;
 
@@ -26,8 +25,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train(a) => train(a),
         Command::Compare(a) => compare(a),
-        Command::Embed(a) => embed(a),
-        Command::Search(a) => search(a),
+        Command::Embed(a) => crate::gallery::embed(a),
+        Command::Search(a) => crate::gallery::search(a),
         Command::Eval(a) => eval(a),
         Command::Info(a) => info(a),
         Command::Diagnose(a) => diagnose(a),
@@ -149,7 +148,7 @@ fn resolve_model(m: &ModelArg) -> Result<(PathBuf, &'static str)> {
     bail!("no model given: pass --model FILE, set SIAM_MODEL, or train one with `siam train`")
 }
 
-fn load(m: &ModelArg) -> Result<(SiameseModel, PathBuf, &'static str)> {
+pub(crate) fn load(m: &ModelArg) -> Result<(SiameseModel, PathBuf, &'static str)> {
     let (path, source) = resolve_model(m)?;
     let device = siam_model::parse_device(&m.device)?;
     let model = SiameseModel::load(&path, &device)?;
@@ -207,149 +206,6 @@ fn compare(a: CompareArgs) -> Result<()> {
             "{:.0}% of validation same-class pairs and {:.0}% of different-class pairs are closer than this",
             100.0 * s,
             100.0 * d
-        );
-    }
-    Ok(())
-}
-
-/// Image files under `inputs` (files as given, folders recursively), sorted per folder.
-fn image_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-            .with_context(|| format!("{}: cannot read the folder", dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        entries.sort();
-        for p in entries {
-            if p.is_dir() {
-                walk(&p, out)?;
-            } else if siam_data::folder::is_image_file(&p) {
-                out.push(p);
-            }
-        }
-        Ok(())
-    }
-    let mut out = Vec::new();
-    for p in inputs {
-        if p.is_dir() {
-            walk(p, &mut out)?;
-        } else if p.is_file() {
-            out.push(p.clone());
-        } else {
-            bail!("{}: no such file or folder", p.display());
-        }
-    }
-    if out.is_empty() {
-        bail!("no .png, .jpg or .jpeg image among the inputs");
-    }
-    Ok(out)
-}
-
-fn embed_files(model: &SiameseModel, files: &[PathBuf]) -> Result<Tensor> {
-    let mut parts = Vec::new();
-    for chunk in files.chunks(256) {
-        let xs = chunk
-            .iter()
-            .map(|f| model.load_image(f))
-            .collect::<siam_model::Result<Vec<_>>>()?;
-        parts.push(model.embed(&Tensor::cat(&xs, 0)?)?);
-    }
-    Ok(Tensor::cat(&parts, 0)?)
-}
-
-fn embed(a: EmbedArgs) -> Result<()> {
-    let (model, path, _) = load(&a.model)?;
-    let files = image_files(&a.inputs)?;
-    let e = embed_files(&model, &files)?.to_device(&Device::Cpu)?;
-    let ext = a.out.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let bytes = match ext {
-        "csv" => {
-            let rows: Vec<Vec<f32>> = e.to_vec2()?;
-            let mut s = String::from("file");
-            for j in 0..rows.first().map_or(0, Vec::len) {
-                s.push_str(&format!(",e{j}"));
-            }
-            s.push('\n');
-            for (f, r) in files.iter().zip(rows) {
-                let name = f.display().to_string();
-                if name.contains([',', '"', '\n']) {
-                    s.push_str(&format!("\"{}\"", name.replace('"', "\"\"")));
-                } else {
-                    s.push_str(&name);
-                }
-                for v in r {
-                    s.push_str(&format!(",{v}"));
-                }
-                s.push('\n');
-            }
-            s.into_bytes()
-        }
-        "safetensors" => {
-            let meta = std::collections::HashMap::from([
-                ("files".to_string(), serde_json::to_string(&files)?),
-                ("model".to_string(), path.display().to_string()),
-            ]);
-            safetensors::serialize([("embeddings", &e)], Some(meta))?
-        }
-        _ => bail!(
-            "{}: the output must end in .safetensors or .csv",
-            a.out.display()
-        ),
-    };
-    siam_model::model::write_atomic(&a.out, &bytes)
-        .with_context(|| format!("{}: cannot write", a.out.display()))?;
-    eprintln!(
-        "wrote {} embeddings of dimension {} to {}",
-        files.len(),
-        e.dim(1)?,
-        a.out.display()
-    );
-    Ok(())
-}
-
-fn search(a: SearchArgs) -> Result<()> {
-    let (model, path, source) = load(&a.model)?;
-    let files = image_files(std::slice::from_ref(&a.gallery))?;
-    let g = embed_files(&model, &files)?;
-    let q = model.embed_path(&a.query)?;
-    let d: Vec<f32> = model
-        .distance_kind()
-        .pairwise(&q, &g)?
-        .squeeze(0)?
-        .to_device(&Device::Cpu)?
-        .to_vec1()?;
-    let mut order: Vec<usize> = (0..d.len()).collect();
-    order.sort_by(|&i, &j| d[i].total_cmp(&d[j]).then(i.cmp(&j)));
-    let t = model.meta().threshold;
-    let hits: Vec<serde_json::Value> = order
-        .iter()
-        .take(a.k)
-        .map(|&i| serde_json::json!({"file": files[i], "distance": d[i], "same": t.map(|t| d[i] <= t)}))
-        .collect();
-    if a.json {
-        println!(
-            "{}",
-            serde_json::json!({"model": path, "query": a.query, "results": hits})
-        );
-        return Ok(());
-    }
-    println!(
-        "model: {} ({source}); {} gallery images",
-        path.display(),
-        files.len()
-    );
-    for (rank, &i) in order.iter().take(a.k).enumerate() {
-        let verdict = match t {
-            Some(t) if d[i] <= t => "same",
-            Some(_) => "different",
-            None => "",
-        };
-        println!(
-            "{:>3}  {:.4}  {:<9}  {}",
-            rank + 1,
-            d[i],
-            verdict,
-            files[i].display()
         );
     }
     Ok(())

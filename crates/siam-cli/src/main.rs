@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod gallery;
 mod render;
 mod runtime;
 

@@ -399,6 +399,219 @@ fn embed_search_and_info() {
     );
 }
 
+fn stdout(c: &mut Command) -> String {
+    let o = c.output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// JSON Lines with the `gallery` field (the one thing that differs by gallery source) dropped.
+fn jsonl_results(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("gallery");
+            v
+        })
+        .collect()
+}
+
+#[test]
+fn galleries_embed_once_search_many_append_and_refuse_another_model() {
+    let m = model();
+    let dir = tempfile::tempdir().unwrap();
+    let g = dir.path().join("g.safetensors");
+    siam()
+        .arg("embed")
+        .arg(png_root())
+        .arg("-o")
+        .arg(&g)
+        .arg("-m")
+        .arg(m)
+        .assert()
+        .success();
+    // Many queries: two on the command line, two more from a list (relative to the list).
+    let list = dir.path().join("queries.txt");
+    std::fs::write(
+        &list,
+        format!(
+            "# two more\n{}\n\n{}\n",
+            png("coat", 1).display(),
+            png("shirt", 2).display()
+        ),
+    )
+    .unwrap();
+    let search = |gallery: &Path, format: &str| {
+        stdout(
+            siam()
+                .arg("search")
+                .arg(png("bag", 0))
+                .arg(png("sandal", 3))
+                .arg("--queries")
+                .arg(&list)
+                .arg("--gallery")
+                .arg(gallery)
+                .args(["-k", "4", "--format", format, "-m"])
+                .arg(m),
+        )
+    };
+    let from_file = search(&g, "jsonl");
+    let from_folder = search(&png_root(), "jsonl");
+    let lines = jsonl_results(&from_file);
+    assert_eq!(lines.len(), 4, "{from_file}");
+    // The round trip: searching the embedded file equals searching the folder.
+    assert_eq!(lines, jsonl_results(&from_folder));
+    for (v, q) in lines
+        .iter()
+        .zip(["bag/00", "sandal/03", "coat/01", "shirt/02"])
+    {
+        assert!(
+            v["query"].as_str().unwrap().ends_with(&format!("{q}.png")),
+            "{v}"
+        );
+        let r = v["results"].as_array().unwrap();
+        assert_eq!(r.len(), 4);
+        assert!(
+            r[0]["file"]
+                .as_str()
+                .unwrap()
+                .ends_with(&format!("{q}.png")),
+            "{v}"
+        );
+        assert!(r[0]["distance"].as_f64().unwrap() < 1e-3, "{v}");
+        assert_eq!(r[0]["same"], true);
+        assert_eq!(r[3]["rank"], 4);
+    }
+    let csv = search(&g, "csv");
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(rows[0], "query,rank,file,distance,same");
+    assert_eq!(rows.len(), 1 + 4 * 4, "{csv}");
+    assert!(
+        rows[1].contains("bag/00.png,1,") && rows[1].ends_with(",true"),
+        "{csv}"
+    );
+    let text = search(&g, "text");
+    assert!(text.contains("40 images); 4 queries"), "{text}");
+    assert_eq!(text.matches("query: ").count(), 4, "{text}");
+
+    // Append: a gallery of the bags, then the whole folder added; nothing embedded twice.
+    let g2 = dir.path().join("g2.safetensors");
+    siam()
+        .arg("embed")
+        .arg(png_root().join("bag"))
+        .arg("-o")
+        .arg(&g2)
+        .arg("-m")
+        .arg(m)
+        .assert()
+        .success();
+    let o = siam()
+        .arg("embed")
+        .arg(png_root())
+        .arg("--append")
+        .arg("-o")
+        .arg(&g2)
+        .arg("-m")
+        .arg(m)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("wrote 40 embeddings") && err.contains("added to 4; 4 already in the gallery"),
+        "{err}"
+    );
+    let a = siam_model::Gallery::load(&g).unwrap();
+    let b = siam_model::Gallery::load(&g2).unwrap();
+    assert_eq!(a.len(), b.len());
+    for (i, name) in a.items().iter().enumerate() {
+        let j = b.items().iter().position(|n| n == name).unwrap();
+        let d = a.dim();
+        let (ra, rb) = (&a.embeddings()[i * d..][..d], &b.embeddings()[j * d..][..d]);
+        assert!(
+            ra.iter().zip(rb).all(|(x, y)| (x - y).abs() < 1e-5),
+            "{name}"
+        );
+    }
+    fails(
+        siam()
+            .arg("embed")
+            .arg(png("bag", 0))
+            .arg("--append")
+            .arg("-o")
+            .arg(dir.path().join("e.csv"))
+            .arg("-m")
+            .arg(m),
+        1,
+        "--append adds to a .safetensors gallery",
+    );
+
+    // Another model: refused, naming both.
+    let before = std::fs::read(&g2).unwrap();
+    for args in [vec!["search", "--gallery"], vec!["embed", "--append", "-o"]] {
+        let mut c = siam();
+        c.args(&args[..args.len() - 1]);
+        if args[0] == "search" {
+            c.arg(png("bag", 0));
+        } else {
+            c.arg(png_root());
+        }
+        c.arg(args[args.len() - 1])
+            .arg(&g2)
+            .arg("-m")
+            .arg(shipped());
+        let o = c.output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("g2.safetensors")
+                && err.contains(&m.display().to_string())
+                && err.contains("fashion-mnist.safetensors"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&g2).unwrap(),
+        before,
+        "a refused append writes nothing"
+    );
+    // A list naming a missing image; no query at all; a gallery that is not one.
+    std::fs::write(&list, "nope.png\n").unwrap();
+    fails(
+        siam()
+            .arg("search")
+            .arg("--queries")
+            .arg(&list)
+            .arg("--gallery")
+            .arg(&g)
+            .arg("-m")
+            .arg(m),
+        1,
+        "line 1: nope.png",
+    );
+    fails(
+        siam()
+            .arg("search")
+            .arg("--gallery")
+            .arg(&g)
+            .arg("-m")
+            .arg(m),
+        1,
+        "no query",
+    );
+    fails(
+        siam()
+            .arg("search")
+            .arg(png("bag", 0))
+            .arg("--gallery")
+            .arg(m)
+            .arg("-m")
+            .arg(m),
+        1,
+        "not a gallery written by `siam embed`",
+    );
+}
+
 #[test]
 fn the_shipped_model_is_the_default_and_separates_the_fixture_pairs() {
     // In a folder without runs/ and without $SIAM_MODEL, compare falls back to the shipped model.

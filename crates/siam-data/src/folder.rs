@@ -68,6 +68,74 @@ pub fn is_image_file(p: &Path) -> bool {
         .is_some_and(|e| matches!(e.to_ascii_lowercase().as_str(), "png" | "jpg" | "jpeg"))
 }
 
+/// The image files under `inputs`: files as given, folders searched recursively (sorted
+/// within each folder), in the order of `inputs`. An input that does not exist is an error
+/// naming it; so is finding no image at all.
+pub fn list_images(inputs: &[impl AsRef<Path>]) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        for p in sorted_entries(dir)? {
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else if is_image_file(&p) {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for p in inputs {
+        let p = p.as_ref();
+        if p.is_dir() {
+            walk(p, &mut out)?;
+        } else if p.is_file() {
+            out.push(p.to_path_buf());
+        } else {
+            return Err(DataError::format(p, "no such file or folder"));
+        }
+    }
+    if out.is_empty() {
+        return Err(DataError::Invalid(
+            "no .png, .jpg or .jpeg image among the inputs".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// Image paths listed one per line in a text file (blank lines and `#` comments skipped);
+/// relative paths are taken from the list's folder. Every listed file must exist: the error
+/// names the list and each missing line.
+pub fn read_image_list(list: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(list).map_err(|e| DataError::io(list, e))?;
+    let base = list.parent().unwrap_or(Path::new(""));
+    let mut out = Vec::new();
+    let mut missing = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let p = base.join(line);
+        if !p.is_file() {
+            missing.push(format!("line {}: {line}", i + 1));
+        }
+        out.push(p);
+    }
+    if !missing.is_empty() {
+        return Err(DataError::format(
+            list,
+            format!(
+                "{} listed image(s) not found: {}",
+                missing.len(),
+                missing.join(", ")
+            ),
+        ));
+    }
+    if out.is_empty() {
+        return Err(DataError::format(list, "the list names no image"));
+    }
+    Ok(out)
+}
+
 fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
     let rd = std::fs::read_dir(dir).map_err(|e| DataError::io(dir, e))?;
     let mut v = Vec::new();

@@ -7,6 +7,7 @@
 //! - [`kernels`]: fast CPU convolution and fused ReLU + max-pooling (candle custom ops).
 //! - [`loss`]: contrastive (argument `same`, never `label`), triplet, online mining, BCE.
 //! - [`SiameseModel::save`] / [`SiameseModel::load`]: one `.safetensors` with JSON metadata.
+//! - [`Gallery`]: embeddings computed once and searched exactly, saved as safetensors.
 //! - [`parse_device`]: "cpu", "cuda:0", "metal", "auto".
 //!
 //! ```
@@ -38,6 +39,7 @@ pub mod device;
 pub mod distance;
 pub mod encoder;
 pub mod error;
+pub mod gallery;
 pub mod kernels;
 pub mod loss;
 pub mod model;
@@ -46,6 +48,7 @@ pub use device::parse_device;
 pub use distance::Distance;
 pub use encoder::{EncoderConfig, InputSpec, Pooling};
 pub use error::{ModelError, Result};
+pub use gallery::{Gallery, GalleryIdentity, Hit};
 pub use model::{
     Comparison, DistanceQuantiles, FORMAT_VERSION, InputAdjustment, ModelConfig, ModelMeta,
     SiameseModel, read_model_meta,

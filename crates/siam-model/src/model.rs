@@ -336,6 +336,36 @@ impl SiameseModel {
         })
     }
 
+    /// A fingerprint of the weights: FNV-1a (64 bit) over every tensor's name, shape and
+    /// values in name order, as 16 hex digits. Two models share it exactly when they compute
+    /// the same embeddings, whatever their file name, threshold or training notes; galleries
+    /// record it so that a search with another model is refused.
+    pub fn fingerprint(&self) -> Result<String> {
+        const PRIME: u64 = 0x0000_0100_0000_01b3;
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for &b in bytes {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(PRIME);
+            }
+        };
+        let data = self.varmap.data().lock().expect("var map lock");
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        for name in names {
+            let t = data[name].as_tensor();
+            eat(name.as_bytes());
+            for &d in t.dims() {
+                eat(&(d as u64).to_le_bytes());
+            }
+            let v: Vec<f32> = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()?;
+            for x in v {
+                eat(&x.to_le_bytes());
+            }
+        }
+        Ok(format!("{h:016x}"))
+    }
+
     /// Writes the model as one safetensors file with metadata, atomically.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
@@ -674,6 +704,16 @@ pub fn read_model_meta(path: impl AsRef<Path>) -> Result<ModelMeta> {
 
 /// Writes `bytes` to `path` through a temporary file, fsync and rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_with(path, |f| f.write_all(bytes))
+}
+
+/// Writes `path` through a temporary file in the same folder, fsync and rename: `write`
+/// streams the contents (buffered); on any error the temporary file is removed and `path`
+/// is left as it was.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -684,8 +724,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
     let r = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
+        let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        write(&mut f)?;
+        let f = f.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         // The rename itself is durable once the directory is synced (where it can be opened).

@@ -3,12 +3,12 @@
 
 /// A row-major or strided read-only matrix view for [`gemm_into`].
 #[derive(Clone, Copy)]
-pub(super) struct Mat<'a> {
-    pub(super) data: &'a [f32],
+pub(crate) struct Mat<'a> {
+    pub(crate) data: &'a [f32],
     /// Distance between consecutive rows.
-    pub(super) rs: usize,
+    pub(crate) rs: usize,
     /// Distance between consecutive columns.
-    pub(super) cs: usize,
+    pub(crate) cs: usize,
 }
 
 impl Mat<'_> {
@@ -18,7 +18,7 @@ impl Mat<'_> {
 }
 
 /// `dst (m×n, row-major) = [dst +] a (m×k) · b (k×n)` on the calling thread.
-pub(super) fn gemm_into(
+pub(crate) fn gemm_into(
     dst: &mut [f32],
     m: usize,
     n: usize,

@@ -54,7 +54,7 @@ mod batchnorm;
 mod block;
 mod conv;
 mod conv_pool;
-mod gemm;
+pub(crate) mod gemm;
 mod lane;
 mod nhwc;
 mod ops;
