@@ -1,6 +1,7 @@
 //! `cargo xtask`: project automation for siam. Run `cargo xtask --help` for the commands.
 
 mod bench;
+mod bench_gallery;
 mod cuda;
 mod download;
 mod fixtures;
@@ -28,6 +29,8 @@ enum Cmd {
     Download(download::Args),
     /// Measure training, inference, loader and compare speed; writes target/bench/latest.json.
     Bench(bench::Args),
+    /// Exact gallery search at 100k and 1M embeddings: load time, queries/s, peak memory.
+    BenchGallery(bench_gallery::Args),
     /// Regenerate fixtures/ (data subset, PNGs, shipped model) from the full Fashion-MNIST.
     Fixtures(fixtures::Args),
     /// Compile the workspace with the CUDA feature (no GPU needed; installs nvcc from PyPI).
@@ -55,6 +58,7 @@ fn main() {
         Cmd::Train(a) => train::run(&a),
         Cmd::Download(a) => download::run(&a),
         Cmd::Bench(a) => bench::run(&a),
+        Cmd::BenchGallery(a) => bench_gallery::run(&a),
         Cmd::Fixtures(a) => fixtures::run(&a),
         Cmd::CheckCuda(a) => cuda::run(&a),
         Cmd::Fuzz(a) => fuzz::run(&a),

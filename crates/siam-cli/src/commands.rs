@@ -157,7 +157,7 @@ pub(crate) fn load(m: &ModelArg) -> Result<(SiameseModel, PathBuf, &'static str)
 
 fn compare(a: CompareArgs) -> Result<()> {
     let (model, path, source) = load(&a.model)?;
-    let (c, adjusted) = model.compare_paths_noted(&a.a, &a.b)?;
+    let (c, notes) = model.compare_paths_noted(&a.a, &a.b)?;
     let ranks = model.meta().distance_quantiles.as_ref().map(|q| {
         (
             siam_eval::stats::rank_in(&q.same, c.distance),
@@ -176,18 +176,27 @@ fn compare(a: CompareArgs) -> Result<()> {
             o["same_pairs_closer"] = s.into();
             o["different_pairs_closer"] = d.into();
         }
-        // What preprocessing did to each input that does not match the model's input spec.
+        // What preprocessing did to each input that does not match the model's input spec,
+        // and how each is unlike the training data (the model's input profile).
         o["inputs"] = serde_json::json!([
-            { "path": a.a, "adjustments": adjusted[0] },
-            { "path": a.b, "adjustments": adjusted[1] },
+            { "path": a.a, "adjustments": notes[0].adjustments, "warnings": notes[0].warnings },
+            { "path": a.b, "adjustments": notes[1].adjustments, "warnings": notes[1].warnings },
         ]);
+        o["input_check"] = model.meta().input_profile.is_some().into();
         println!("{o}");
         return Ok(());
     }
     println!("model: {} ({source})", path.display());
-    for (p, adj) in [&a.a, &a.b].into_iter().zip(&adjusted) {
-        for x in adj {
+    for (p, n) in [&a.a, &a.b].into_iter().zip(&notes) {
+        for x in &n.adjustments {
             eprintln!("warning: {}: {}", p.display(), x.detail);
+        }
+        for x in &n.warnings {
+            eprintln!(
+                "warning: {}: unlike the training data: {}",
+                p.display(),
+                x.detail
+            );
         }
     }
     match (c.threshold, c.same) {
@@ -286,6 +295,19 @@ fn info(a: InfoArgs) -> Result<()> {
     match m.threshold {
         Some(t) => println!("threshold:     {t:.4} (same when distance ≤ threshold)"),
         None => println!("threshold:     none (not calibrated)"),
+    }
+    match &m.input_profile {
+        Some(p) => println!(
+            "input check:   mean intensity {:.3}–{:.3}, spread {:.3}–{:.3}, nearest of {} references ≤ {:.3} ({:.1}% of held-out images flagged)",
+            p.intensity_mean[0],
+            p.intensity_mean[1],
+            p.intensity_spread[0],
+            p.intensity_spread[1],
+            p.reference_count,
+            p.nearest_limit,
+            100.0 * p.false_alarm_rate
+        ),
+        None => println!("input check:   none (train, or `siam calibrate`, to fit one)"),
     }
     if let Some(t) = &m.training {
         println!("training:      {t}");
@@ -430,9 +452,14 @@ fn calibrate(a: CalibrateArgs) -> Result<()> {
         threshold: None,
     };
     let r = evaluate(&model, &set, &pairs, &transform, &spec)?;
+    // The input check is refitted on the same images (a model from before it gets one).
+    let profile = siam_train::evaluate::fit_input_profile(&model, &set, &transform, a.seed)?;
     let meta = model.meta_mut();
     meta.threshold = Some(r.verification.threshold);
     meta.distance_quantiles = r.quantiles.clone();
+    if profile.is_some() {
+        meta.input_profile = profile;
+    }
     model.save(&a.out)?;
     if a.json {
         println!(

@@ -162,6 +162,71 @@ fn compare_gives_distance_threshold_and_verdict() {
 /// An input unlike the model's input spec is adjusted with a warning (text) and a field (JSON)
 /// saying what was done; a fixture image of the training distribution gets none.
 #[test]
+fn compare_warns_on_inputs_unlike_the_training_data() {
+    let m = model();
+    // Training fitted an input check on the validation split and measured it on the test
+    // split, whose images are of the training distribution: few false alarms.
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(m.parent().unwrap().join("summary.json")).unwrap())
+            .unwrap();
+    let check = &summary["input_check"];
+    assert!(check["images"].as_u64().unwrap() >= 20, "{check}");
+    assert!(check["rate"].as_f64().unwrap() <= 0.1, "{check}");
+    let info = stdout(siam().arg("info").arg(m));
+    assert!(info.contains("input check:   mean intensity"), "{info}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let blank = dir.path().join("blank.png");
+    image::GrayImage::from_pixel(28, 28, image::Luma([0]))
+        .save(&blank)
+        .unwrap();
+    let mut inverted = image::open(png("bag", 0)).unwrap().to_luma8();
+    image::imageops::invert(&mut inverted);
+    let inverted_path = dir.path().join("inverted.png");
+    inverted.save(&inverted_path).unwrap();
+    let warnings = |a: &Path, b: &Path| -> (Vec<String>, Vec<String>) {
+        let v = json(
+            siam()
+                .arg("compare")
+                .arg(a)
+                .arg(b)
+                .arg("-m")
+                .arg(m)
+                .arg("--json"),
+        );
+        assert_eq!(v["input_check"], true, "{v}");
+        let kinds = |i: usize| {
+            v["inputs"][i]["warnings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w["kind"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        (kinds(0), kinds(1))
+    };
+    let (a, b) = warnings(&blank, &inverted_path);
+    assert!(a.contains(&"intensity-spread".to_string()), "{a:?}");
+    assert!(b.contains(&"intensity-mean".to_string()), "{b:?}");
+    // Fixture images of the training distribution get none.
+    let (a, b) = warnings(&png("bag", 0), &png("trouser", 1));
+    assert!(a.is_empty() && b.is_empty(), "{a:?} {b:?}");
+    let o = siam()
+        .arg("compare")
+        .arg(&blank)
+        .arg(png("bag", 0))
+        .arg("-m")
+        .arg(m)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("blank.png: unlike the training data: intensity spread"),
+        "{err}"
+    );
+}
+
+#[test]
 fn compare_says_what_preprocessing_did_to_an_unlike_input() {
     let m = model();
     let dir = tempfile::tempdir().unwrap();

@@ -7,6 +7,7 @@
 //! - [`kernels`]: fast CPU convolution and fused ReLU + max-pooling (candle custom ops).
 //! - [`loss`]: contrastive (argument `same`, never `label`), triplet, online mining, BCE.
 //! - [`SiameseModel::save`] / [`SiameseModel::load`]: one `.safetensors` with JSON metadata.
+//! - [`ood`]: the input check stored at training time ([`SiameseModel::input_warnings`]).
 //! - [`Gallery`]: embeddings computed once and searched exactly, saved as safetensors.
 //! - [`parse_device`]: "cpu", "cuda:0", "metal", "auto".
 //!
@@ -43,6 +44,7 @@ pub mod gallery;
 pub mod kernels;
 pub mod loss;
 pub mod model;
+pub mod ood;
 
 pub use device::parse_device;
 pub use distance::Distance;
@@ -50,9 +52,10 @@ pub use encoder::{EncoderConfig, InputSpec, Pooling};
 pub use error::{ModelError, Result};
 pub use gallery::{Gallery, GalleryIdentity, Hit};
 pub use model::{
-    Comparison, DistanceQuantiles, FORMAT_VERSION, InputAdjustment, ModelConfig, ModelMeta,
-    SiameseModel, read_model_meta,
+    Comparison, DistanceQuantiles, FORMAT_VERSION, InputAdjustment, InputNotes, ModelConfig,
+    ModelMeta, SiameseModel, read_model_meta,
 };
+pub use ood::{InputProfile, InputWarning};
 
 /// Re-exported so users need not pin candle themselves.
 pub use candle_core;

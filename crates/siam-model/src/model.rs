@@ -12,6 +12,7 @@ use candle_nn::{Linear, VarBuilder, VarMap};
 use crate::distance::{self, Distance};
 use crate::encoder::{self, Encoder, EncoderConfig, InputSpec};
 use crate::error::{ModelError, Result};
+use crate::ood::{InputProfile, InputWarning, REFERENCE_TENSOR};
 
 /// The model-file format this build writes and the newest it reads.
 pub const FORMAT_VERSION: u32 = 1;
@@ -68,6 +69,9 @@ pub struct ModelMeta {
     /// Free-form training summary (recipe, metrics, timings).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training: Option<serde_json::Value>,
+    /// What the training inputs looked like, for [`SiameseModel::input_warnings`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_profile: Option<InputProfile>,
 }
 
 /// The result of comparing two inputs.
@@ -200,6 +204,7 @@ impl SiameseModel {
                 threshold: None,
                 distance_quantiles: None,
                 training: None,
+                input_profile: None,
             },
             device: device.clone(),
         })
@@ -379,13 +384,21 @@ impl SiameseModel {
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
         let json = serde_json::to_string(&self.meta)
             .map_err(|e| ModelError::Config(format!("metadata: {e}")))?;
-        let tensors: BTreeMap<String, Tensor> = {
+        let mut tensors: BTreeMap<String, Tensor> = {
             let data = self.varmap.data().lock().expect("var map lock");
             data.iter()
                 .map(|(k, v)| (k.clone(), v.as_tensor().to_device(&Device::Cpu)))
                 .map(|(k, t)| t.map(|t| (k, t)))
                 .collect::<candle_core::Result<_>>()?
         };
+        if let Some(p) = self
+            .meta
+            .input_profile
+            .as_ref()
+            .filter(|p| p.reference_count > 0)
+        {
+            tensors.insert(REFERENCE_TENSOR.into(), p.reference_tensor(&Device::Cpu)?);
+        }
         let meta = HashMap::from([(METADATA_KEY.to_string(), json)]);
         safetensors::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), Some(meta))
             .map_err(|e| ModelError::Config(format!("cannot serialise: {e}")))
@@ -424,7 +437,7 @@ impl SiameseModel {
         device: &Device,
         strict: bool,
     ) -> Result<(Self, Vec<String>)> {
-        let meta = read_meta(path, bytes)?;
+        let mut meta = read_meta(path, bytes)?;
         check_sizes(&meta.config).map_err(|e| ModelError::file(path, e.to_string()))?;
         // Every value must be in the file (2 bytes each at the least, f16): a header that
         // declares a huge network is refused before anything is allocated for it.
@@ -467,10 +480,17 @@ impl SiameseModel {
                     }
                 }
             }
+            if let Some(p) = meta.input_profile.as_mut() {
+                match read_reference(&st, p, meta.embedding_dim) {
+                    Ok(r) => p.reference = r,
+                    Err(e) => problems.push(e),
+                }
+            }
             let mut extra: Vec<String> = st
                 .names()
                 .into_iter()
                 .filter(|n| !data.contains_key(*n))
+                .filter(|n| !(*n == REFERENCE_TENSOR && meta.input_profile.is_some()))
                 .map(String::from)
                 .collect();
             extra.sort();
@@ -642,20 +662,84 @@ impl SiameseModel {
     }
 
     /// Compares two image files, with what preprocessing did to each
-    /// ([`input_adjustments`](Self::input_adjustments)).
+    /// ([`input_adjustments`](Self::input_adjustments)) and how each is unlike the training
+    /// data ([`input_warnings`](Self::input_warnings)).
     #[cfg(feature = "image")]
     pub fn compare_paths_noted(
         &self,
         a: impl AsRef<Path>,
         b: impl AsRef<Path>,
-    ) -> Result<(Comparison, [Vec<InputAdjustment>; 2])> {
+    ) -> Result<(Comparison, [InputNotes; 2])> {
         let (ia, ib) = (open_image(a.as_ref())?, open_image(b.as_ref())?);
-        let c = self.compare(&self.preprocess(&ia)?, &self.preprocess(&ib)?)?;
-        Ok((
-            c,
-            [self.input_adjustments(&ia), self.input_adjustments(&ib)],
-        ))
+        let (xa, xb) = (self.preprocess(&ia)?, self.preprocess(&ib)?);
+        let c = self.compare(&xa, &xb)?;
+        let mut warnings = self
+            .input_warnings(&Tensor::cat(&[xa, xb], 0)?)?
+            .into_iter();
+        let mut notes = |img: &image::DynamicImage| InputNotes {
+            adjustments: self.input_adjustments(img),
+            warnings: warnings.next().unwrap_or_default(),
+        };
+        Ok((c, [notes(&ia), notes(&ib)]))
     }
+
+    /// How each preprocessed input of an (N, C, H, W) batch is unlike the images the model
+    /// was trained on, by the [input profile](crate::ood) stored at training time: one list
+    /// per input, empty when it looks familiar or when the model has no profile.
+    pub fn input_warnings(&self, x: &Tensor) -> Result<Vec<Vec<InputWarning>>> {
+        let Some(p) = &self.meta.input_profile else {
+            return Ok(vec![Vec::new(); x.dim(0)?]);
+        };
+        let stats = crate::ood::intensity_stats(x, &self.meta.config.input)?;
+        let near = p.nearest(&self.embed(x)?, self.distance_kind())?;
+        Ok(stats
+            .into_iter()
+            .zip(near)
+            .map(|(s, d)| p.check(s, d))
+            .collect())
+    }
+}
+
+/// What [`SiameseModel::compare_paths_noted`] says about one input.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct InputNotes {
+    /// What preprocessing did to it.
+    pub adjustments: Vec<InputAdjustment>,
+    /// How it is unlike the training data.
+    pub warnings: Vec<InputWarning>,
+}
+
+/// The reference embeddings of an input profile, checked against what the metadata says.
+fn read_reference(
+    st: &safetensors::SafeTensors<'_>,
+    p: &InputProfile,
+    dim: usize,
+) -> std::result::Result<Vec<f32>, String> {
+    if p.reference_count == 0 {
+        return Ok(Vec::new());
+    }
+    let view = st
+        .tensor(REFERENCE_TENSOR)
+        .map_err(|_| format!("the input profile declares {} reference embeddings but there is no tensor {REFERENCE_TENSOR}", p.reference_count))?;
+    if view.shape() != [p.reference_count, dim] || view.dtype() != safetensors::Dtype::F32 {
+        return Err(format!(
+            "tensor {REFERENCE_TENSOR} is {:?} {:?}, the input profile needs F32 [{}, {dim}]",
+            view.dtype(),
+            view.shape(),
+            p.reference_count
+        ));
+    }
+    let v: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    if v.iter().any(|x| !x.is_finite()) {
+        return Err(format!(
+            "tensor {REFERENCE_TENSOR} holds NaN or infinite values"
+        ));
+    }
+    Ok(v)
 }
 
 /// Decodes an image file; the error names it.

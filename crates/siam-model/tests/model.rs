@@ -696,3 +696,54 @@ fn losses_check_shapes_and_the_same_convention() {
     );
     let _ = x.sum(D::Minus1).unwrap();
 }
+
+#[test]
+fn the_input_profile_survives_the_model_file_and_bad_references_are_refused() {
+    let mut model = SiameseModel::new(&seed_cnn(1, 28, 28), 5, &Device::Cpu).unwrap();
+    let x = images(60, 1, 28, 28, 3);
+    let e = model.embed(&x).unwrap();
+    let stats = siam_model::ood::intensity_stats(&x, &model.config().input).unwrap();
+    let p = siam_model::InputProfile::fit(&stats, &e, model.distance_kind(), 1)
+        .unwrap()
+        .unwrap();
+    assert_eq!(p.reference_count, 30);
+    model.meta_mut().input_profile = Some(p.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.safetensors");
+    model.save(&path).unwrap();
+    let back = SiameseModel::load(&path, &Device::Cpu).unwrap();
+    assert_eq!(back.meta().input_profile.as_ref(), Some(&p));
+    assert_eq!(back.fingerprint().unwrap(), model.fingerprint().unwrap());
+    // The training images themselves are familiar; a blank image and noise far brighter
+    // than anything seen are not.
+    let w = back.input_warnings(&x.narrow(0, 0, 4).unwrap()).unwrap();
+    assert_eq!(w.len(), 4);
+    assert!(w.iter().filter(|w| !w.is_empty()).count() <= 1, "{w:?}");
+    let blank = Tensor::full(-0.286f32 / 0.353, (1, 1, 28, 28), &Device::Cpu).unwrap();
+    let w = back.input_warnings(&blank).unwrap();
+    assert!(w[0].iter().any(|w| w.kind == "intensity-spread"), "{w:?}");
+    // A declared reference that is missing or misshapen names the file.
+    let meta_only = siam_model::read_model_meta(&path).unwrap();
+    assert_eq!(meta_only.input_profile.unwrap().reference_count, 30);
+    let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let meta = header.metadata().clone().unwrap();
+    for bad in ["missing", "shape"] {
+        if bad == "missing" {
+            tensors.remove(siam_model::ood::REFERENCE_TENSOR);
+        } else {
+            tensors.insert(
+                siam_model::ood::REFERENCE_TENSOR.into(),
+                Tensor::zeros((29, 16), DType::F32, &Device::Cpu).unwrap(),
+            );
+        }
+        let q = dir.path().join(format!("{bad}.safetensors"));
+        safetensors::serialize_to_file(tensors.iter(), Some(meta.clone()), &q).unwrap();
+        let err = SiameseModel::load(&q, &Device::Cpu)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&format!("{bad}.safetensors")), "{err}");
+        assert!(err.contains(siam_model::ood::REFERENCE_TENSOR), "{err}");
+    }
+}

@@ -5,7 +5,7 @@ use candle_core::{Device, Tensor};
 use siam_data::{ImageSet, PairIndices, PairSampler, Transform};
 use siam_eval::{Calibration, DistanceStats, RetrievalReport, VerificationReport};
 use siam_model::loss::{self, Mining};
-use siam_model::{DistanceQuantiles, SiameseModel};
+use siam_model::{DistanceQuantiles, InputProfile, SiameseModel};
 
 use crate::config::LossConfig;
 use crate::error::Result;
@@ -62,6 +62,84 @@ pub fn embed_set(
         parts.push(model.embed(&x)?);
     }
     Ok(Tensor::cat(&parts, 0)?)
+}
+
+/// Fits the input profile ([`siam_model::ood`]) of `model` on `set` (the validation split):
+/// intensity bounds and reference embeddings. None for a set under 20 images.
+pub fn fit_input_profile(
+    model: &SiameseModel,
+    set: &ImageSet,
+    transform: &Transform,
+    seed: u64,
+) -> Result<Option<InputProfile>> {
+    let (stats, emb) = stats_and_embeddings(model, set, transform)?;
+    Ok(InputProfile::fit(
+        &stats,
+        &emb,
+        model.distance_kind(),
+        siam_data::rng::derive_seed(seed, &[siam_data::rng::stream::EVAL_PAIRS, 0x00d]),
+    )?)
+}
+
+fn stats_and_embeddings(
+    model: &SiameseModel,
+    set: &ImageSet,
+    transform: &Transform,
+) -> Result<(Vec<(f32, f32)>, Tensor)> {
+    let mut stats = Vec::with_capacity(set.len());
+    let mut parts = Vec::new();
+    let idx: Vec<usize> = (0..set.len()).collect();
+    for c in idx.chunks(512) {
+        let x = transform.tensor(set, c, 0, 0, model.device())?;
+        stats.extend(siam_model::ood::intensity_stats(&x, &model.config().input)?);
+        parts.push(model.embed(&x)?);
+    }
+    Ok((stats, Tensor::cat(&parts, 0)?))
+}
+
+/// How many images of a set the model's input check flags as unlike its training data.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct InputCheck {
+    /// Images checked.
+    pub images: usize,
+    /// Images with at least one warning.
+    pub flagged: usize,
+    /// `flagged / images`.
+    pub rate: f64,
+    /// Images flagged by each kind of warning (an image may count under several).
+    pub by_kind: std::collections::BTreeMap<String, usize>,
+    /// The rate the profile measured on held-out training-like images when it was fitted.
+    pub expected_rate: f64,
+}
+
+/// Runs the model's input check over every image of `set`; None for a model without an
+/// input profile.
+pub fn input_check(
+    model: &SiameseModel,
+    set: &ImageSet,
+    transform: &Transform,
+) -> Result<Option<InputCheck>> {
+    let Some(p) = &model.meta().input_profile else {
+        return Ok(None);
+    };
+    let (stats, emb) = stats_and_embeddings(model, set, transform)?;
+    let near = p.nearest(&emb, model.distance_kind())?;
+    let mut by_kind = std::collections::BTreeMap::new();
+    let mut flagged = 0;
+    for (s, d) in stats.into_iter().zip(near) {
+        let w = p.check(s, d);
+        flagged += usize::from(!w.is_empty());
+        for x in w {
+            *by_kind.entry(x.kind.to_string()).or_insert(0) += 1;
+        }
+    }
+    Ok(Some(InputCheck {
+        images: set.len(),
+        flagged,
+        rate: flagged as f64 / set.len().max(1) as f64,
+        by_kind,
+        expected_rate: f64::from(p.false_alarm_rate),
+    }))
 }
 
 /// What to evaluate with.

@@ -35,7 +35,7 @@ use siam_model::{InputSpec, ModelConfig, SiameseModel};
 use crate::config::{LossConfig, Metric, TrainConfig};
 use crate::data::{self, Datasets};
 use crate::error::{Result, TrainError};
-use crate::evaluate::{EvalReport, EvalSpec, eval_pairs, evaluate};
+use crate::evaluate::{EvalReport, EvalSpec, eval_pairs, evaluate, fit_input_profile, input_check};
 use crate::optim::{Optimizer, learning_rate};
 
 pub use folder::checkpoints;
@@ -149,6 +149,10 @@ pub struct Summary {
     pub best_metric: (Metric, f64),
     /// Test figures of the best model at its calibrated threshold.
     pub test: EvalReport,
+    /// The input check on the test split (its false alarms: the test images are of the
+    /// training distribution).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_check: Option<crate::evaluate::InputCheck>,
     /// Wall time of this invocation, seconds.
     pub wall_s: f64,
     /// With a class split: the class names of each role (training classes are the only ones

@@ -358,7 +358,15 @@ impl<'a> Run<'a> {
         }
         on(Event::Testing);
         let model_path = self.dir.join("model.safetensors");
-        let best = SiameseModel::load(&model_path, self.model.device())?;
+        let mut best = SiameseModel::load(&model_path, self.model.device())?;
+        // The input check compare and diagnose use: fitted on the validation split, stored
+        // with the best model, its false-alarm rate measured below on the test split.
+        let profile = fit_input_profile(&best, &self.data.val, &self.eval_transform, cfg.seed)?;
+        if profile.is_some() {
+            best.meta_mut().input_profile = profile;
+            best.save(&model_path)?;
+        }
+        let input_check = input_check(&best, &self.data.test, &self.eval_transform)?;
         let test_pairs = eval_pairs(
             &self.data.test,
             cfg.validation.test_pairs,
@@ -385,6 +393,7 @@ impl<'a> Run<'a> {
             best_step,
             best_metric: (cfg.validation.metric, value),
             test,
+            input_check,
             wall_s: started.elapsed().as_secs_f64(),
             classes: self
                 .data
