@@ -170,6 +170,31 @@ pub fn diagnosis(d: &siam_eval::Diagnosis) -> String {
             _ => String::new(),
         }
     );
+    match &m.input_check {
+        Some(c) => {
+            let _ = writeln!(
+                o,
+                "input check: {} of {} images ({:.1}%) unlike the training data (training-like images: {:.1}%){}",
+                c.flagged,
+                c.images,
+                100.0 * c.rate,
+                100.0 * c.expected_rate,
+                if c.by_kind.is_empty() {
+                    String::new()
+                } else {
+                    let k: Vec<String> =
+                        c.by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
+                    format!(": {}", k.join(", "))
+                }
+            );
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "input check: none in this model file (`siam calibrate` fits one)"
+            );
+        }
+    }
     for n in &d.notes {
         let _ = writeln!(o, "note: {n}");
     }

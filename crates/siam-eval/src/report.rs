@@ -120,6 +120,10 @@ pub fn html(diagnosis: &Diagnosis, charts: &[Chart]) -> String {
         ),
         ("same pairs: mean distance", m.stats.same_mean),
         ("different pairs: mean distance", m.stats.different_mean),
+        (
+            "input check: share unlike the training data",
+            m.input_check.as_ref().map_or(f64::NAN, |c| c.rate),
+        ),
         ("effective rank", m.geometry.effective_rank),
         ("mean pairwise distance", m.geometry.mean_pairwise_distance),
     ];

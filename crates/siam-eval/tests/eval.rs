@@ -251,6 +251,7 @@ mod findings {
             history: None,
             generalization: None,
             classes: None,
+            input_check: None,
         }
     }
 
@@ -559,6 +560,54 @@ mod findings {
                 .collect(),
         );
         assert!(kinds(&m).contains(&Kind::ClassImbalance));
+    }
+
+    fn input_check(flagged: usize, by: &[(&str, usize)]) -> siam_eval::diagnose::InputCheck {
+        siam_eval::diagnose::InputCheck {
+            images: 1000,
+            flagged,
+            rate: flagged as f64 / 1000.0,
+            by_kind: by.iter().map(|(k, n)| (k.to_string(), *n)).collect(),
+            expected_rate: 0.012,
+        }
+    }
+
+    #[test]
+    fn unfamiliar_inputs_when_much_of_the_data_falls_outside_the_input_check() {
+        // Training-like data: about the expected share flagged, no finding.
+        let mut m = healthy();
+        m.input_check = Some(input_check(
+            15,
+            &[("far-from-training", 10), ("intensity-mean", 5)],
+        ));
+        assert!(!kinds(&m).contains(&Kind::UnfamiliarInputs));
+        // Inverted images: most flagged for brightness.
+        m.input_check = Some(input_check(
+            930,
+            &[("intensity-mean", 900), ("far-from-training", 400)],
+        ));
+        let f = findings(&m);
+        let u = f.iter().find(|f| f.kind == Kind::UnfamiliarInputs).unwrap();
+        assert_eq!(u.severity, Severity::Warning);
+        assert!(u.summary.starts_with("93% of the images"), "{}", u.summary);
+        assert!(
+            u.summary.contains("brightness") && u.summary.contains("another kind"),
+            "{}",
+            u.summary
+        );
+        assert!(!u.summary.contains("contrast"), "{}", u.summary);
+        let share = u
+            .evidence
+            .iter()
+            .find(|e| e.name == "intensity-mean-share")
+            .unwrap();
+        assert!((share.value - 0.9).abs() < 1e-9);
+        assert!(u.fix.contains("siam calibrate"));
+        // A model whose own held-out images are flagged often needs five times that.
+        let mut c = input_check(250, &[("far-from-training", 250)]);
+        c.expected_rate = 0.1;
+        m.input_check = Some(c);
+        assert!(!kinds(&m).contains(&Kind::UnfamiliarInputs));
     }
 
     #[test]

@@ -97,20 +97,7 @@ fn stats_and_embeddings(
     Ok((stats, Tensor::cat(&parts, 0)?))
 }
 
-/// How many images of a set the model's input check flags as unlike its training data.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct InputCheck {
-    /// Images checked.
-    pub images: usize,
-    /// Images with at least one warning.
-    pub flagged: usize,
-    /// `flagged / images`.
-    pub rate: f64,
-    /// Images flagged by each kind of warning (an image may count under several).
-    pub by_kind: std::collections::BTreeMap<String, usize>,
-    /// The rate the profile measured on held-out training-like images when it was fitted.
-    pub expected_rate: f64,
-}
+pub use siam_eval::diagnose::InputCheck;
 
 /// Runs the model's input check over every image of `set`; None for a model without an
 /// input profile.
@@ -124,22 +111,7 @@ pub fn input_check(
     };
     let (stats, emb) = stats_and_embeddings(model, set, transform)?;
     let near = p.nearest(&emb, model.distance_kind())?;
-    let mut by_kind = std::collections::BTreeMap::new();
-    let mut flagged = 0;
-    for (s, d) in stats.into_iter().zip(near) {
-        let w = p.check(s, d);
-        flagged += usize::from(!w.is_empty());
-        for x in w {
-            *by_kind.entry(x.kind.to_string()).or_insert(0) += 1;
-        }
-    }
-    Ok(Some(InputCheck {
-        images: set.len(),
-        flagged,
-        rate: flagged as f64 / set.len().max(1) as f64,
-        by_kind,
-        expected_rate: f64::from(p.false_alarm_rate),
-    }))
+    Ok(Some(siam_eval::diagnose::tally(p, &stats, &near)))
 }
 
 /// What to evaluate with.

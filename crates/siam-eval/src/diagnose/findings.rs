@@ -721,6 +721,8 @@ pub fn findings(m: &Measurements) -> Vec<Finding> {
         }
     }
 
+    out.extend(super::inputs::unfamiliar_inputs(m));
+
     out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out
 }

@@ -311,7 +311,9 @@ pub fn measure(
         None => None,
     };
     let roc = roc(&finite, same)?;
+    let input_check = super::inputs::input_check(model, probe.images, &emb)?;
     let m = Measurements {
+        input_check,
         context,
         verification,
         best_threshold,

@@ -8,7 +8,8 @@
 //! model.
 //!
 //! The map: this file holds the types (findings, measurements, the probe); `measure.rs`
-//! probes a model; `findings.rs` holds the rules, one block per kind.
+//! probes a model; `findings.rs` holds the rules, one block per kind; `inputs.rs` the input
+//! check over the data and its rule.
 
 use candle_core::{DType, Device, Tensor};
 use siam_model::{Distance, SiameseModel};
@@ -61,11 +62,13 @@ pub enum Kind {
     OverSpecialised,
     /// The stored threshold is far from the best threshold on this data.
     StaleThreshold,
+    /// Much of the data falls outside the input check stored with the model.
+    UnfamiliarInputs,
 }
 
 impl Kind {
     /// Every kind, in the order reports list them.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::NonFinite,
         Kind::InvertedLabels,
         Kind::Collapse,
@@ -74,6 +77,7 @@ impl Kind {
         Kind::OverSpecialised,
         Kind::WeakFeatures,
         Kind::Overfitting,
+        Kind::UnfamiliarInputs,
         Kind::StaleThreshold,
         Kind::PairImbalance,
         Kind::ClassImbalance,
@@ -93,6 +97,7 @@ impl Kind {
             Kind::WeakFeatures => "weak-features",
             Kind::OverSpecialised => "over-specialised",
             Kind::StaleThreshold => "stale-threshold",
+            Kind::UnfamiliarInputs => "unfamiliar-inputs",
         }
     }
 }
@@ -314,6 +319,9 @@ pub struct Measurements {
     /// Figures split by the classes the model trained on and those it never saw, when known.
     #[serde(default)]
     pub classes: Option<ClassBreakdown>,
+    /// The model's input check over the data, when the model file has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_check: Option<InputCheck>,
 }
 
 /// Retrieval on the diagnosed data split by whether the model trained on the class.
@@ -405,7 +413,9 @@ pub struct Probe<'a> {
 }
 
 mod findings;
+mod inputs;
 mod measure;
 
 pub use findings::findings;
+pub use inputs::{InputCheck, input_check, tally};
 pub use measure::{consistency, geometry, measure};
