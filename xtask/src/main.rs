@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_gallery;
+mod bench_ood;
 mod cuda;
 mod download;
 mod fixtures;
@@ -31,6 +32,8 @@ enum Cmd {
     Bench(bench::Args),
     /// Exact gallery search at 100k and 1M embeddings: load time, queries/s, peak memory.
     BenchGallery(bench_gallery::Args),
+    /// The input check's false alarms (test split) and detection of foreign inputs.
+    BenchOod(bench_ood::Args),
     /// Regenerate fixtures/ (data subset, PNGs, shipped model) from the full Fashion-MNIST.
     Fixtures(fixtures::Args),
     /// Compile the workspace with the CUDA feature (no GPU needed; installs nvcc from PyPI).
@@ -59,6 +62,7 @@ fn main() {
         Cmd::Download(a) => download::run(&a),
         Cmd::Bench(a) => bench::run(&a),
         Cmd::BenchGallery(a) => bench_gallery::run(&a),
+        Cmd::BenchOod(a) => bench_ood::run(&a),
         Cmd::Fixtures(a) => fixtures::run(&a),
         Cmd::CheckCuda(a) => cuda::run(&a),
         Cmd::Fuzz(a) => fuzz::run(&a),

@@ -227,6 +227,41 @@ fn compare_warns_on_inputs_unlike_the_training_data() {
 }
 
 #[test]
+fn diagnose_finds_unfamiliar_inputs_in_inverted_images() {
+    // The fixture images as negatives, class folders kept.
+    let dir = tempfile::tempdir().unwrap();
+    for class in std::fs::read_dir(png_root()).unwrap() {
+        let class = class.unwrap().path();
+        let out = dir.path().join(class.file_name().unwrap());
+        std::fs::create_dir_all(&out).unwrap();
+        for f in std::fs::read_dir(&class).unwrap() {
+            let f = f.unwrap().path();
+            let mut img = image::open(&f).unwrap().to_luma8();
+            image::imageops::invert(&mut img);
+            img.save(out.join(f.file_name().unwrap())).unwrap();
+        }
+    }
+    let v = json(
+        siam()
+            .args(["diagnose", "--json", "--data"])
+            .arg(dir.path())
+            .arg("--model")
+            .arg(shipped()),
+    );
+    let check = &v["measurements"]["input_check"];
+    assert!(check["rate"].as_f64().unwrap() > 0.5, "{check}");
+    let f = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "unfamiliar-inputs")
+        .unwrap_or_else(|| panic!("{v:#}"));
+    assert!(f["summary"].as_str().unwrap().contains("brightness"), "{f}");
+    let text = stdout(siam().args(["diagnose", "--data"]).arg(dir.path()).arg("--model").arg(shipped()));
+    assert!(text.contains("input check: ") && text.contains("[unfamiliar-inputs]"), "{text}");
+}
+
+#[test]
 fn compare_says_what_preprocessing_did_to_an_unlike_input() {
     let m = model();
     let dir = tempfile::tempdir().unwrap();
