@@ -35,7 +35,12 @@ pub struct Args {
 /// A one-class set of gray or RGB images from raw pixels.
 fn set(pixels: Vec<u8>, shape: ImageShape) -> Result<ImageSet> {
     let n = pixels.len() / shape.numel();
-    Ok(ImageSet::new(pixels, vec![0; n], shape, vec!["foreign".into()])?)
+    Ok(ImageSet::new(
+        pixels,
+        vec![0; n],
+        shape,
+        vec!["foreign".into()],
+    )?)
 }
 
 pub fn run(a: &Args) -> Result<()> {
@@ -55,13 +60,16 @@ pub fn run(a: &Args) -> Result<()> {
     let test = test.with_context(|| format!("{}: no test split", a.data))?;
     let shape = test.shape();
     let numel = shape.numel();
-    let mut sets: Vec<(String, ImageSet, bool)> = vec![("test split (in distribution)".into(), test.clone(), false)];
+    let mut sets: Vec<(String, ImageSet, bool)> =
+        vec![("test split (in distribution)".into(), test.clone(), false)];
 
     // Uniform noise from a seeded LCG.
     let mut s: u64 = 0x5eed;
     let noise: Vec<u8> = (0..a.n * numel)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             (s >> 56) as u8
         })
         .collect();
@@ -88,38 +96,45 @@ pub fn run(a: &Args) -> Result<()> {
         };
         let mut pixels = Vec::with_capacity(files.len() * numel);
         for p in &files {
-            let (px, _, _) = siam_data::folder::decode_file(p, color, Some((shape.height, shape.width)))?;
+            let (px, _, _) =
+                siam_data::folder::decode_file(p, color, Some((shape.height, shape.width)))?;
             pixels.extend(px);
         }
         sets.push((name.to_string(), set(pixels, shape)?, true));
     }
 
     println!(
-        "model {} — input check fitted on {} images: mean intensity {:.3}–{:.3}, spread {:.3}–{:.3}, nearest ≤ {:.3}; {:.1}% of its held-out images flagged",
+        "model {} — input check fitted on {} images: mean intensity {:.3}–{:.3}, spread {:.3}–{:.3}, texture {:.3}–{:.3}, norm {:.3}–{:.3}, nearest ≤ {:.3}; {:.1}% of its held-out images flagged",
         a.model.display(),
         profile.images,
         profile.intensity_mean[0],
         profile.intensity_mean[1],
         profile.intensity_spread[0],
         profile.intensity_spread[1],
+        profile.texture[0],
+        profile.texture[1],
+        profile.embedding_norm[0],
+        profile.embedding_norm[1],
         profile.nearest_limit,
         100.0 * profile.false_alarm_rate
     );
     println!(
-        "{:<32} {:>7} {:>9}  {:>14} {:>16} {:>17}",
-        "set", "images", "flagged", "intensity-mean", "intensity-spread", "far-from-training"
+        "{:<30} {:>6} {:>8}  {:>7} {:>7} {:>7} {:>7} {:>7}",
+        "set", "images", "flagged", "mean", "spread", "texture", "norm", "far"
     );
     let mut rows = Vec::new();
     for (name, s, foreign) in &sets {
         let c = input_check(&model, s, &transform)?.expect("the model has a profile");
         let pct = |k: &str| 100.0 * *c.by_kind.get(k).unwrap_or(&0) as f64 / c.images as f64;
         println!(
-            "{:<32} {:>7} {:>8.1}%  {:>13.1}% {:>15.1}% {:>16.1}%",
+            "{:<30} {:>6} {:>7.1}%  {:>6.1}% {:>6.1}% {:>6.1}% {:>6.1}% {:>6.1}%",
             name,
             c.images,
             100.0 * c.rate,
             pct("intensity-mean"),
             pct("intensity-spread"),
+            pct("texture"),
+            pct("embedding-norm"),
             pct("far-from-training")
         );
         rows.push(serde_json::json!({"set": name, "foreign": foreign, "check": c}));
@@ -129,7 +144,9 @@ pub fn run(a: &Args) -> Result<()> {
     let out = dir.join("ood.json");
     std::fs::write(
         &out,
-        serde_json::to_string_pretty(&serde_json::json!({"model": a.model, "profile": profile, "sets": rows}))?,
+        serde_json::to_string_pretty(
+            &serde_json::json!({"model": a.model, "profile": profile, "sets": rows}),
+        )?,
     )?;
     eprintln!("wrote {}", out.display());
     Ok(())

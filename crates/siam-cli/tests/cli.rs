@@ -257,8 +257,17 @@ fn diagnose_finds_unfamiliar_inputs_in_inverted_images() {
         .find(|f| f["kind"] == "unfamiliar-inputs")
         .unwrap_or_else(|| panic!("{v:#}"));
     assert!(f["summary"].as_str().unwrap().contains("brightness"), "{f}");
-    let text = stdout(siam().args(["diagnose", "--data"]).arg(dir.path()).arg("--model").arg(shipped()));
-    assert!(text.contains("input check: ") && text.contains("[unfamiliar-inputs]"), "{text}");
+    let text = stdout(
+        siam()
+            .args(["diagnose", "--data"])
+            .arg(dir.path())
+            .arg("--model")
+            .arg(shipped()),
+    );
+    assert!(
+        text.contains("input check: ") && text.contains("[unfamiliar-inputs]"),
+        "{text}"
+    );
 }
 
 #[test]

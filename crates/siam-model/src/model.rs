@@ -284,6 +284,34 @@ impl SiameseModel {
         }
     }
 
+    /// Embeds like [`embed`](Self::embed) and also returns the length of each encoder output
+    /// before L2 normalisation (what the input check's `embedding-norm` measures).
+    pub fn embed_with_norms(&self, x: &Tensor) -> Result<(Tensor, Vec<f32>)> {
+        let s = &self.meta.config.input;
+        if x.rank() != 4 || x.dims()[1..] != [s.channels, s.height, s.width] {
+            return Err(ModelError::Config(format!(
+                "embed takes (N, {}, {}, {}) tensors, got {:?}",
+                s.channels,
+                s.height,
+                s.width,
+                x.dims()
+            )));
+        }
+        let raw = self.encoder.forward_t(x, false)?.detach();
+        let norms: Vec<f32> = raw
+            .sqr()?
+            .sum(1)?
+            .sqrt()?
+            .to_device(&Device::Cpu)?
+            .to_vec1()?;
+        let e = if self.meta.config.normalize {
+            distance::l2_normalize(&raw)?
+        } else {
+            raw
+        };
+        Ok((e, norms))
+    }
+
     /// Embeds in eval mode `chunk` images at a time, to bound memory on large sets.
     pub fn embed_chunked(&self, x: &Tensor, chunk: usize) -> Result<Tensor> {
         let n = x.dim(0)?;
@@ -690,13 +718,10 @@ impl SiameseModel {
         let Some(p) = &self.meta.input_profile else {
             return Ok(vec![Vec::new(); x.dim(0)?]);
         };
-        let stats = crate::ood::intensity_stats(x, &self.meta.config.input)?;
-        let near = p.nearest(&self.embed(x)?, self.distance_kind())?;
-        Ok(stats
-            .into_iter()
-            .zip(near)
-            .map(|(s, d)| p.check(s, d))
-            .collect())
+        let (e, norms) = self.embed_with_norms(x)?;
+        let stats = crate::ood::image_stats(x, &self.meta.config.input, &norms)?;
+        let near = p.nearest(&e, self.distance_kind())?;
+        Ok(stats.iter().zip(near).map(|(s, d)| p.check(s, d)).collect())
     }
 }
 

@@ -4,18 +4,22 @@
 //! anything like (noise, a blank frame, a negative, a digit given to a clothes model), and
 //! those distances mean nothing. An [`InputProfile`], fitted at the end of training on the
 //! validation images and stored in the model file, describes the training distribution in
-//! three measurements, each with bounds:
+//! five measurements, each with bounds:
 //!
 //! - `intensity-mean` and `intensity-spread`: the mean and standard deviation of an image's
 //!   pixel intensities in [0, 1] (before normalisation), within the 0.1 % and 99.9 %
 //!   quantiles seen in validation (a blank image has spread 0; a negative a high mean);
+//! - `texture`: the mean absolute difference between neighbouring pixels (photographs and
+//!   drawings are smooth, noise is not), within the same quantiles;
+//! - `embedding-norm`: the length of the encoder's output before L2 normalisation (inputs
+//!   unlike the training data tend to excite the last layer less), within the same quantiles;
 //! - `far-from-training`: the distance from the input's embedding to its nearest reference
 //!   embedding (up to 1,000 validation images kept in the file), within the 99th percentile
 //!   of the same distance for the *other* validation images (held out from the reference,
 //!   so the bound is what a new image of the training distribution gets).
 //!
 //! Each bound is a quantile of held-out data, so an image of the training distribution is
-//! flagged about 1.2 % of the time ([`InputProfile::false_alarm_rate`] says what the fit
+//! flagged a little over 1 % of the time (all bounds together) ([`InputProfile::false_alarm_rate`] says what the fit
 //! measured on its held-out images); clearly foreign inputs are flagged far more often
 //! (docs/BENCHMARKS.md measures both).
 
@@ -48,6 +52,10 @@ pub struct InputProfile {
     pub intensity_mean: [f32; 2],
     /// Bounds of an image's intensity standard deviation.
     pub intensity_spread: [f32; 2],
+    /// Bounds of an image's mean absolute neighbour difference.
+    pub texture: [f32; 2],
+    /// Bounds of the encoder output's length before normalisation.
+    pub embedding_norm: [f32; 2],
     /// Bound of the distance to the nearest reference embedding.
     pub nearest_limit: f32,
     /// Held-out images flagged by the three bounds together, at fitting time.
@@ -59,10 +67,24 @@ pub struct InputProfile {
     pub reference: Vec<f32>,
 }
 
+/// What the input check measures of one image (see the [module](self) docs).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct ImageStats {
+    /// Mean intensity in [0, 1].
+    pub mean: f32,
+    /// Standard deviation of the intensities.
+    pub spread: f32,
+    /// Mean absolute difference between horizontally and vertically neighbouring pixels.
+    pub texture: f32,
+    /// Length of the encoder output before L2 normalisation.
+    pub norm: f32,
+}
+
 /// One way an input is unlike the training data.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct InputWarning {
-    /// `intensity-mean`, `intensity-spread` or `far-from-training`.
+    /// `intensity-mean`, `intensity-spread`, `texture`, `embedding-norm` or
+    /// `far-from-training`.
     pub kind: &'static str,
     /// The input's value.
     pub value: f32,
@@ -72,9 +94,9 @@ pub struct InputWarning {
     pub detail: String,
 }
 
-/// Mean and standard deviation of each image's intensities in [0, 1], undoing the model's
-/// normalisation: (N, C, H, W) → N pairs.
-pub fn intensity_stats(x: &Tensor, input: &InputSpec) -> Result<Vec<(f32, f32)>> {
+/// Mean, standard deviation and texture (mean absolute neighbour difference) of each image's
+/// intensities in [0, 1], undoing the model's normalisation: (N, C, H, W) → N triples.
+pub fn intensity_stats(x: &Tensor, input: &InputSpec) -> Result<Vec<(f32, f32, f32)>> {
     let c = input.channels;
     let per = |v: &[f32], i: usize| if v.len() == 1 { v[0] } else { v[i] };
     let std = Tensor::from_vec(
@@ -90,13 +112,42 @@ pub fn intensity_stats(x: &Tensor, input: &InputSpec) -> Result<Vec<(f32, f32)>>
     let raw = x
         .to_dtype(DType::F32)?
         .broadcast_mul(&std)?
-        .broadcast_add(&mean)?
-        .flatten_from(1)?;
-    let m = raw.mean_keepdim(1)?;
-    let s = raw.broadcast_sub(&m)?.sqr()?.mean(1)?.sqrt()?;
+        .broadcast_add(&mean)?;
+    let (_, _, h, w) = raw.dims4()?;
+    let texture = |dim: usize, len: usize| -> Result<Tensor> {
+        if len < 2 {
+            return Ok(raw.flatten_from(1)?.mean(1)?.zeros_like()?);
+        }
+        let a = raw.narrow(dim, 1, len - 1)?;
+        let b = raw.narrow(dim, 0, len - 1)?;
+        Ok((a - b)?.abs()?.flatten_from(1)?.mean(1)?)
+    };
+    let t = ((texture(3, w)? + texture(2, h)?)? * 0.5)?;
+    let flat = raw.flatten_from(1)?;
+    let m = flat.mean_keepdim(1)?;
+    let s = flat.broadcast_sub(&m)?.sqr()?.mean(1)?.sqrt()?;
     let m: Vec<f32> = m.squeeze(1)?.to_device(&Device::Cpu)?.to_vec1()?;
     let s: Vec<f32> = s.to_device(&Device::Cpu)?.to_vec1()?;
-    Ok(m.into_iter().zip(s).collect())
+    let t: Vec<f32> = t.to_device(&Device::Cpu)?.to_vec1()?;
+    Ok(m.into_iter()
+        .zip(s)
+        .zip(t)
+        .map(|((m, s), t)| (m, s, t))
+        .collect())
+}
+
+/// [`ImageStats`] of each image from [`intensity_stats`] and the encoder output norms.
+pub fn image_stats(x: &Tensor, input: &InputSpec, norms: &[f32]) -> Result<Vec<ImageStats>> {
+    Ok(intensity_stats(x, input)?
+        .into_iter()
+        .zip(norms)
+        .map(|((mean, spread, texture), &norm)| ImageStats {
+            mean,
+            spread,
+            texture,
+            norm,
+        })
+        .collect())
 }
 
 /// The `q` quantile of `v` (linear interpolation, like numpy's default).
@@ -114,12 +165,12 @@ fn nearest(e: &Tensor, reference: &Tensor, distance: Distance) -> Result<Vec<f32
 }
 
 impl InputProfile {
-    /// Fits a profile to `stats` ([`intensity_stats`]) and embeddings `e` (N, D, eval mode)
+    /// Fits a profile to `stats` ([`image_stats`]) and embeddings `e` (N, D, eval mode)
     /// of N validation images: a seeded draw of up to [`MAX_REFERENCE`] (at most half) are
     /// kept as the reference, the others bound the nearest-reference distance. None with
     /// fewer than [`MIN_IMAGES`] images.
     pub fn fit(
-        stats: &[(f32, f32)],
+        stats: &[ImageStats],
         e: &Tensor,
         distance: Distance,
         seed: u64,
@@ -149,7 +200,7 @@ impl InputProfile {
         let mut near = nearest(&e.index_select(&idx(held)?, 0)?, &reference, distance)?;
         let held_near = near.clone();
         let nearest_limit = quantile(&mut near, NEAREST_QUANTILE);
-        let bounds = |f: fn(&(f32, f32)) -> f32| {
+        let bounds = |f: fn(&ImageStats) -> f32| {
             let mut v: Vec<f32> = stats.iter().map(f).collect();
             [
                 quantile(&mut v, INTENSITY_QUANTILES[0]),
@@ -158,8 +209,10 @@ impl InputProfile {
         };
         let mut profile = Self {
             images: n,
-            intensity_mean: bounds(|s| s.0),
-            intensity_spread: bounds(|s| s.1),
+            intensity_mean: bounds(|s| s.mean),
+            intensity_spread: bounds(|s| s.spread),
+            texture: bounds(|s| s.texture),
+            embedding_norm: bounds(|s| s.norm),
             nearest_limit,
             false_alarm_rate: 0.0,
             reference_count: r,
@@ -172,7 +225,7 @@ impl InputProfile {
         let flagged = held
             .iter()
             .zip(&held_near)
-            .filter(|&(&i, &d)| !profile.check(stats[i], d).is_empty())
+            .filter(|&(&i, &d)| !profile.check(&stats[i], d).is_empty())
             .count();
         profile.false_alarm_rate = flagged as f32 / held.len() as f32;
         Ok(Some(profile))
@@ -195,7 +248,8 @@ impl InputProfile {
 
     /// The warnings for one input from its intensity figures and nearest-reference distance:
     /// a pure function of the measurements.
-    pub fn check(&self, (mean, spread): (f32, f32), nearest: f32) -> Vec<InputWarning> {
+    pub fn check(&self, s: &ImageStats, nearest: f32) -> Vec<InputWarning> {
+        let (mean, spread) = (s.mean, s.spread);
         let mut out = Vec::new();
         let [lo, hi] = self.intensity_mean;
         if !(lo..=hi).contains(&mean) {
@@ -229,6 +283,37 @@ impl InputProfile {
                 ),
             });
         }
+        let [lo, hi] = self.texture;
+        if !(lo..=hi).contains(&s.texture) {
+            out.push(InputWarning {
+                kind: "texture",
+                value: s.texture,
+                expected: [lo, hi],
+                detail: format!(
+                    "texture (mean neighbour difference) {:.3}, the training images' lie in {lo:.3}–{hi:.3}{}",
+                    s.texture,
+                    if s.texture > hi {
+                        ": grainier than anything the model saw (noise, compression artefacts, a scan?)"
+                    } else {
+                        ": smoother than anything the model saw (blurred or blank?)"
+                    }
+                ),
+            });
+        }
+        let [lo, hi] = self.embedding_norm;
+        if !(lo..=hi).contains(&s.norm) {
+            out.push(InputWarning {
+                kind: "embedding-norm",
+                value: s.norm,
+                expected: [lo, hi],
+                detail: format!(
+                    "the encoder's output has length {:.3} before normalisation, the training images' {lo:.3}–{hi:.3}: \
+                     the features it learned respond {} to this input",
+                    s.norm,
+                    if s.norm < lo { "weakly" } else { "unusually strongly" }
+                ),
+            });
+        }
         if nearest > self.nearest_limit {
             out.push(InputWarning {
                 kind: "far-from-training",
@@ -254,6 +339,8 @@ mod tests {
             images: 100,
             intensity_mean: [0.1, 0.6],
             intensity_spread: [0.05, 0.45],
+            texture: [0.02, 0.2],
+            embedding_norm: [1.0, 3.0],
             nearest_limit: 0.5,
             false_alarm_rate: 0.01,
             reference_count: 0,
@@ -271,23 +358,46 @@ mod tests {
         }
     }
 
+    fn st(mean: f32, spread: f32) -> ImageStats {
+        ImageStats {
+            mean,
+            spread,
+            texture: 0.1,
+            norm: 2.0,
+        }
+    }
+
     #[test]
     fn check_names_each_way_an_input_is_unlike_the_training_data() {
         let p = profile();
-        assert!(p.check((0.3, 0.2), 0.4).is_empty());
-        let w = p.check((0.8, 0.2), 0.4);
+        assert!(p.check(&st(0.3, 0.2), 0.4).is_empty());
+        let w = p.check(&st(0.8, 0.2), 0.4);
         assert_eq!(w.len(), 1);
         assert_eq!(w[0].kind, "intensity-mean");
         assert!(w[0].detail.contains("brighter"), "{}", w[0].detail);
-        let w = p.check((0.3, 0.0), 0.4);
+        let w = p.check(&st(0.3, 0.0), 0.4);
         assert_eq!(w[0].kind, "intensity-spread");
         assert!(w[0].detail.contains("blank"), "{}", w[0].detail);
-        let w = p.check((0.3, 0.2), 0.9);
+        let w = p.check(&st(0.3, 0.2), 0.9);
         assert_eq!(w[0].kind, "far-from-training");
         assert_eq!(w[0].expected, [0.0, 0.5]);
-        assert_eq!(p.check((0.0, 0.9), 2.0).len(), 3);
+        assert_eq!(p.check(&st(0.0, 0.9), 2.0).len(), 3);
+        let noisy = ImageStats {
+            texture: 0.4,
+            ..st(0.3, 0.2)
+        };
+        let w = p.check(&noisy, 0.1);
+        assert_eq!(w[0].kind, "texture");
+        assert!(w[0].detail.contains("grainier"), "{}", w[0].detail);
+        let weak = ImageStats {
+            norm: 0.5,
+            ..st(0.3, 0.2)
+        };
+        let w = p.check(&weak, 0.1);
+        assert_eq!(w[0].kind, "embedding-norm");
+        assert!(w[0].detail.contains("weakly"), "{}", w[0].detail);
         // NaN figures are never "within bounds".
-        assert_eq!(p.check((f32::NAN, 0.2), 0.1).len(), 1);
+        assert_eq!(p.check(&st(f32::NAN, 0.2), 0.1).len(), 1);
     }
 
     #[test]
@@ -295,12 +405,12 @@ mod tests {
         let n = 400;
         // Intensities spread evenly; embeddings on a line, so nearest distances are small
         // for images of the set and large for a point far away.
-        let stats: Vec<(f32, f32)> = (0..n)
-            .map(|i| {
-                (
-                    0.1 + 0.5 * i as f32 / n as f32,
-                    0.2 + 0.1 * (i % 7) as f32 / 7.0,
-                )
+        let stats: Vec<ImageStats> = (0..n)
+            .map(|i| ImageStats {
+                mean: 0.1 + 0.5 * i as f32 / n as f32,
+                spread: 0.2 + 0.1 * (i % 7) as f32 / 7.0,
+                texture: 0.05 + 0.01 * (i % 5) as f32,
+                norm: 1.0 + (i % 11) as f32 / 11.0,
             })
             .collect();
         let e: Vec<f32> = (0..n).flat_map(|i| [i as f32 / n as f32, 0.0]).collect();
@@ -340,7 +450,8 @@ mod tests {
     #[test]
     fn intensity_stats_undo_the_normalisation() {
         let input = InputSpec::fashion_mnist();
-        // Raw pixels 0 and 1 in equal halves: mean 0.5, std 0.5.
+        // Raw pixels 0 and 1 in alternating columns: mean 0.5, std 0.5; every horizontal
+        // neighbour differs by 1 and no vertical one does: texture 0.5.
         let raw: Vec<f32> = (0..784).map(|i| (i % 2) as f32).collect();
         let x: Vec<f32> = raw.iter().map(|p| (p - 0.286) / 0.353).collect();
         let x = Tensor::from_vec(x, (1, 1, 28, 28), &Device::Cpu).unwrap();
@@ -349,5 +460,6 @@ mod tests {
             (s[0].0 - 0.5).abs() < 1e-5 && (s[0].1 - 0.5).abs() < 1e-5,
             "{s:?}"
         );
+        assert!((s[0].2 - 0.5).abs() < 1e-5, "{s:?}");
     }
 }

@@ -701,8 +701,19 @@ fn losses_check_shapes_and_the_same_convention() {
 fn the_input_profile_survives_the_model_file_and_bad_references_are_refused() {
     let mut model = SiameseModel::new(&seed_cnn(1, 28, 28), 5, &Device::Cpu).unwrap();
     let x = images(60, 1, 28, 28, 3);
-    let e = model.embed(&x).unwrap();
-    let stats = siam_model::ood::intensity_stats(&x, &model.config().input).unwrap();
+    let (e, norms) = model.embed_with_norms(&x).unwrap();
+    assert!(
+        e.sub(&model.embed(&x).unwrap())
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            < 1e-6
+    );
+    let stats = siam_model::ood::image_stats(&x, &model.config().input, &norms).unwrap();
     let p = siam_model::InputProfile::fit(&stats, &e, model.distance_kind(), 1)
         .unwrap()
         .unwrap();

@@ -85,14 +85,19 @@ fn stats_and_embeddings(
     model: &SiameseModel,
     set: &ImageSet,
     transform: &Transform,
-) -> Result<(Vec<(f32, f32)>, Tensor)> {
+) -> Result<(Vec<siam_model::ood::ImageStats>, Tensor)> {
     let mut stats = Vec::with_capacity(set.len());
     let mut parts = Vec::new();
     let idx: Vec<usize> = (0..set.len()).collect();
     for c in idx.chunks(512) {
         let x = transform.tensor(set, c, 0, 0, model.device())?;
-        stats.extend(siam_model::ood::intensity_stats(&x, &model.config().input)?);
-        parts.push(model.embed(&x)?);
+        let (e, norms) = model.embed_with_norms(&x)?;
+        stats.extend(siam_model::ood::image_stats(
+            &x,
+            &model.config().input,
+            &norms,
+        )?);
+        parts.push(e);
     }
     Ok((stats, Tensor::cat(&parts, 0)?))
 }

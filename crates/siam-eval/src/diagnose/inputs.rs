@@ -18,36 +18,40 @@ pub struct InputCheck {
     pub expected_rate: f64,
 }
 
-/// Runs the model's input check over preprocessed images (N, C, H, W) with their
-/// embeddings (N, D); None for a model without an input profile.
-pub fn input_check(
-    model: &SiameseModel,
-    images: &Tensor,
-    emb: &Tensor,
-) -> Result<Option<InputCheck>> {
+/// Runs the model's input check over preprocessed images (N, C, H, W), 512 at a time; None
+/// for a model without an input profile.
+pub fn input_check(model: &SiameseModel, images: &Tensor) -> Result<Option<InputCheck>> {
     let Some(p) = &model.meta().input_profile else {
         return Ok(None);
     };
     let n = images.dim(0)?;
-    let mut stats = Vec::with_capacity(n);
+    let (mut stats, mut near) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let mut i = 0;
     while i < n {
         let k = 512.min(n - i);
-        stats.extend(siam_model::ood::intensity_stats(
-            &images.narrow(0, i, k)?,
+        let x = images.narrow(0, i, k)?;
+        let (e, norms) = model.embed_with_norms(&x)?;
+        stats.extend(siam_model::ood::image_stats(
+            &x,
             &model.config().input,
+            &norms,
         )?);
+        near.extend(p.nearest(&e, model.distance_kind())?);
         i += k;
     }
-    let near = p.nearest(emb, model.distance_kind())?;
     Ok(Some(tally(p, &stats, &near)))
 }
 
-/// The input check's counts over measured intensity figures and nearest-reference distances.
-pub fn tally(p: &siam_model::InputProfile, stats: &[(f32, f32)], near: &[f32]) -> InputCheck {
+/// The input check's counts over measured [`ImageStats`](siam_model::ood::ImageStats) and
+/// nearest-reference distances.
+pub fn tally(
+    p: &siam_model::InputProfile,
+    stats: &[siam_model::ood::ImageStats],
+    near: &[f32],
+) -> InputCheck {
     let mut by_kind = std::collections::BTreeMap::new();
     let mut flagged = 0;
-    for (&s, &d) in stats.iter().zip(near) {
+    for (s, &d) in stats.iter().zip(near) {
         let w = p.check(s, d);
         flagged += usize::from(!w.is_empty());
         for x in w {
@@ -78,7 +82,10 @@ pub(super) fn unfamiliar_inputs(m: &Measurements) -> Option<Finding> {
     if share("intensity-spread") >= 0.1 {
         hints.push("the contrast differs (blank, washed-out or noisy images?)");
     }
-    if share("far-from-training") >= 0.1 {
+    if share("texture") >= 0.1 {
+        hints.push("the texture differs (noise, compression, scans?)");
+    }
+    if share("far-from-training") >= 0.1 || share("embedding-norm") >= 0.1 {
         hints.push("the content is of another kind than the training images");
     }
     let mut f = finding(
@@ -97,17 +104,24 @@ pub(super) fn unfamiliar_inputs(m: &Measurements) -> Option<Finding> {
     )
     .with("flagged-share", c.rate)
     .with("expected-share", c.expected_rate);
-    for k in ["intensity-mean", "intensity-spread", "far-from-training"] {
+    for k in [
+        "intensity-mean",
+        "intensity-spread",
+        "texture",
+        "embedding-norm",
+        "far-from-training",
+    ] {
         f = f.with(&format!("{k}-share"), share(k));
     }
     Some(f.explain(
         "The model's input check (fitted on its validation images at training time) bounds an image's mean \
-         intensity, its spread and the distance of its embedding to the nearest validation image. Images outside \
+         intensity, its spread, its texture, the length of its features and the distance of its embedding to the \
+         nearest validation image. Images outside \
          those bounds are unlike anything the model learned from, and its distances to them carry no meaning: \
          the verdicts on this data are not to be trusted, whatever the figures on the training data.",
         "If this data is what the model must serve, train or fine-tune on it (siam train --data …) and recalibrate \
          (siam calibrate); if it should be like the training data, make its preprocessing match (the shares above \
-         say which: intensity-mean for brightness or inversion, intensity-spread for contrast, far-from-training \
-         for content).",
+         say which: intensity-mean for brightness or inversion, intensity-spread for contrast, texture for noise, \
+         embedding-norm and far-from-training for content).",
     ))
 }

@@ -311,7 +311,7 @@ pub fn measure(
         None => None,
     };
     let roc = roc(&finite, same)?;
-    let input_check = super::inputs::input_check(model, probe.images, &emb)?;
+    let input_check = super::inputs::input_check(model, probe.images)?;
     let m = Measurements {
         input_check,
         context,
