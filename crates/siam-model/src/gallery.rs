@@ -97,7 +97,8 @@ pub struct Gallery {
     embeddings: Vec<f32>,
     /// Σx² of each row.
     sq_norms: Vec<f32>,
-    index: HashMap<String, usize>,
+    /// Row of each name, built on first use (searching never needs it).
+    index: std::sync::OnceLock<HashMap<String, usize>>,
 }
 
 impl Gallery {
@@ -108,8 +109,18 @@ impl Gallery {
             items: Vec::new(),
             embeddings: Vec::new(),
             sq_norms: Vec::new(),
-            index: HashMap::new(),
+            index: std::sync::OnceLock::new(),
         }
+    }
+
+    fn index(&self) -> &HashMap<String, usize> {
+        self.index.get_or_init(|| {
+            self.items
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.clone(), i))
+                .collect()
+        })
     }
 
     /// An empty gallery for `model`, loaded from `model_path`.
@@ -149,7 +160,7 @@ impl Gallery {
 
     /// True when an item of this name is in the gallery.
     pub fn contains(&self, name: &str) -> bool {
-        self.index.contains_key(name)
+        self.index().contains_key(name)
     }
 
     /// The embeddings, row-major N × D.
@@ -170,7 +181,7 @@ impl Gallery {
         }
         let mut seen = HashSet::new();
         for n in &names {
-            if self.index.contains_key(n) || !seen.insert(n.as_str()) {
+            if self.index().contains_key(n) || !seen.insert(n.as_str()) {
                 return Err(ModelError::Config(format!(
                     "gallery add: {n} is already in the gallery"
                 )));
@@ -183,7 +194,12 @@ impl Gallery {
             )));
         }
         for (n, row) in names.into_iter().zip(embeddings.chunks_exact(d)) {
-            self.index.insert(n.clone(), self.items.len());
+            let at = self.items.len();
+            self.index();
+            self.index
+                .get_mut()
+                .expect("built above")
+                .insert(n.clone(), at);
             self.items.push(n);
             self.sq_norms.push(row.iter().map(|x| x * x).sum());
         }
@@ -207,7 +223,7 @@ impl Gallery {
             .map(AsRef::as_ref)
             .filter(|p| {
                 let name = p.display().to_string();
-                !self.index.contains_key(&name) && seen.insert(name)
+                !self.index().contains_key(&name) && seen.insert(name)
             })
             .collect();
         for chunk in new.chunks(256) {
@@ -518,22 +534,26 @@ impl Gallery {
                 embeddings.len()
             )));
         }
-        g.items = Vec::with_capacity(items.len());
-        let mut sq = Vec::with_capacity(items.len());
-        for (n, row) in items.into_iter().zip(embeddings.chunks_exact(d.max(1))) {
-            if row.iter().any(|x| !x.is_finite()) {
-                return Err(ModelError::Config(format!(
-                    "gallery add: the embedding of {n} is not finite"
-                )));
-            }
-            if g.index.insert(n.clone(), g.items.len()).is_some() {
+        {
+            let mut seen = HashSet::with_capacity(items.len());
+            if let Some(n) = items.iter().find(|n| !seen.insert(n.as_str())) {
                 return Err(ModelError::Config(format!(
                     "gallery add: {n} is listed twice"
                 )));
             }
-            g.items.push(n);
-            sq.push(row.iter().map(|x| x * x).sum());
         }
+        let sq: Vec<f32> = embeddings
+            .par_chunks_exact(d.max(1))
+            .map(|row| row.iter().map(|x| x * x).sum())
+            .collect();
+        // Σx² is finite exactly when every value is (and none beyond ±1.8e19).
+        if let Some(i) = sq.iter().position(|v: &f32| !v.is_finite()) {
+            return Err(ModelError::Config(format!(
+                "gallery add: the embedding of {} is not finite",
+                items[i]
+            )));
+        }
+        g.items = items;
         g.sq_norms = sq;
         g.embeddings = embeddings;
         Ok(g)
