@@ -234,6 +234,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     };
     let r = evaluate(&model, &set, &pairs, &transform, &spec)?;
     let classes = siam_train::evaluate::seen_classes(&model, &set);
+    let check = siam_train::evaluate::input_check(&model, &set, &transform)?;
     let tsource = if threshold.is_some() {
         "model"
     } else {
@@ -243,6 +244,9 @@ fn eval(a: EvalArgs) -> Result<()> {
         let mut v = render::eval_json(&r, &path.display().to_string(), tsource);
         if let Some(c) = &classes {
             v["classes"] = serde_json::json!({ "seen": c.seen, "unseen": c.unseen });
+        }
+        if let Some(c) = &check {
+            v["input_check"] = serde_json::to_value(c)?;
         }
         println!("{v}");
     } else {
@@ -258,6 +262,15 @@ fn eval(a: EvalArgs) -> Result<()> {
             );
         }
         print!("{}", render::table(&r));
+        if let Some(c) = &check {
+            println!(
+                "  input check: {} of {} images ({:.1}%) unlike the training data (training-like images: {:.1}%)",
+                c.flagged,
+                c.images,
+                100.0 * c.rate,
+                100.0 * c.expected_rate
+            );
+        }
         if threshold.is_none() {
             println!(
                 "  (no stored threshold: accuracies use the best threshold on this data, an optimistic figure)"

@@ -418,6 +418,10 @@ fn eval_prints_stable_json() {
     assert_eq!(v["pairs"], 500);
     assert_eq!(v["images"], 1000);
     assert_eq!(v["threshold_source"], "model");
+    // The fixture test images are of the training distribution: few flagged.
+    let check = &v["input_check"];
+    assert_eq!(check["images"], 1000, "{v}");
+    assert!(check["rate"].as_f64().unwrap() <= 0.1, "{check}");
     let v = json(
         siam()
             .args(["eval", "--json", "--pairs", "100", "--data"])
