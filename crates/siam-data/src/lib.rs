@@ -3,6 +3,7 @@
 //! candle tensors from a background loader. It knows nothing of models.
 //!
 //! - [`idx`]: MNIST-family IDX files (raw or gzip), validated; [`folder`]: `root/<class>/*.png`.
+//! - [`pair_list`]: the user's own verification pairs (CSV/TSV with a header, LFW's `pairs.txt`).
 //! - [`split`]: stratified train/validation and class-disjoint splits.
 //! - [`sampler`]: [`PairSampler`], [`TripletSampler`], [`PkSampler`]; a batch is a pure
 //!   function of (seed, epoch, batch index).
@@ -36,6 +37,7 @@ pub mod hub;
 pub mod idx;
 pub mod image_set;
 pub mod loader;
+pub mod pair_list;
 pub mod rng;
 pub mod sampler;
 pub mod split;
