@@ -34,4 +34,6 @@ pub use diagnose::{Diagnosis, Finding, Kind, Severity};
 pub use error::{EvalError, Result};
 pub use retrieval::{RetrievalReport, retrieval};
 pub use stats::{DistanceStats, distance_quantiles, distance_stats};
-pub use verification::{Calibration, Roc, VerificationReport, calibrate, roc, verification};
+pub use verification::{
+    Calibration, KFoldReport, Roc, VerificationReport, calibrate, kfold, roc, verification,
+};

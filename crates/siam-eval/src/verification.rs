@@ -239,3 +239,94 @@ pub fn verification(
         balanced_accuracy,
     })
 }
+
+/// One held-out fold of [`kfold`].
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FoldFigure {
+    /// The fold (from 0).
+    pub fold: usize,
+    /// Its pairs.
+    pub pairs: usize,
+    /// The threshold calibrated on the other folds.
+    pub threshold: f32,
+    /// Accuracy on this fold at that threshold.
+    pub accuracy: f64,
+}
+
+/// The k-fold verification protocol (LFW's): per-fold figures, their mean and spread.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct KFoldReport {
+    /// Each fold held out in turn.
+    pub folds: Vec<FoldFigure>,
+    /// Mean accuracy over the folds.
+    pub accuracy_mean: f64,
+    /// Standard deviation of the fold accuracies (population, numpy's default `ddof = 0`).
+    pub accuracy_std: f64,
+}
+
+/// Contiguous folds of `n` pairs: pair `i` is in fold ⌊i·k/n⌋ (scikit-learn's `KFold`
+/// without shuffling, for the sizes it produces).
+pub fn contiguous_folds(n: usize, k: usize) -> Vec<usize> {
+    (0..n).map(|i| i * k / n.max(1)).collect()
+}
+
+/// For each fold, calibrates the threshold by `method` on the pairs of the other folds and
+/// measures accuracy on the fold: the LFW protocol. `folds[i]` is pair `i`'s fold, 0..K−1,
+/// every fold present; each fold's complement must hold same and different pairs.
+pub fn kfold(
+    distances: &[f32],
+    same: &[f32],
+    folds: &[usize],
+    method: Calibration,
+) -> Result<KFoldReport> {
+    check(distances, same)?;
+    if folds.len() != distances.len() {
+        return Err(EvalError::Invalid(format!(
+            "{} fold numbers for {} pairs",
+            folds.len(),
+            distances.len()
+        )));
+    }
+    let k = folds.iter().max().map_or(0, |m| m + 1);
+    if k < 2 {
+        return Err(EvalError::Invalid(
+            "the k-fold protocol needs at least two folds".into(),
+        ));
+    }
+    let mut out = Vec::with_capacity(k);
+    for f in 0..k {
+        let (mut dt, mut st, mut dh, mut sh) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((&d, &s), &g) in distances.iter().zip(same).zip(folds) {
+            if g == f {
+                dh.push(d);
+                sh.push(s);
+            } else {
+                dt.push(d);
+                st.push(s);
+            }
+        }
+        if dh.is_empty() {
+            return Err(EvalError::Invalid(format!("fold {f} has no pairs")));
+        }
+        let threshold = calibrate(&dt, &st, method)
+            .map_err(|e| EvalError::Invalid(format!("calibrating without fold {f}: {e}")))?;
+        let correct = dh
+            .iter()
+            .zip(&sh)
+            .filter(|&(&d, &s)| (d <= threshold) == (s == 1.0))
+            .count();
+        out.push(FoldFigure {
+            fold: f,
+            pairs: dh.len(),
+            threshold,
+            accuracy: correct as f64 / dh.len() as f64,
+        });
+    }
+    let mean = out.iter().map(|f| f.accuracy).sum::<f64>() / k as f64;
+    let var = out.iter().map(|f| (f.accuracy - mean).powi(2)).sum::<f64>() / k as f64;
+    Ok(KFoldReport {
+        folds: out,
+        accuracy_mean: mean,
+        accuracy_std: var.sqrt(),
+    })
+}

@@ -24,6 +24,53 @@ fn f(v: &Value) -> f64 {
     v.as_f64().unwrap()
 }
 
+/// The LFW k-fold protocol against scikit-learn. Reference (python 3.11, numpy, sklearn 1.x):
+///
+/// ```python
+/// import numpy as np
+/// from sklearn.metrics import roc_curve, accuracy_score
+/// rng = np.random.default_rng(7)
+/// n = 40
+/// same = (np.arange(n) % 2 == 0).astype(int)
+/// d = np.round(np.where(same == 1, rng.normal(0.5, 0.25, n), rng.normal(1.0, 0.25, n)), 3).astype(np.float32)
+/// folds = np.arange(n) * 4 // n
+/// accs, ths = [], []
+/// for f in range(4):
+///     tr, te = folds != f, folds == f
+///     fpr, tpr, thr = roc_curve(same[tr], -d[tr].astype(np.float64), drop_intermediate=False)
+///     b = 0.5 * (tpr + 1 - fpr)                  # balanced accuracy at each distinct distance
+///     k = int(np.argmax(b[1:])) + 1
+///     t = np.float32((-thr[k] + -thr[k + 1]) / 2 if k + 1 < len(thr) else -thr[k])
+///     ths.append(float(t)); accs.append(accuracy_score(same[te], (d[te] <= t).astype(int)))
+/// print(ths, accs, np.mean(accs), np.std(accs))
+/// # [0.6610000133514404, 0.5759999752044678, 0.5694999694824219, 0.5759999752044678]
+/// # [0.9, 0.9, 1.0, 0.8] 0.9 0.07071067811865474
+/// ```
+#[test]
+fn kfold_matches_scikit_learn() {
+    let d: Vec<f32> = vec![
+        0.5, 1.016, 0.431, 1.019, 0.386, 0.613, 0.515, 1.03, 0.377, 1.5, 0.622, 0.7, 0.526, 1.144,
+        0.493, 1.171, 0.164, 1.167, 0.025, 0.831, 0.04, 0.884, 0.183, 0.703, 0.539, 0.951, -0.129,
+        1.286, 0.488, 0.801, 0.117, 0.502, 0.255, 0.976, 0.765, 1.172, 0.492, 0.908, 0.354, 1.381,
+    ];
+    let same: Vec<f32> = (0..40).map(|i| f32::from(i % 2 == 0)).collect();
+    let folds = siam_eval::verification::contiguous_folds(40, 4);
+    assert_eq!(&folds[8..12], [0, 0, 1, 1]);
+    let r = siam_eval::kfold(&d, &same, &folds, Calibration::BalancedAccuracy).unwrap();
+    let ths: Vec<f32> = r.folds.iter().map(|f| f.threshold).collect();
+    for (t, want) in ths.iter().zip([0.661f32, 0.576, 0.5695, 0.576]) {
+        assert!((t - want).abs() < 1e-6, "{ths:?}");
+    }
+    let accs: Vec<f64> = r.folds.iter().map(|f| f.accuracy).collect();
+    assert_eq!(accs, [0.9, 0.9, 1.0, 0.8]);
+    assert!((r.accuracy_mean - 0.9).abs() < 1e-12);
+    assert!((r.accuracy_std - 0.07071067811865474).abs() < 1e-12);
+    assert!(r.folds.iter().all(|f| f.pairs == 10));
+    // One fold is no protocol; fold numbers must match the pairs.
+    assert!(siam_eval::kfold(&d, &same, &[0; 40], Calibration::BalancedAccuracy).is_err());
+    assert!(siam_eval::kfold(&d, &same, &folds[..39], Calibration::BalancedAccuracy).is_err());
+}
+
 #[test]
 fn verification_matches_scikit_learn() {
     let c = case();
