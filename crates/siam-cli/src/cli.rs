@@ -182,11 +182,20 @@ pub enum SearchFormat {
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// fixtures, fashion-mnist, mnist, an IDX directory (its test split) or an image folder.
-    #[arg(long)]
-    pub data: String,
-    /// Balanced pairs for the verification metrics.
-    #[arg(long, default_value_t = 10000)]
-    pub pairs: usize,
+    #[arg(long, required_unless_present = "pairs")]
+    pub data: Option<String>,
+    /// A number of balanced pairs to draw from --data (default 10000), or a pair list (CSV/TSV
+    /// with an `a,b,same[,fold]` header, or LFW's pairs.txt) to evaluate exactly those pairs.
+    #[arg(long, value_name = "N|LIST")]
+    pub pairs: Option<String>,
+    /// With a pair list: the k-fold protocol over K contiguous folds (a list's fold column,
+    /// or LFW's folds, are used without it).
+    #[arg(long, value_name = "K")]
+    pub folds: Option<usize>,
+    /// With a pair list: the folder its relative paths (LFW: its names) are under; default
+    /// the list's own folder.
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     #[command(flatten)]

@@ -222,9 +222,21 @@ fn compare(a: CompareArgs) -> Result<()> {
 
 fn eval(a: EvalArgs) -> Result<()> {
     let (model, path, source) = load(&a.model)?;
+    let count = match a.pairs.as_deref().map(str::parse::<usize>) {
+        None => 10000,
+        Some(Ok(n)) => n,
+        Some(Err(_)) => return eval_list(&a, &model, &path, source),
+    };
+    if a.folds.is_some() || a.images.is_some() {
+        bail!("--folds and --images need a pair list: --pairs LIST");
+    }
+    let data = a
+        .data
+        .as_deref()
+        .context("--data is needed without a pair list")?;
     let input = model.config().input.clone();
-    let (description, set) = siam_train::data::eval_set(&a.data, &input)?;
-    let pairs = eval_pairs(&set, a.pairs, a.seed)?;
+    let (description, set) = siam_train::data::eval_set(data, &input)?;
+    let pairs = eval_pairs(&set, count, a.seed)?;
     let transform = siam_train::evaluate::eval_transform(&input);
     let threshold = model.meta().threshold;
     let spec = EvalSpec {
@@ -274,6 +286,67 @@ fn eval(a: EvalArgs) -> Result<()> {
         if threshold.is_none() {
             println!(
                 "  (no stored threshold: accuracies use the best threshold on this data, an optimistic figure)"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `siam eval --pairs LIST [--folds K]`: the listed pairs, and the k-fold protocol.
+fn eval_list(
+    a: &EvalArgs,
+    model: &SiameseModel,
+    path: &std::path::Path,
+    source: &str,
+) -> Result<()> {
+    let list_path = PathBuf::from(a.pairs.as_deref().unwrap_or_default());
+    if a.data.is_some() {
+        bail!("--data and a pair list exclude each other: the list names its images");
+    }
+    let list = match &a.images {
+        Some(root) => siam_data::pair_list::read_pair_list_with_root(&list_path, root)?,
+        None => siam_data::pair_list::read_pair_list(&list_path)?,
+    };
+    let r = siam_train::pairs::eval_pair_list(model, &list, a.folds, Default::default())?;
+    if a.json {
+        let mut v = serde_json::to_value(&r)?;
+        v["model"] = path.display().to_string().into();
+        println!("{v}");
+        return Ok(());
+    }
+    let v = &r.verification;
+    println!("model: {} ({source})", path.display());
+    println!(
+        "pairs: {} from {} ({} images, {})",
+        r.pairs,
+        list_path.display(),
+        r.images,
+        list.format
+    );
+    println!(
+        "  ROC-AUC {:.4}  EER {:.4}  TAR@FAR1e-2 {:.4}  accuracy {:.4}  balanced accuracy {:.4} at threshold {:.4} ({})",
+        v.roc_auc,
+        v.eer,
+        v.tar_at_far_1e2,
+        v.accuracy,
+        v.balanced_accuracy,
+        v.threshold,
+        r.threshold_source
+    );
+    if let Some(k) = &r.kfold {
+        println!(
+            "  {}-fold accuracy {:.4} ± {:.4} (threshold calibrated on the other folds)",
+            k.folds.len(),
+            k.accuracy_mean,
+            k.accuracy_std
+        );
+        for f in &k.folds {
+            println!(
+                "    fold {:>2}: {:>5} pairs  threshold {:.4}  accuracy {:.4}",
+                f.fold + 1,
+                f.pairs,
+                f.threshold,
+                f.accuracy
             );
         }
     }

@@ -393,6 +393,114 @@ fn compare_errors_name_the_file() {
 }
 
 #[test]
+fn eval_on_a_pair_list_and_in_the_k_fold_protocol() {
+    let m = shipped();
+    let dir = tempfile::tempdir().unwrap();
+    let classes = ["bag", "coat", "sandal", "trouser"];
+    // 32 pairs: same pairs within a class, different pairs across, two folds in a column.
+    let mut rows = String::from("a,b,same,fold\n");
+    let mut plain = String::from("a,b,same\n");
+    for i in 0..16u32 {
+        let c = classes[i as usize % 4];
+        let o = classes[(i as usize + 1) % 4];
+        for (b, same) in [(png(c, (i / 4 + 1) % 4), 1), (png(o, i / 4), 0)] {
+            let line = format!("{},{},{same}", png(c, i / 4).display(), b.display());
+            rows.push_str(&format!("{line},{}\n", i / 8));
+            plain.push_str(&format!("{line}\n"));
+        }
+    }
+    let folded = dir.path().join("folded.csv");
+    std::fs::write(&folded, rows).unwrap();
+    let v = json(
+        siam()
+            .args(["eval", "--json", "--pairs"])
+            .arg(&folded)
+            .arg("-m")
+            .arg(&m),
+    );
+    assert_eq!(v["pairs"], 32, "{v}");
+    assert!(v["images"].as_u64().unwrap() < 64, "each image once: {v}");
+    assert_eq!(v["threshold_source"], "model");
+    assert!(v["verification"]["roc_auc"].as_f64().unwrap() > 0.8, "{v}");
+    let k = &v["kfold"];
+    assert_eq!(k["folds"].as_array().unwrap().len(), 2, "{v}");
+    let mean = k["accuracy_mean"].as_f64().unwrap();
+    let per: Vec<f64> = k["folds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["accuracy"].as_f64().unwrap())
+        .collect();
+    assert!((mean - per.iter().sum::<f64>() / 2.0).abs() < 1e-12);
+    // No fold column: --folds K makes contiguous folds; without it there is no k-fold.
+    let list = dir.path().join("plain.csv");
+    std::fs::write(&list, plain).unwrap();
+    let v = json(
+        siam()
+            .args(["eval", "--json", "--folds", "4", "--pairs"])
+            .arg(&list)
+            .arg("-m")
+            .arg(&m),
+    );
+    assert_eq!(v["kfold"]["folds"].as_array().unwrap().len(), 4, "{v}");
+    assert!(
+        v["kfold"]["folds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["pairs"] == 8)
+    );
+    let v = json(
+        siam()
+            .args(["eval", "--json", "--pairs"])
+            .arg(&list)
+            .arg("-m")
+            .arg(&m),
+    );
+    assert!(v["kfold"].is_null(), "{v}");
+    let text = stdout(
+        siam()
+            .args(["eval", "--folds", "4", "--pairs"])
+            .arg(&list)
+            .arg("-m")
+            .arg(&m),
+    );
+    assert!(
+        text.contains("4-fold accuracy") && text.contains("fold  4:"),
+        "{text}"
+    );
+    // Refusals: a list naming a missing image, --folds against the list's folds, --folds
+    // without a list.
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(
+        &bad,
+        format!("a,b,same\n{},nope.png,1\n", png("bag", 0).display()),
+    )
+    .unwrap();
+    fails(
+        siam().args(["eval", "--pairs"]).arg(&bad).arg("-m").arg(&m),
+        1,
+        "bad.csv: 1 listed image(s) not found",
+    );
+    fails(
+        siam()
+            .args(["eval", "--folds", "3", "--pairs"])
+            .arg(&folded)
+            .arg("-m")
+            .arg(&m),
+        1,
+        "defines 2 folds",
+    );
+    fails(
+        siam()
+            .args(["eval", "--data", "fixtures", "--folds", "3", "-m"])
+            .arg(&m),
+        1,
+        "--folds and --images need a pair list",
+    );
+}
+
+#[test]
 fn eval_prints_stable_json() {
     let m = model();
     let v = json(

@@ -31,6 +31,7 @@ pub mod error;
 pub mod evaluate;
 pub mod fuzz;
 pub mod optim;
+pub mod pairs;
 pub mod sweep;
 pub mod trainer;
 
