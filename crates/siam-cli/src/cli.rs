@@ -121,13 +121,36 @@ pub struct ModelArg {
 
 #[derive(Args, Debug)]
 pub struct CompareArgs {
-    pub a: PathBuf,
-    pub b: PathBuf,
+    /// The first image.
+    #[arg(required_unless_present = "pairs", conflicts_with = "pairs")]
+    pub a: Option<PathBuf>,
+    /// The second image.
+    #[arg(required_unless_present = "pairs")]
+    pub b: Option<PathBuf>,
+    /// Decide every pair of a list instead (CSV/TSV with an `a,b[,same]` header, or LFW's
+    /// pairs.txt): one line per pair on stdout, `a,b,distance,threshold,same`, streaming; each
+    /// image is decoded and embedded once.
+    #[arg(long, value_name = "LIST")]
+    pub pairs: Option<PathBuf>,
+    /// With --pairs: the folder its relative paths (LFW: its names) are under; default the
+    /// list's own folder.
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
+    /// With --pairs: csv (the default) or jsonl.
+    #[arg(long, value_enum)]
+    pub format: Option<PairsFormat>,
     #[command(flatten)]
     pub model: ModelArg,
-    /// Print one JSON object.
+    /// Print one JSON object (with --pairs: JSON Lines, one object per pair).
     #[arg(long)]
     pub json: bool,
+}
+
+/// Output formats of `siam compare --pairs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PairsFormat {
+    Csv,
+    Jsonl,
 }
 
 #[derive(Args, Debug)]
@@ -254,8 +277,8 @@ pub struct DiagnoseArgs {
 pub struct CalibrateArgs {
     /// The calibration data: fixtures, fashion-mnist, mnist or an IDX directory (their
     /// validation split), or an image folder (all of it).
-    #[arg(long)]
-    pub data: String,
+    #[arg(long, required_unless_present = "pairs")]
+    pub data: Option<String>,
     #[command(flatten)]
     pub model: ModelArg,
     /// The calibrated model file to write (never the input file).
@@ -264,9 +287,14 @@ pub struct CalibrateArgs {
     /// balanced-accuracy, eer, or far=RATE (the largest threshold with at most that false-accept rate).
     #[arg(long, default_value = "balanced-accuracy")]
     pub method: String,
-    /// Balanced validation pairs.
-    #[arg(long, default_value_t = 10000)]
-    pub pairs: usize,
+    /// A number of balanced pairs to draw from --data (default 10000), or a pair list (CSV/TSV
+    /// with an `a,b,same` header, or LFW's pairs.txt) to calibrate on exactly those pairs.
+    #[arg(long, value_name = "N|LIST")]
+    pub pairs: Option<String>,
+    /// With a pair list: the folder its relative paths (LFW: its names) are under; default
+    /// the list's own folder.
+    #[arg(long, value_name = "DIR")]
+    pub images: Option<PathBuf>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
     #[arg(long)]

@@ -10,8 +10,8 @@ use siam_train::TrainOptions;
 use siam_train::evaluate::{EvalSpec, eval_pairs, evaluate};
 
 use crate::cli::{
-    CalibrateArgs, Cli, Command, CompareArgs, ConfigArgs, DiagnoseArgs, EvalArgs, InfoArgs,
-    ModelArg, SweepArgs, TrainArgs,
+    Cli, Command, CompareArgs, ConfigArgs, DiagnoseArgs, EvalArgs, InfoArgs, ModelArg, SweepArgs,
+    TrainArgs,
 };
 use crate::render;
 
@@ -30,7 +30,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(a) => eval(a),
         Command::Info(a) => info(a),
         Command::Diagnose(a) => diagnose(a),
-        Command::Calibrate(a) => calibrate(a),
+        Command::Calibrate(a) => crate::pairs::calibrate(a),
         Command::Sweep(a) => sweep(a),
         Command::Config(a) => config(a),
     }
@@ -77,10 +77,16 @@ fn train(a: TrainArgs) -> Result<()> {
     let summary = if let Some(dir) = &a.resume {
         siam_train::resume(dir, &opts, &mut |e| progress.on(e))?
     } else {
-        let (mut cfg, name) = siam_train::config::resolve(&a.source.source("default"))?;
+        // --data goes in first, as the first override, so that the resolved config is
+        // validated with it (a pair list is only valid with the pair-list sampler).
+        let mut source = a.source.source("default");
+        let mut sets = Vec::new();
         if let Some(d) = &a.data {
-            cfg.data.source = d.clone();
+            sets.push(format!("data.source={}", serde_json::to_string(d)?));
         }
+        sets.extend(source.sets.iter().cloned());
+        source.sets = &sets;
+        let (mut cfg, name) = siam_train::config::resolve(&source)?;
         if let Some(v) = a.epochs {
             cfg.epochs = v;
         }
@@ -157,7 +163,13 @@ pub(crate) fn load(m: &ModelArg) -> Result<(SiameseModel, PathBuf, &'static str)
 
 fn compare(a: CompareArgs) -> Result<()> {
     let (model, path, source) = load(&a.model)?;
-    let (c, notes) = model.compare_paths_noted(&a.a, &a.b)?;
+    let (Some(pa), Some(pb)) = (&a.a, &a.b) else {
+        return crate::pairs::compare_list(&a, &model, &path);
+    };
+    if a.images.is_some() || a.format.is_some() {
+        bail!("--images and --format need a pair list: --pairs LIST");
+    }
+    let (c, notes) = model.compare_paths_noted(pa, pb)?;
     let ranks = model.meta().distance_quantiles.as_ref().map(|q| {
         (
             siam_eval::stats::rank_in(&q.same, c.distance),
@@ -179,15 +191,15 @@ fn compare(a: CompareArgs) -> Result<()> {
         // What preprocessing did to each input that does not match the model's input spec,
         // and how each is unlike the training data (the model's input profile).
         o["inputs"] = serde_json::json!([
-            { "path": a.a, "adjustments": notes[0].adjustments, "warnings": notes[0].warnings },
-            { "path": a.b, "adjustments": notes[1].adjustments, "warnings": notes[1].warnings },
+            { "path": pa, "adjustments": notes[0].adjustments, "warnings": notes[0].warnings },
+            { "path": pb, "adjustments": notes[1].adjustments, "warnings": notes[1].warnings },
         ]);
         o["input_check"] = model.meta().input_profile.is_some().into();
         println!("{o}");
         return Ok(());
     }
     println!("model: {} ({source})", path.display());
-    for (p, n) in [&a.a, &a.b].into_iter().zip(&notes) {
+    for (p, n) in [pa, pb].into_iter().zip(&notes) {
         for x in &n.adjustments {
             eprintln!("warning: {}: {}", p.display(), x.detail);
         }
@@ -225,7 +237,7 @@ fn eval(a: EvalArgs) -> Result<()> {
     let count = match a.pairs.as_deref().map(str::parse::<usize>) {
         None => 10000,
         Some(Ok(n)) => n,
-        Some(Err(_)) => return eval_list(&a, &model, &path, source),
+        Some(Err(_)) => return crate::pairs::eval_list(&a, &model, &path, source),
     };
     if a.folds.is_some() || a.images.is_some() {
         bail!("--folds and --images need a pair list: --pairs LIST");
@@ -286,67 +298,6 @@ fn eval(a: EvalArgs) -> Result<()> {
         if threshold.is_none() {
             println!(
                 "  (no stored threshold: accuracies use the best threshold on this data, an optimistic figure)"
-            );
-        }
-    }
-    Ok(())
-}
-
-/// `siam eval --pairs LIST [--folds K]`: the listed pairs, and the k-fold protocol.
-fn eval_list(
-    a: &EvalArgs,
-    model: &SiameseModel,
-    path: &std::path::Path,
-    source: &str,
-) -> Result<()> {
-    let list_path = PathBuf::from(a.pairs.as_deref().unwrap_or_default());
-    if a.data.is_some() {
-        bail!("--data and a pair list exclude each other: the list names its images");
-    }
-    let list = match &a.images {
-        Some(root) => siam_data::pair_list::read_pair_list_with_root(&list_path, root)?,
-        None => siam_data::pair_list::read_pair_list(&list_path)?,
-    };
-    let r = siam_train::pairs::eval_pair_list(model, &list, a.folds, Default::default())?;
-    if a.json {
-        let mut v = serde_json::to_value(&r)?;
-        v["model"] = path.display().to_string().into();
-        println!("{v}");
-        return Ok(());
-    }
-    let v = &r.verification;
-    println!("model: {} ({source})", path.display());
-    println!(
-        "pairs: {} from {} ({} images, {})",
-        r.pairs,
-        list_path.display(),
-        r.images,
-        list.format
-    );
-    println!(
-        "  ROC-AUC {:.4}  EER {:.4}  TAR@FAR1e-2 {:.4}  accuracy {:.4}  balanced accuracy {:.4} at threshold {:.4} ({})",
-        v.roc_auc,
-        v.eer,
-        v.tar_at_far_1e2,
-        v.accuracy,
-        v.balanced_accuracy,
-        v.threshold,
-        r.threshold_source
-    );
-    if let Some(k) = &r.kfold {
-        println!(
-            "  {}-fold accuracy {:.4} ± {:.4} (threshold calibrated on the other folds)",
-            k.folds.len(),
-            k.accuracy_mean,
-            k.accuracy_std
-        );
-        for f in &k.folds {
-            println!(
-                "    fold {:>2}: {:>5} pairs  threshold {:.4}  accuracy {:.4}",
-                f.fold + 1,
-                f.pairs,
-                f.threshold,
-                f.accuracy
             );
         }
     }
@@ -470,107 +421,6 @@ fn diagnose(a: DiagnoseArgs) -> Result<()> {
     }
     if a.strict && !d.healthy() {
         std::process::exit(3);
-    }
-    Ok(())
-}
-
-fn parse_calibration(s: &str) -> Result<siam_eval::Calibration> {
-    use siam_eval::Calibration;
-    Ok(match s {
-        "balanced-accuracy" => Calibration::BalancedAccuracy,
-        "eer" => Calibration::Eer,
-        other => match other.strip_prefix("far=") {
-            Some(r) => {
-                let far: f64 = r
-                    .parse()
-                    .with_context(|| format!("--method {other}: '{r}' is not a number"))?;
-                if !(0.0..=1.0).contains(&far) {
-                    bail!("--method {other}: the false-accept rate must be in [0, 1]");
-                }
-                Calibration::TargetFar { far }
-            }
-            None => bail!(
-                "--method {other}: expected balanced-accuracy, eer, or far=RATE (for example far=0.001)"
-            ),
-        },
-    })
-}
-
-fn calibrate(a: CalibrateArgs) -> Result<()> {
-    let method = parse_calibration(&a.method)?;
-    let (mut model, path, _) = load(&a.model)?;
-    let same_file = std::fs::canonicalize(&a.out)
-        .ok()
-        .is_some_and(|o| std::fs::canonicalize(&path).ok() == Some(o));
-    if same_file {
-        bail!(
-            "{}: --out is the input model; write the calibrated model to a new file",
-            a.out.display()
-        );
-    }
-    if a.out.exists() {
-        bail!(
-            "{}: already exists; choose another --out or remove it first",
-            a.out.display()
-        );
-    }
-    let input = model.config().input.clone();
-    // A dataset with a test split (IDX, the known datasets) calibrates on the validation split
-    // training would use; an image folder is taken whole: it is the calibration set given.
-    let dcfg = siam_train::data::data_config_for(&a.data, &input);
-    let (description, all, test) = siam_train::data::load_source(&dcfg)?;
-    let (set, description) = match test {
-        Some(_) => {
-            let ds = siam_train::data::load(&dcfg, a.seed)?;
-            (
-                ds.val,
-                format!("the validation split of {}", ds.description),
-            )
-        }
-        None => (all, description),
-    };
-    let pairs = eval_pairs(&set, a.pairs, a.seed)?;
-    let transform = siam_train::evaluate::eval_transform(&input);
-    let old = model.meta().threshold;
-    let spec = EvalSpec {
-        loss: None,
-        calibration: method,
-        threshold: None,
-    };
-    let r = evaluate(&model, &set, &pairs, &transform, &spec)?;
-    // The input check is refitted on the same images (a model from before it gets one).
-    let profile = siam_train::evaluate::fit_input_profile(&model, &set, &transform, a.seed)?;
-    let meta = model.meta_mut();
-    meta.threshold = Some(r.verification.threshold);
-    meta.distance_quantiles = r.quantiles.clone();
-    if profile.is_some() {
-        meta.input_profile = profile;
-    }
-    model.save(&a.out)?;
-    if a.json {
-        println!(
-            "{}",
-            serde_json::json!({
-                "model": a.out.display().to_string(),
-                "threshold": r.verification.threshold,
-                "previous_threshold": old,
-                "method": a.method,
-                "validation_pairs": r.verification.pairs,
-                "balanced_accuracy": r.verification.balanced_accuracy,
-                "roc_auc": r.verification.roc_auc,
-            })
-        );
-    } else {
-        println!(
-            "threshold {:.4} (was {}) by {} on {} pairs from {}: balanced accuracy {:.4}",
-            r.verification.threshold,
-            old.map_or("none".into(), |t| format!("{t:.4}")),
-            a.method,
-            r.verification.pairs,
-            description,
-            r.verification.balanced_accuracy
-        );
-        println!("wrote {}", a.out.display());
     }
     Ok(())
 }

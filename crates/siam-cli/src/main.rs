@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod gallery;
+mod pairs;
 mod render;
 mod runtime;
 

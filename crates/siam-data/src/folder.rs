@@ -225,6 +225,40 @@ pub fn load_folder(root: impl AsRef<Path>, opts: &FolderOptions) -> Result<Folde
             "holds no class sub-folder (expected root/<class>/*.png)",
         ));
     }
+    let (set, kept, skipped) = decode_all(files, class_names, opts, root)?;
+    Ok(FolderSet {
+        set,
+        files: kept,
+        skipped,
+    })
+}
+
+/// Decodes the listed files (in parallel) into one set, in the given order, each with its
+/// label; every image must have the same size after `opts.size`, and none may fail to
+/// decode (`opts.skip_bad` is not used: the caller's indices must stay aligned).
+pub fn load_files(
+    files: &[PathBuf],
+    labels: &[u32],
+    class_names: Vec<String>,
+    opts: &FolderOptions,
+    origin: &Path,
+) -> Result<ImageSet> {
+    let strict = FolderOptions {
+        skip_bad: false,
+        ..opts.clone()
+    };
+    let files = files.iter().cloned().zip(labels.iter().copied()).collect();
+    Ok(decode_all(files, class_names, &strict, origin)?.0)
+}
+
+type Decoded3 = (ImageSet, Vec<PathBuf>, Vec<(PathBuf, String)>);
+
+fn decode_all(
+    files: Vec<(PathBuf, u32)>,
+    class_names: Vec<String>,
+    opts: &FolderOptions,
+    root: &Path,
+) -> Result<Decoded3> {
     let decoded: Vec<(PathBuf, u32, Result<Decoded>)> = files
         .into_par_iter()
         .map(|(p, l)| {
@@ -271,11 +305,7 @@ pub fn load_folder(root: impl AsRef<Path>, opts: &FolderOptions) -> Result<Folde
     }
     let (shape, _) = shape.ok_or_else(|| DataError::format(root, "no image could be read"))?;
     let set = ImageSet::new(pixels, labels, shape, class_names)?;
-    Ok(FolderSet {
-        set,
-        files: kept,
-        skipped,
-    })
+    Ok((set, kept, skipped))
 }
 
 /// Writes image `i` of `set` as a PNG file (atomic).

@@ -49,6 +49,6 @@ pub use fsutil::write_atomic;
 pub use image_set::{ImageSet, ImageShape};
 pub use loader::{Batch, LoadedBatch, Loader, LoaderConfig, Transform};
 pub use sampler::{
-    BatchIndices, ClassIndices, PairIndices, PairSampler, PkSampler, Sampler, SamplerConfig,
-    TripletIndices, TripletSampler,
+    BatchIndices, ClassIndices, PairIndices, PairListSampler, PairSampler, PkSampler, Sampler,
+    SamplerConfig, TripletIndices, TripletSampler,
 };

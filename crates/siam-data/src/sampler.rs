@@ -35,6 +35,9 @@ pub enum SamplerConfig {
         /// Images per class.
         k: usize,
     },
+    /// The pairs of a pair list (`data.source` is the list), `batch-size` per batch, each
+    /// epoch in a new seeded order; the verdicts are the list's.
+    PairList,
 }
 
 fn half() -> f64 {
@@ -78,6 +81,11 @@ impl SamplerConfig {
             }
             Self::Triplets => Sampler::Triplets(TripletSampler::new(set, batch_size, seed)?),
             Self::Pk { p, k } => Sampler::Pk(PkSampler::new(set, p, k, seed)?),
+            Self::PairList => {
+                return Err(DataError::Invalid(
+                    "sampler.kind = \"pair-list\" draws from listed pairs: build it with PairListSampler::new".into(),
+                ));
+            }
         })
     }
 }
@@ -133,6 +141,8 @@ pub enum Sampler {
     Triplets(TripletSampler),
     /// P×K class batches.
     Pk(PkSampler),
+    /// Listed pairs.
+    PairList(PairListSampler),
 }
 
 impl Sampler {
@@ -142,6 +152,7 @@ impl Sampler {
             Self::Pairs(s) => BatchIndices::Pairs(s.batch(epoch, batch)),
             Self::Triplets(s) => BatchIndices::Triplets(s.batch(epoch, batch)),
             Self::Pk(s) => BatchIndices::Classes(s.batch(epoch, batch)),
+            Self::PairList(s) => BatchIndices::Pairs(s.batch(epoch, batch)),
         }
     }
 
@@ -151,6 +162,7 @@ impl Sampler {
             Self::Pairs(s) => 2 * s.batch_size,
             Self::Triplets(s) => 3 * s.batch_size,
             Self::Pk(s) => s.p * s.k,
+            Self::PairList(s) => 2 * s.batch_size,
         }
     }
 }
@@ -459,6 +471,72 @@ impl PkSampler {
                 out.indices.extend(pick);
             }
             out.labels.extend(std::iter::repeat_n(c as u32, self.k));
+        }
+        out
+    }
+}
+
+/// Batches of listed pairs: each epoch visits every pair once in a seeded order (the last
+/// batch of an epoch wraps around to its start), `batch_size` pairs per batch.
+#[derive(Debug, Clone)]
+pub struct PairListSampler {
+    pairs: std::sync::Arc<Vec<(usize, usize, f32)>>,
+    batch_size: usize,
+    seed: u64,
+}
+
+impl PairListSampler {
+    /// `pairs` are (image, image, same) rows over the set the loader reads.
+    pub fn new(pairs: Vec<(usize, usize, bool)>, batch_size: usize, seed: u64) -> Result<Self> {
+        check_batch_size(batch_size)?;
+        if pairs.is_empty() {
+            return Err(DataError::Invalid(
+                "the pair-list sampler has no training pair".into(),
+            ));
+        }
+        Ok(Self {
+            pairs: std::sync::Arc::new(
+                pairs
+                    .into_iter()
+                    .map(|(a, b, s)| (a, b, f32::from(u8::from(s))))
+                    .collect(),
+            ),
+            batch_size,
+            seed,
+        })
+    }
+
+    /// Pairs per batch.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// Listed pairs drawn from.
+    pub fn len(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// Never true (the constructor refuses an empty list).
+    pub fn is_empty(&self) -> bool {
+        self.pairs.is_empty()
+    }
+
+    /// The batch at (`epoch`, `batch`): a pure function of them and the seed.
+    pub fn batch(&self, epoch: u64, batch: u64) -> PairIndices {
+        let n = self.pairs.len();
+        let mut order: Vec<u32> = (0..n as u32).collect();
+        order.shuffle(&mut rng_for(self.seed, &[stream::SAMPLER, epoch]));
+        let start = (batch as usize).wrapping_mul(self.batch_size) % n;
+        let mut out = PairIndices {
+            a: Vec::with_capacity(self.batch_size),
+            b: Vec::with_capacity(self.batch_size),
+            same: Vec::with_capacity(self.batch_size),
+        };
+        for j in 0..self.batch_size {
+            let (a, b, s) = self.pairs[order[(start + j) % n] as usize];
+            out.a.push(a);
+            out.b.push(b);
+            out.same.push(s);
         }
         out
     }

@@ -1,8 +1,9 @@
 //! Resolves a config's data source into train, validation and test sets.
 //!
 //! Sources: `fixtures` (the Fashion-MNIST subset embedded in this crate), `fashion-mnist` and
-//! `mnist` (looked up where `cargo xtask download` puts them), an IDX directory, or an image
-//! folder `root/<class>/*.png`.
+//! `mnist` (looked up where `cargo xtask download` puts them), an IDX directory, an image
+//! folder `root/<class>/*.png`, or a pair list (a CSV/TSV or LFW file, for the `pair-list`
+//! sampler: its images split by image, its pairs kept).
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +35,123 @@ pub struct Datasets {
     pub test: ImageSet,
     /// With a class split: which classes each role has (labels).
     pub roles: Option<split::ClassRoles>,
+    /// With a pair list as the source: the listed pairs of each split.
+    pub pairs: Option<ListedPairs>,
+}
+
+/// The listed pairs of a pair-list run, split by image ([`siam_data::pair_list::split_by_image`]):
+/// indices into the matching [`Datasets`] set. The sets' classes are the connected components
+/// of the `same` pairs ([`siam_data::pair_list::PairList::same_components`]).
+#[derive(Debug, Clone)]
+pub struct ListedPairs {
+    /// The list.
+    pub list: PathBuf,
+    /// Training pairs (the pair-list sampler draws from them).
+    pub train: siam_data::PairIndices,
+    /// Validation pairs (model selection, the threshold).
+    pub val: siam_data::PairIndices,
+    /// Test pairs (the final report).
+    pub test: siam_data::PairIndices,
+    /// Pairs across two parts, used by none.
+    pub dropped: usize,
+}
+
+/// True when `source` names a pair list (a file, not a folder or a known name).
+pub fn is_pair_list(source: &str) -> bool {
+    !matches!(source, "fixtures" | "fashion-mnist" | "mnist") && Path::new(source).is_file()
+}
+
+/// Reads every image of `list` once, in [`siam_data::pair_list::PairList::images`] order,
+/// labelled by its `same` component.
+pub fn list_images(
+    list: &siam_data::pair_list::PairList,
+    color: siam_data::ColorMode,
+    size: Option<[usize; 2]>,
+) -> Result<ImageSet> {
+    let (images, _) = list.images();
+    let labels = list.same_components();
+    let groups = labels.iter().max().map_or(0, |&m| m as usize + 1);
+    let names = (0..groups).map(|g| format!("same-group-{g}")).collect();
+    let opts = FolderOptions {
+        color,
+        size: size.map(|[h, w]| (h, w)),
+        skip_bad: false,
+    };
+    Ok(siam_data::folder::load_files(
+        &images, &labels, names, &opts, &list.path,
+    )?)
+}
+
+/// A pair-list source: its images split by image into training, validation and test, with
+/// the listed pairs of each.
+fn load_pair_list(cfg: &DataConfig, seed: u64) -> Result<Datasets> {
+    let path = Path::new(&cfg.source);
+    let list = siam_data::pair_list::read_pair_list(path)?;
+    for (key, f) in [
+        ("val-fraction", cfg.val_fraction),
+        ("test-fraction", cfg.test_fraction),
+    ] {
+        if f <= 0.0 {
+            return Err(TrainError::Config(format!(
+                "data.{key} = {f}: a pair-list run needs validation and test pairs (for example 0.2)"
+            )));
+        }
+    }
+    let parts =
+        siam_data::pair_list::split_by_image(&list, cfg.val_fraction, cfg.test_fraction, seed)?;
+    let all = list_images(&list, cfg.color, cfg.size)?;
+    let (_, idx) = list.images();
+    let verdicts = list.verdicts()?;
+    // Each part's images in first-appearance order, and its pairs in their indices.
+    let part = |ps: &[usize]| -> Result<(ImageSet, siam_data::PairIndices)> {
+        let mut local = std::collections::HashMap::new();
+        let mut images = Vec::new();
+        let mut id = |g: usize| {
+            *local.entry(g).or_insert_with(|| {
+                images.push(g);
+                images.len() - 1
+            })
+        };
+        let mut pairs = siam_data::PairIndices {
+            a: Vec::with_capacity(ps.len()),
+            b: Vec::with_capacity(ps.len()),
+            same: Vec::with_capacity(ps.len()),
+        };
+        for &p in ps {
+            let (a, b) = idx[p];
+            pairs.a.push(id(a));
+            pairs.b.push(id(b));
+            pairs.same.push(f32::from(u8::from(verdicts[p])));
+        }
+        Ok((all.subset(&images)?, pairs))
+    };
+    let (train, tp) = part(&parts.train)?;
+    let (val, vp) = part(&parts.val)?;
+    let (test, sp) = part(&parts.test)?;
+    let description = format!(
+        "pair list {}: {} pairs of {} images; split by image into {} training, {} validation and {} test pairs ({} across parts dropped)",
+        path.display(),
+        list.len(),
+        all.len(),
+        tp.a.len(),
+        vp.a.len(),
+        sp.a.len(),
+        parts.dropped.len()
+    );
+    Ok(Datasets {
+        description,
+        train,
+        val,
+        test,
+        roles: None,
+        pairs: Some(ListedPairs {
+            list: path.to_path_buf(),
+            train: tp,
+            val: vp,
+            test: sp,
+            dropped: parts.dropped.len(),
+        }),
+    })
 }
 
 /// The folder datasets are downloaded to: `$SIAM_DATA_DIR`, else `./data`.
@@ -138,6 +256,9 @@ pub fn load_source(cfg: &DataConfig) -> Result<(String, ImageSet, Option<ImageSe
 
 /// Loads and splits the data of a run.
 pub fn load(cfg: &DataConfig, seed: u64) -> Result<Datasets> {
+    if is_pair_list(&cfg.source) {
+        return load_pair_list(cfg, seed);
+    }
     let (description, mut all, test) = load_source(cfg)?;
     if let Some(k) = cfg.limit_per_class {
         all = all.take_per_class(k)?;
@@ -183,6 +304,7 @@ pub fn load(cfg: &DataConfig, seed: u64) -> Result<Datasets> {
         val,
         test,
         roles,
+        pairs: None,
     })
 }
 

@@ -7,6 +7,8 @@
 //! - [`data`]: data sources (embedded fixtures, downloaded datasets, IDX dirs, image folders).
 //! - [`optim`]: AdamW and SGD with momentum with saveable state; LR schedules with warmup.
 //! - [`evaluate`]: verification, retrieval and distance statistics of a model on a set.
+//! - [`calibrate`]: a new threshold, quantiles and input check for a trained model.
+//! - [`pairs`]: the user's pair lists: evaluation, the k-fold protocol, batch verdicts.
 //! - [`trainer`]: [`train`], [`resume`].
 //! - [`sweep`]: short runs over a grid of margins and learning rates, side by side.
 //! - [`fuzz`]: the harnesses `cargo xtask fuzz` and the fuzz regression test share.
@@ -24,6 +26,7 @@
 //! # Ok::<(), siam_train::TrainError>(())
 //! ```
 
+pub mod calibrate;
 pub mod config;
 pub mod data;
 pub mod diagnose;

@@ -79,7 +79,10 @@ impl TrainConfig {
                 }
             }
             LossConfig::Bce => {
-                if !matches!(self.sampler, SamplerConfig::Pairs { .. }) {
+                if !matches!(
+                    self.sampler,
+                    SamplerConfig::Pairs { .. } | SamplerConfig::PairList
+                ) {
                     return bad("sampler.kind", "the bce loss takes pairs".into());
                 }
             }
@@ -189,12 +192,79 @@ impl TrainConfig {
                 "need at least 2 validation and test pairs".into(),
             );
         }
+        self.validate_pair_list()?;
         if self.checkpoint.keep_last == 0 {
             return bad("checkpoint.keep-last", "must be at least 1".into());
         }
         self.augment
             .validate()
             .map_err(|e| TrainError::Config(e.to_string()))?;
+        Ok(())
+    }
+
+    /// A pair list as `data.source` and the `pair-list` sampler go together; such a run has
+    /// pairs, not classes, so only pair losses and pair metrics apply.
+    fn validate_pair_list(&self) -> Result<()> {
+        let bad = |key: &str, why: String| Err(TrainError::Config(format!("{key}: {why}")));
+        let listed = matches!(self.sampler, SamplerConfig::PairList);
+        let list_source = crate::data::is_pair_list(&self.data.source);
+        if listed && !list_source {
+            return bad(
+                "data.source",
+                format!(
+                    "the pair-list sampler needs a pair list file (CSV/TSV with an `a,b,same` header, or LFW's pairs.txt); `{}` is not a file",
+                    self.data.source
+                ),
+            );
+        }
+        if list_source && !listed {
+            return bad(
+                "sampler.kind",
+                format!(
+                    "data.source {} is a file (a pair list): train on it with kind = \"pair-list\"",
+                    self.data.source
+                ),
+            );
+        }
+        if !listed {
+            return Ok(());
+        }
+        if !matches!(self.loss, LossConfig::Contrastive { .. } | LossConfig::Bce) {
+            return bad(
+                "loss.kind",
+                format!(
+                    "the pair-list sampler gives listed pairs, for the contrastive or bce loss; {} needs classes",
+                    self.loss.kind()
+                ),
+            );
+        }
+        if matches!(
+            self.validation.metric,
+            Metric::PrecisionAt1 | Metric::MapAtR
+        ) {
+            return bad(
+                "validation.metric",
+                "a pair list has verdicts, not classes: select the model by roc-auc (or loss)"
+                    .into(),
+            );
+        }
+        for (key, set) in [
+            ("data.class-split", self.data.class_split.is_some()),
+            ("data.limit-per-class", self.data.limit_per_class.is_some()),
+        ] {
+            if set {
+                return bad(
+                    key,
+                    "does not apply to a pair list (it has no classes)".into(),
+                );
+            }
+        }
+        if self.data.test_fraction == 0.0 {
+            return bad(
+                "data.test-fraction",
+                "must be positive for a pair list: its test pairs give the final report".into(),
+            );
+        }
         Ok(())
     }
 }

@@ -244,7 +244,7 @@ pub fn train(
     // Everything that can fail on the inputs fails before the run folder exists.
     let data = data::load(&cfg.data, cfg.seed)?;
     let (sampler, note) = cfg.sampler.fit(&data.train);
-    sampler.build(&data.train, cfg.batch_size, cfg.seed)?;
+    run::sampler_for(&sampler, cfg, &data)?;
     let device = siam_model::parse_device(&cfg.device)?;
     let mcfg = model_config(cfg, &data.train);
     let model = SiameseModel::new(&mcfg, derive_seed(cfg.seed, &[stream::INIT]), &device)?;

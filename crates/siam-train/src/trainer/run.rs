@@ -23,6 +23,28 @@ pub(super) fn model_config(cfg: &TrainConfig, train: &ImageSet) -> ModelConfig {
     }
 }
 
+/// The run's sampler: `sampler` (the config's, fitted to the data) over the training set, or
+/// over the listed training pairs for `pair-list`.
+pub(super) fn sampler_for(
+    sampler: &SamplerConfig,
+    cfg: &TrainConfig,
+    data: &Datasets,
+) -> Result<siam_data::Sampler> {
+    Ok(match (sampler, &data.pairs) {
+        (SamplerConfig::PairList, Some(p)) => {
+            let rows = (0..p.train.a.len())
+                .map(|i| (p.train.a[i], p.train.b[i], p.train.same[i] > 0.5))
+                .collect();
+            siam_data::Sampler::PairList(siam_data::PairListSampler::new(
+                rows,
+                cfg.batch_size,
+                cfg.seed,
+            )?)
+        }
+        _ => sampler.build(&data.train, cfg.batch_size, cfg.seed)?,
+    })
+}
+
 pub(super) fn metric_of(m: Metric, r: &EvalReport) -> f64 {
     match m {
         Metric::RocAuc => r.verification.roc_auc,
@@ -42,7 +64,11 @@ impl<'a> Run<'a> {
         progress: Progress,
         opts: &'a TrainOptions,
     ) -> Result<Self> {
-        let val_pairs = eval_pairs(&data.val, cfg.validation.pairs, cfg.seed)?;
+        // A pair list brings its own validation pairs; otherwise balanced pairs are drawn.
+        let val_pairs = match &data.pairs {
+            Some(p) => p.val.clone(),
+            None => eval_pairs(&data.val, cfg.validation.pairs, cfg.seed)?,
+        };
         let input = &model.config().input;
         let eval_transform = crate::evaluate::eval_transform(input);
         Ok(Self {
@@ -169,8 +195,13 @@ impl<'a> Run<'a> {
                 .roles
                 .as_ref()
                 .map(|r| ClassNames::of(r, self.data.train.class_names()));
+            let listed = self.data.pairs.as_ref().map(|p| {
+                serde_json::json!({ "list": p.list, "train": p.train.a.len(), "validation": p.val.a.len(),
+                    "test": p.test.a.len(), "dropped": p.dropped })
+            });
             meta.training = Some(serde_json::json!({
                 "classes": classes,
+                "pairs": listed,
                 "data": data_description,
                 "step": self.progress.step,
                 "epoch": epoch,
@@ -228,9 +259,7 @@ impl<'a> Run<'a> {
             _ => cfg.batch_size as f64,
         };
         if self.progress.step < total && !self.progress.stopped_early {
-            let sampler = cfg
-                .sampler
-                .build(&self.data.train, cfg.batch_size, cfg.seed)?;
+            let sampler = sampler_for(&cfg.sampler, &cfg, &self.data)?;
             let input = &self.model.config().input;
             let transform = Transform {
                 augment: cfg.augment.clone(),
@@ -367,11 +396,14 @@ impl<'a> Run<'a> {
             best.save(&model_path)?;
         }
         let input_check = input_check(&best, &self.data.test, &self.eval_transform)?;
-        let test_pairs = eval_pairs(
-            &self.data.test,
-            cfg.validation.test_pairs,
-            cfg.seed ^ 0x7e57,
-        )?;
+        let test_pairs = match &self.data.pairs {
+            Some(p) => p.test.clone(),
+            None => eval_pairs(
+                &self.data.test,
+                cfg.validation.test_pairs,
+                cfg.seed ^ 0x7e57,
+            )?,
+        };
         let spec = EvalSpec {
             loss: Some(&cfg.loss),
             calibration: cfg.validation.calibration,

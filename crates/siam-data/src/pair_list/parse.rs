@@ -1,119 +1,9 @@
-//! Pair lists: the user's own verification pairs, as verification protocols report them.
-//!
-//! Two formats are read, told apart by the first line:
-//!
-//! - **CSV or TSV with a header** naming the columns `a`, `b`, `same` and optionally `fold`
-//!   (any order, any case; tab-separated when the header holds a tab). `a` and `b` are image
-//!   paths, relative to the list's folder or absolute; `same` is `1`/`0`, `true`/`false`,
-//!   `same`/`different` (or `yes`/`no`), any case. CSV fields may be double-quoted. Blank lines
-//!   and lines starting with `#` are skipped.
-//! - **LFW's `pairs.txt`**: a first line of one number (pairs of each kind: `pairsDevTrain.txt`)
-//!   or two (`folds pairs-per-fold`: the 10-fold `pairs.txt`), then `name n1 n2` lines (a same
-//!   pair: `name/name_000n1.jpg` and `name/name_000n2.jpg`) and `name1 n1 name2 n2` lines (a
-//!   different pair), in blocks of same then different pairs per fold. Image paths are under
-//!   the images folder given ([`read_pair_list_with_root`]), by default the list's folder.
-//!
-//! A list is refused, naming the file and the line, for: a missing image (every missing one is
-//! listed, not only the first), a `same` value that is not one of the accepted words, the
-//! header repeated inside the list, a list without pairs, a pair of an image with itself, a
-//! fold column with gaps (folds must be 0..K−1 or 1..K with every fold present), and LFW
-//! blocks that do not add up to the counts of the first line.
+//! The two list formats: CSV/TSV tables with a header, and LFW's `pairs.txt`.
 
 use std::path::{Path, PathBuf};
 
+use super::{ListedPair, PairList};
 use crate::error::{DataError, Result};
-
-/// One listed pair.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListedPair {
-    /// The first image (resolved path).
-    pub a: PathBuf,
-    /// The second image (resolved path).
-    pub b: PathBuf,
-    /// The listed verdict.
-    pub same: bool,
-    /// The fold, numbered from 0, when the list has folds.
-    pub fold: Option<usize>,
-    /// The line of the list it came from (1-based).
-    pub line: usize,
-}
-
-/// A parsed pair list.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PairList {
-    /// The list file.
-    pub path: PathBuf,
-    /// The pairs, in list order.
-    pub pairs: Vec<ListedPair>,
-    /// Number of folds (0 when the list has none).
-    pub folds: usize,
-    /// `csv`, `tsv` or `lfw`.
-    pub format: &'static str,
-}
-
-impl PairList {
-    /// Number of pairs.
-    pub fn len(&self) -> usize {
-        self.pairs.len()
-    }
-
-    /// True for a list without pairs (never returned by the readers).
-    pub fn is_empty(&self) -> bool {
-        self.pairs.is_empty()
-    }
-
-    /// The distinct images of the list in first-appearance order, and for each pair the
-    /// indices of its two images in that order: each image is decoded once however many
-    /// pairs it appears in.
-    pub fn images(&self) -> (Vec<PathBuf>, Vec<(usize, usize)>) {
-        let mut index = std::collections::HashMap::new();
-        let mut images = Vec::new();
-        let mut id = |p: &PathBuf| {
-            *index.entry(p.clone()).or_insert_with(|| {
-                images.push(p.clone());
-                images.len() - 1
-            })
-        };
-        let pairs = self.pairs.iter().map(|p| (id(&p.a), id(&p.b))).collect();
-        (images, pairs)
-    }
-}
-
-/// Reads a pair list; image paths are relative to the list's folder.
-pub fn read_pair_list(path: impl AsRef<Path>) -> Result<PairList> {
-    let path = path.as_ref();
-    let root = path.parent().unwrap_or(Path::new("")).to_path_buf();
-    read_pair_list_with_root(path, &root)
-}
-
-/// Reads a pair list whose relative image paths (and LFW names) are under `root`.
-pub fn read_pair_list_with_root(path: impl AsRef<Path>, root: &Path) -> Result<PairList> {
-    let path = path.as_ref();
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-    let lines: Vec<(usize, &str)> = text
-        .lines()
-        .enumerate()
-        .map(|(i, l)| (i + 1, l.trim_end_matches('\r')))
-        .filter(|(_, l)| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        .collect();
-    let Some(&(_, first)) = lines.first() else {
-        return Err(DataError::format(
-            path,
-            "the list is empty: no header and no pairs",
-        ));
-    };
-    let fields: Vec<&str> = first.split_whitespace().collect();
-    let list = if !fields.is_empty()
-        && fields.len() <= 2
-        && fields.iter().all(|f| f.parse::<usize>().is_ok())
-    {
-        parse_lfw(path, root, &lines)?
-    } else {
-        parse_table(path, root, &lines)?
-    };
-    check_images(&list)?;
-    Ok(list)
-}
 
 fn bad(path: &Path, line: usize, msg: impl std::fmt::Display) -> DataError {
     DataError::format(path, format!("line {line}: {msg}"))
@@ -161,7 +51,12 @@ fn resolve(root: &Path, p: &str) -> PathBuf {
     }
 }
 
-fn parse_table(path: &Path, root: &Path, lines: &[(usize, &str)]) -> Result<PairList> {
+pub(super) fn parse_table(
+    path: &Path,
+    root: &Path,
+    lines: &[(usize, &str)],
+    need_same: bool,
+) -> Result<PairList> {
     let (header_line, header) = lines[0];
     let tsv = header.contains('\t');
     let split = |no: usize, l: &str| -> Result<Vec<String>> {
@@ -176,12 +71,18 @@ fn parse_table(path: &Path, root: &Path, lines: &[(usize, &str)]) -> Result<Pair
         .map(|n| n.to_ascii_lowercase())
         .collect();
     let col = |name: &str| names.iter().position(|n| n == name);
-    let (Some(ca), Some(cb), Some(cs)) = (col("a"), col("b"), col("same")) else {
+    let cs = col("same");
+    let (Some(ca), Some(cb), true) = (col("a"), col("b"), cs.is_some() || !need_same) else {
         return Err(bad(
             path,
             header_line,
             format!(
-                "the header must name the columns a, b and same (and optionally fold); it has {}",
+                "the header must name the columns {} (and optionally fold); it has {}",
+                if need_same {
+                    "a, b and same"
+                } else {
+                    "a and b (and same)"
+                },
                 names.join(", ")
             ),
         ));
@@ -204,16 +105,19 @@ fn parse_table(path: &Path, root: &Path, lines: &[(usize, &str)]) -> Result<Pair
                 format!("{} fields, the header has {}", f.len(), names.len()),
             ));
         }
-        let same = parse_same(&f[cs]).ok_or_else(|| {
-            bad(
-                path,
-                no,
-                format!(
-                    "same = `{}`: expected 1/0, true/false, same/different or yes/no",
-                    f[cs]
-                ),
-            )
-        })?;
+        let same = match cs {
+            Some(cs) => Some(parse_same(&f[cs]).ok_or_else(|| {
+                bad(
+                    path,
+                    no,
+                    format!(
+                        "same = `{}`: expected 1/0, true/false, same/different or yes/no",
+                        f[cs]
+                    ),
+                )
+            })?),
+            None => None,
+        };
         let fold = match cf {
             Some(c) => Some(f[c].parse::<usize>().map_err(|_| {
                 bad(
@@ -293,7 +197,7 @@ fn renumber_folds(path: &Path, pairs: &mut [ListedPair]) -> Result<usize> {
     Ok(seen.len())
 }
 
-fn parse_lfw(path: &Path, root: &Path, lines: &[(usize, &str)]) -> Result<PairList> {
+pub(super) fn parse_lfw(path: &Path, root: &Path, lines: &[(usize, &str)]) -> Result<PairList> {
     let nums: Vec<usize> = lines[0]
         .1
         .split_whitespace()
@@ -356,7 +260,7 @@ fn parse_lfw(path: &Path, root: &Path, lines: &[(usize, &str)]) -> Result<PairLi
         pairs.push(ListedPair {
             a,
             b,
-            same,
+            same: Some(same),
             fold: (folds > 1).then_some(fold),
             line: no,
         });
@@ -380,7 +284,7 @@ fn parse_lfw(path: &Path, root: &Path, lines: &[(usize, &str)]) -> Result<PairLi
 }
 
 /// Every image must exist: the error lists all missing ones with their lines.
-fn check_images(list: &PairList) -> Result<()> {
+pub(super) fn check_images(list: &PairList) -> Result<()> {
     let mut missing = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for p in &list.pairs {
