@@ -229,6 +229,11 @@ pub fn load_source(cfg: &DataConfig) -> Result<(String, ImageSet, Option<ImageSe
                     "data.source: {path} does not exist (expected fixtures, fashion-mnist, mnist, an IDX directory or an image folder)"
                 )));
             }
+            if p.is_file() {
+                return Err(TrainError::Config(format!(
+                    "{path}: a file, not a dataset folder; a pair list is given with `--pairs {path}` (eval, calibrate, compare) or trained on with `[sampler] kind = \"pair-list\"`"
+                )));
+            }
             if idx::has_split(p, IdxSplit::Train) {
                 let tr = idx::load_dir(p, IdxSplit::Train, None)?;
                 let te = if idx::has_split(p, IdxSplit::Test) {

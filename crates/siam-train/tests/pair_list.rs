@@ -145,6 +145,23 @@ fn training_from_pairs_only_beats_an_untrained_model_and_resumes_exactly() {
         weights(&run.join("model.safetensors")),
         weights(&cut.join("model.safetensors"))
     );
+    // BCE (a learned head over the pair) trains on listed pairs too.
+    let mut bce = cfg.clone();
+    bce.loss = LossConfig::Bce;
+    bce.epochs = 1;
+    let s = train(
+        &bce,
+        &dir.path().join("bce"),
+        &TrainOptions::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(s.test.verification.pairs, te);
+    assert!(
+        s.test.verification.roc_auc > 0.6,
+        "{}",
+        s.test.verification.roc_auc
+    );
     // Another seed splits and orders the pairs differently.
     let mut other = cfg.clone();
     other.seed = 9;
