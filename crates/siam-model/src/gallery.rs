@@ -23,6 +23,7 @@
 //!     normalize: true,
 //!     distance: Default::default(),
 //!     pair_head: false,
+//!     test_time_flip: false,
 //! };
 //! let model = SiameseModel::new(&config, 1, &Device::Cpu)?;
 //! let mut gallery = Gallery::for_model(&model, "model.safetensors")?;

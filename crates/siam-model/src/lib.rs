@@ -21,6 +21,7 @@
 //!     normalize: true,
 //!     distance: Default::default(),
 //!     pair_head: false,
+//!     test_time_flip: false,
 //! };
 //! let model = SiameseModel::new(&config, 42, &Device::Cpu)?;
 //! let a = Tensor::zeros((1, 28, 28), candle_core::DType::F32, &Device::Cpu)?;

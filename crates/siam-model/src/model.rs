@@ -37,6 +37,11 @@ pub struct ModelConfig {
     /// A learned head over |e₁ − e₂| giving a "same" logit (Koch et al. 2015), for BCE training.
     #[serde(default)]
     pub pair_head: bool,
+    /// Test-time flip: in eval mode ([`SiameseModel::embed`]) each image and its mirror image
+    /// are encoded and the two outputs averaged before L2 normalisation, so an image and its
+    /// mirror get the same embedding. Twice the inference cost; training is unchanged.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub test_time_flip: bool,
 }
 
 /// Quantiles of validation distances, to say where a new distance falls.
@@ -266,6 +271,20 @@ impl SiameseModel {
         }
     }
 
+    /// The encoder's eval-mode output, detached, before normalisation: with
+    /// [`ModelConfig::test_time_flip`], the mean of the image's and its mirror image's.
+    fn encode_eval(&self, x: &Tensor) -> Result<Tensor> {
+        let e = self.encoder.forward_t(x, false)?.detach();
+        if !self.meta.config.test_time_flip {
+            return Ok(e);
+        }
+        let w = x.dim(3)?;
+        let rev: Vec<u32> = (0..w as u32).rev().collect();
+        let mirrored = x.index_select(&Tensor::new(rev.as_slice(), x.device())?, 3)?;
+        let m = self.encoder.forward_t(&mirrored, false)?.detach();
+        Ok(((e + m)? * 0.5)?)
+    }
+
     /// Embeds an (N, C, H, W) batch in eval mode: (N, D). An image's embedding does not
     /// depend on the rest of its batch.
     pub fn embed(&self, x: &Tensor) -> Result<Tensor> {
@@ -275,7 +294,12 @@ impl SiameseModel {
                 // Detached: the weights are variables, so candle would otherwise record the
                 // graph and keep every intermediate activation alive as long as the embeddings
                 // (about 1 MB per image for the convnet: 24 GB resident evaluating 10,000).
-                Ok(self.forward_t(x, false)?.detach())
+                let raw = self.encode_eval(x)?;
+                Ok(if self.meta.config.normalize {
+                    distance::l2_normalize(&raw)?
+                } else {
+                    raw
+                })
             }
             d => Err(ModelError::Config(format!(
                 "embed takes (N, {}, {}, {}) tensors, got {d:?}",
@@ -297,7 +321,7 @@ impl SiameseModel {
                 x.dims()
             )));
         }
-        let raw = self.encoder.forward_t(x, false)?.detach();
+        let raw = self.encode_eval(x)?;
         let norms: Vec<f32> = raw
             .sqr()?
             .sum(1)?

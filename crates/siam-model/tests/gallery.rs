@@ -204,6 +204,7 @@ fn config() -> ModelConfig {
         normalize: true,
         distance: Distance::Euclidean,
         pair_head: false,
+        test_time_flip: false,
     }
 }
 

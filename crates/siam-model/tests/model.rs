@@ -48,6 +48,7 @@ fn convnet(dropout: f32) -> ModelConfig {
         normalize: false,
         distance: Distance::Euclidean,
         pair_head: false,
+        test_time_flip: false,
     }
 }
 
@@ -64,6 +65,7 @@ fn seed_cnn(c: usize, h: usize, w: usize) -> ModelConfig {
         normalize: true,
         distance: Distance::Euclidean,
         pair_head: true,
+        test_time_flip: false,
     }
 }
 
@@ -183,6 +185,58 @@ fn save_load_round_trip_gives_identical_embeddings() {
     assert!(c.distance < 1e-3 && c.same == Some(true));
     // No temp file is left behind.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn test_time_flip_averages_an_image_and_its_mirror() {
+    let dir = tempfile::tempdir().unwrap();
+    let x = images(4, 1, 28, 28, 9);
+    let rev: Vec<u32> = (0..28u32).rev().collect();
+    let mirrored = x
+        .index_select(&Tensor::new(rev.as_slice(), &CPU).unwrap(), 3)
+        .unwrap();
+    let plain = SiameseModel::new(&convnet(0.0), 3, &CPU).unwrap();
+    let mut cfg = convnet(0.0);
+    cfg.test_time_flip = true;
+    cfg.normalize = true;
+    let tta = SiameseModel::new(&cfg, 3, &CPU).unwrap();
+    // Without it an image and its mirror embed differently; with it they embed the same.
+    let (a, b) = (
+        v1(&plain.embed(&x).unwrap()),
+        v1(&plain.embed(&mirrored).unwrap()),
+    );
+    assert!(a.iter().zip(&b).any(|(p, q)| (p - q).abs() > 1e-3));
+    close(
+        &v1(&tta.embed(&x).unwrap()),
+        &v1(&tta.embed(&mirrored).unwrap()),
+        1e-5,
+    );
+    // It is the normalised mean of the two plain encoder outputs (same seed, same weights).
+    let mut plain_norm = convnet(0.0);
+    plain_norm.normalize = false;
+    let raw = SiameseModel::new(&plain_norm, 3, &CPU).unwrap();
+    let mean = ((raw.embed(&x).unwrap() + raw.embed(&mirrored).unwrap()).unwrap() * 0.5).unwrap();
+    let want = siam_model::distance::l2_normalize(&mean).unwrap();
+    close(&v1(&tta.embed(&x).unwrap()), &v1(&want), 1e-5);
+    // embed_with_norms gives the same embeddings, and the flag survives the file; a config
+    // without it reads as false and is written without the key.
+    close(
+        &v1(&tta.embed_with_norms(&x).unwrap().0),
+        &v1(&tta.embed(&x).unwrap()),
+        1e-6,
+    );
+    let p = dir.path().join("tta.safetensors");
+    tta.save(&p).unwrap();
+    assert!(
+        SiameseModel::load(&p, &CPU)
+            .unwrap()
+            .config()
+            .test_time_flip
+    );
+    let json = serde_json::to_string(plain.config()).unwrap();
+    assert!(!json.contains("test-time-flip"), "{json}");
+    let json = serde_json::to_string(tta.config()).unwrap();
+    assert!(json.contains("\"test-time-flip\":true"), "{json}");
 }
 
 fn rewrite(

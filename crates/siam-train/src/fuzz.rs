@@ -101,6 +101,7 @@ pub fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
                 normalize: true,
                 distance: siam_model::Distance::Euclidean,
                 pair_head: false,
+                test_time_flip: false,
             };
             siam_model::SiameseModel::new(&cfg, 1, &candle_core::Device::Cpu)
                 .and_then(|m| m.to_bytes())

@@ -140,6 +140,10 @@ pub struct ModelSection {
     pub normalize: bool,
     /// The distance.
     pub distance: Distance,
+    /// Embed each image and its mirror image and average them at evaluation and inference
+    /// (`siam_model::ModelConfig::test_time_flip`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub test_time_flip: bool,
 }
 
 /// The loss and its settings. `docs/guide.md` says which to choose when.

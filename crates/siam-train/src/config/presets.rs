@@ -42,6 +42,7 @@ impl TrainConfig {
                 encoder: EncoderConfig::SeedCnn { embedding_dim: 128 },
                 normalize: false,
                 distance: Distance::Euclidean,
+                test_time_flip: false,
             },
             loss: LossConfig::Contrastive {
                 margin: 2.0,

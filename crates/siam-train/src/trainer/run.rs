@@ -20,6 +20,7 @@ pub(super) fn model_config(cfg: &TrainConfig, train: &ImageSet) -> ModelConfig {
         normalize: cfg.model.normalize,
         distance: cfg.model.distance,
         pair_head: matches!(cfg.loss, LossConfig::Bce),
+        test_time_flip: cfg.model.test_time_flip,
     }
 }
 

@@ -79,6 +79,7 @@ fn inverted_labels_are_flagged() {
         normalize: false,
         distance: Distance::Euclidean,
         pair_head: false,
+        test_time_flip: false,
     };
     let dev = Device::Cpu;
     let mut model = SiameseModel::new(&cfg, 1, &dev).unwrap();
