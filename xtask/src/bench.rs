@@ -175,6 +175,7 @@ pub fn run(a: &Args) -> Result<()> {
         normalize: false,
         distance: Distance::Euclidean,
         pair_head: false,
+        test_time_flip: false,
     };
     let model = SiameseModel::new(&cfg, 1, &device)?;
     let n = a.pairs;
