@@ -1,0 +1,140 @@
+//! Winograd: the transforms against their adjoints, the forward pass against a direct f64
+//! convolution, the gradients against finite differences.
+
+use super::*;
+
+/// A direct convolution in f64 on channel-last data, the reference: the output (N, HO, WO,
+/// O) and the scale Σ|w|·|x| per output that bounds the rounding error.
+pub(in crate::kernels) fn direct(g: &Wino, x: &[f32], w: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    let mut y = vec![0f64; g.n * g.ho * g.wo * g.o];
+    let mut s = y.clone();
+    for n in 0..g.n {
+        for i in 0..g.ho {
+            for j in 0..g.wo {
+                for o in 0..g.o {
+                    let (mut acc, mut mag) = (0f64, 0f64);
+                    for di in 0..3 {
+                        for dj in 0..3 {
+                            let (r, q) = (i + di, j + dj);
+                            if r < g.pad || q < g.pad || r - g.pad >= g.h || q - g.pad >= g.w {
+                                continue;
+                            }
+                            for c in 0..g.c {
+                                let xv = f64::from(
+                                    x[((n * g.h + r - g.pad) * g.w + q - g.pad) * g.c + c],
+                                );
+                                let wv = f64::from(w[((o * g.c + c) * 3 + di) * 3 + dj]);
+                                acc += xv * wv;
+                                mag += (xv * wv).abs();
+                            }
+                        }
+                    }
+                    let k = ((n * g.ho + i) * g.wo + j) * g.o + o;
+                    y[k] = acc;
+                    s[k] = mag;
+                }
+            }
+        }
+    }
+    (y, s)
+}
+
+pub(in crate::kernels) fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+/// The 1-D transforms' adjoints are adjoint: ⟨f(x), y⟩ = ⟨x, f*(y)⟩.
+#[test]
+fn transforms_and_their_adjoints_agree() {
+    let (x, y) = (values(6, 1), values(6, 2));
+    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f32>();
+    let x6: [f32; 6] = x.clone().try_into().unwrap();
+    let y6: [f32; 6] = y.clone().try_into().unwrap();
+    assert!((dot(&bt(x6), &y) - dot(&x, &b(y6))).abs() < 1e-5);
+    let y4 = [y[0], y[1], y[2], y[3]];
+    assert!((dot(&at(x6), &y4) - dot(&x, &a(y4))).abs() < 1e-5);
+    let x3 = [x[0], x[1], x[2]];
+    assert!((dot(&gk(x3), &y) - dot(&x3, &gkt(y6))).abs() < 1e-5);
+}
+
+/// Shapes for the tests: odd sizes, paddings 0–2, batch 1, channel counts that are not a
+/// multiple of the vector width, partial tiles on both edges.
+pub(in crate::kernels) const SHAPES: [(usize, usize, usize, usize, usize, usize); 6] = [
+    (2, 3, 5, 7, 9, 1),
+    (1, 1, 1, 3, 3, 0),
+    (3, 17, 6, 28, 28, 1),
+    (1, 8, 9, 5, 6, 2),
+    (2, 5, 3, 14, 14, 1),
+    (1, 33, 7, 7, 7, 1),
+];
+
+/// Forward against a direct f64 convolution, within 1e-4 of Σ|w|·|x| per output.
+#[test]
+fn forward_matches_direct_convolution() {
+    for (i, &(n, c, o, h, w, pad)) in SHAPES.iter().enumerate() {
+        let g = Wino::new(n, c, o, h, w, pad).unwrap();
+        let x = values(n * c * h * w, 10 + i as u64);
+        let wt = values(o * c * 9, 20 + i as u64);
+        let mut y = vec![0f32; n * g.ho * g.wo * o];
+        forward(&g, &x, &kernel_transform(&wt, o, c), &mut y, false);
+        let (r, s) = direct(&g, &x, &wt);
+        for k in 0..y.len() {
+            let err = (f64::from(y[k]) - r[k]).abs();
+            assert!(
+                err <= 1e-4 * s[k].max(1e-3),
+                "case {i}, output {k}: {} vs {}",
+                y[k],
+                r[k]
+            );
+        }
+    }
+}
+
+/// dX and dW against central finite differences of Σ up·conv(x, w) (the convolution in
+/// f64), over every shape.
+#[test]
+fn gradients_match_finite_differences() {
+    for (i, &(n, c, o, h, w, pad)) in SHAPES.iter().enumerate() {
+        let g = Wino::new(n, c, o, h, w, pad).unwrap();
+        let x = values(n * c * h * w, 71 + i as u64);
+        let wt = values(o * c * 9, 72 + i as u64);
+        let up = values(n * g.ho * g.wo * o, 73 + i as u64);
+        let f = |x: &[f32], w: &[f32]| -> f64 {
+            let (y, _) = direct(&g, x, w);
+            y.iter().zip(&up).map(|(a, b)| a * f64::from(*b)).sum()
+        };
+        let mut y = vec![0f32; up.len()];
+        let saved = forward(&g, &x, &kernel_transform(&wt, o, c), &mut y, true);
+        let (gx, gw) = backward(&g, &saved, &up, true);
+        let gx = gx.unwrap().to_vec();
+        // The objective is linear in each value, so the difference quotient is exact up to
+        // rounding; a sample of the positions keeps the test fast.
+        let eps = 1e-2f32;
+        for (vals, grads, what) in [(&x, &gx, "x"), (&wt, &gw, "w")] {
+            for k in (0..vals.len()).step_by(1 + vals.len() / 97) {
+                let (mut p, mut m) = (vals.clone(), vals.clone());
+                p[k] += eps;
+                m[k] -= eps;
+                let fd = if what == "x" {
+                    (f(&p, &wt) - f(&m, &wt)) / (2.0 * f64::from(eps))
+                } else {
+                    (f(&x, &p) - f(&x, &m)) / (2.0 * f64::from(eps))
+                };
+                let d = (fd - f64::from(grads[k])).abs();
+                assert!(
+                    d < 2e-4 * (1.0 + fd.abs()),
+                    "case {i}: d{what}[{k}] {} vs finite difference {fd}",
+                    grads[k]
+                );
+            }
+        }
+    }
+}
