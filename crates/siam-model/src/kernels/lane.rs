@@ -1,6 +1,7 @@
-//! `F8`, eight f32 lanes whose element-wise operations the compiler turns into single vector
-//! instructions (within [`simd`](super::simd), AVX), and the [`Lane`] trait the tile transforms
-//! are written against, so one definition serves eight channels at a time and the scalar tail.
+//! `Fx<N>`, N f32 lanes (16 and 8 in the tile transforms), whose element-wise operations the compiler turns into
+//! vector instructions (within a `simd_kernel`: AVX2 or AVX-512), and the [`Lane`] trait the
+//! tile transforms are written against, so one definition serves 16 or 8 channels at a time
+//! and the scalar tail.
 
 use std::ops::{Add, Mul, Sub};
 
@@ -12,34 +13,36 @@ pub(super) trait Lane:
 
 impl Lane for f32 {}
 
-/// Eight f32 lanes.
+/// `N` f32 lanes (8: one AVX register, 16: one AVX-512 register or two AVX ones).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) struct F8(pub(super) [f32; 8]);
+pub(super) struct Fx<const N: usize>(pub(super) [f32; N]);
 
-impl F8 {
-    /// The first eight values of `s`.
+impl<const N: usize> Fx<N> {
+    /// All lanes zero.
+    pub(super) const ZERO: Self = Self([0.0; N]);
+    /// The first `N` values of `s`.
     #[inline(always)]
     pub(super) fn load(s: &[f32]) -> Self {
-        let mut v = [0f32; 8];
-        v.copy_from_slice(&s[..8]);
+        let mut v = [0f32; N];
+        v.copy_from_slice(&s[..N]);
         Self(v)
     }
-    /// Writes the lanes to the first eight values of `s`.
+    /// Writes the lanes to the first `N` values of `s`.
     #[inline(always)]
     pub(super) fn store(self, s: &mut [f32]) {
-        s[..8].copy_from_slice(&self.0);
+        s[..N].copy_from_slice(&self.0);
     }
-    /// Adds the lanes to the first eight values of `s`.
+    /// Adds the lanes to the first `N` values of `s`.
     #[inline(always)]
     pub(super) fn add_to(self, s: &mut [f32]) {
-        let d = &mut s[..8];
+        let d = &mut s[..N];
         for (d, v) in d.iter_mut().zip(self.0) {
             *d += v;
         }
     }
 }
 
-impl Add for F8 {
+impl<const N: usize> Add for Fx<N> {
     type Output = Self;
     #[inline(always)]
     fn add(self, o: Self) -> Self {
@@ -51,7 +54,7 @@ impl Add for F8 {
     }
 }
 
-impl Sub for F8 {
+impl<const N: usize> Sub for Fx<N> {
     type Output = Self;
     #[inline(always)]
     fn sub(self, o: Self) -> Self {
@@ -63,7 +66,7 @@ impl Sub for F8 {
     }
 }
 
-impl Mul<f32> for F8 {
+impl<const N: usize> Mul<f32> for Fx<N> {
     type Output = Self;
     #[inline(always)]
     fn mul(self, k: f32) -> Self {
@@ -75,4 +78,4 @@ impl Mul<f32> for F8 {
     }
 }
 
-impl Lane for F8 {}
+impl<const N: usize> Lane for Fx<N> {}

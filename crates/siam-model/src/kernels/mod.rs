@@ -13,7 +13,7 @@
 //!   forward and backward;
 //! - [`nhwc`]: channel-last direct convolution (few input channels), BatchNorm + ReLU and
 //!   pooling, with reductions in a fixed order;
-//! - [`lane`]: eight-lane vectors the tile transforms compute with;
+//! - [`lane`]: the 16- and 8-lane vectors the tile transforms compute with;
 //! - [`scratch`]: reused buffers for the large temporaries;
 //! - [`block`]: the convnet's block (two convolutions with BatchNorm and ReLU, optional
 //!   pooling) as one operation.

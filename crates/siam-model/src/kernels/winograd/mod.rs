@@ -23,7 +23,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{Mat, gemm_into};
-use super::lane::{F8, Lane};
+use super::lane::{Fx, Lane};
 use super::scratch::Buf;
 
 /// Input channels from which a 3×3 convolution goes through Winograd (fewer: the transforms
@@ -274,41 +274,30 @@ impl Dst for Blocks<'_, '_> {
 
 /// One tile of transform `TX` over `l` lanes (channels): position p reads
 /// `src[base + offs[p] + k]` (row-major over the input side), writes (or, with `add`, adds to)
-/// `dst`'s slot p; eight lanes at a time in vector registers, then the rest one by one.
+/// `dst`'s slot p; sixteen lanes at a time in vector registers, then eight, then the rest one
+/// by one. Every lane is computed by the same operations whatever the width, so the result
+/// does not depend on how the channels were grouped.
 #[inline(always)]
 fn lanes<const I: usize, const O: usize, const TX: u8>(
     src: &[f32],
-    (offs, base): (&[usize; I], usize),
+    at: (&[usize; I], usize),
     dst: &mut impl Dst,
     l: usize,
     add: bool,
 ) {
-    let (si, so) = (side(I), side(O));
-    let full = l - l % 8;
-    let mut t8 = [F8([0.0; 8]); 36];
     let mut k = 0;
-    while k < full {
-        unroll!(Q in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35] {
-            if Q < I {
-                t8[(Q / si) * A6 + Q % si] = F8::load(&src[base + offs[Q] + k..]);
-            }
-        });
-        apply::<F8, TX>(&mut t8);
-        unroll!(Q in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35] {
-            if Q < O {
-                let v = t8[(Q / so) * A6 + Q % so];
-                let d = dst.slot(Q, k, 8);
-                if add {
-                    v.add_to(d);
-                } else {
-                    v.store(d);
-                }
-            }
-        });
+    while k + 16 <= l {
+        lanes_n::<16, I, O, TX>(src, at, dst, k, add);
+        k += 16;
+    }
+    if k + 8 <= l {
+        lanes_n::<8, I, O, TX>(src, at, dst, k, add);
         k += 8;
     }
+    let (offs, base) = at;
+    let (si, so) = (side(I), side(O));
     let mut t1 = [0f32; 36];
-    for k in full..l {
+    for k in k..l {
         unroll!(Q in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35] {
             if Q < I {
                 t1[(Q / si) * A6 + Q % si] = src[base + offs[Q] + k];
@@ -327,6 +316,36 @@ fn lanes<const I: usize, const O: usize, const TX: u8>(
             }
         });
     }
+}
+
+/// Lanes `k .. k + N` of one tile of [`lanes`].
+#[inline(always)]
+fn lanes_n<const N: usize, const I: usize, const O: usize, const TX: u8>(
+    src: &[f32],
+    (offs, base): (&[usize; I], usize),
+    dst: &mut impl Dst,
+    k: usize,
+    add: bool,
+) {
+    let (si, so) = (side(I), side(O));
+    let mut t = [Fx::<N>::ZERO; 36];
+    unroll!(Q in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35] {
+        if Q < I {
+            t[(Q / si) * A6 + Q % si] = Fx::<N>::load(&src[base + offs[Q] + k..]);
+        }
+    });
+    apply::<Fx<N>, TX>(&mut t);
+    unroll!(Q in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35] {
+        if Q < O {
+            let v = t[(Q / so) * A6 + Q % so];
+            let d = dst.slot(Q, k, N);
+            if add {
+                v.add_to(d);
+            } else {
+                v.store(d);
+            }
+        }
+    });
 }
 
 /// Offsets of a tile's `side × side` positions in a channel-last plane `width` pixels wide with

@@ -66,14 +66,16 @@ fn transforms_and_their_adjoints_agree() {
 }
 
 /// Shapes for the tests: odd sizes, paddings 0–2, batch 1, channel counts that are not a
-/// multiple of the vector width, partial tiles on both edges.
-pub(in crate::kernels) const SHAPES: [(usize, usize, usize, usize, usize, usize); 6] = [
+/// multiple of the vector widths (17 and 33: sixteen-lane groups and a tail; 25 and 26: a
+/// sixteen-lane, an eight-lane group and a tail), partial tiles on both edges.
+pub(in crate::kernels) const SHAPES: [(usize, usize, usize, usize, usize, usize); 7] = [
     (2, 3, 5, 7, 9, 1),
     (1, 1, 1, 3, 3, 0),
     (3, 17, 6, 28, 28, 1),
     (1, 8, 9, 5, 6, 2),
     (2, 5, 3, 14, 14, 1),
     (1, 33, 7, 7, 7, 1),
+    (1, 25, 26, 6, 6, 1),
 ];
 
 /// Forward against a direct f64 convolution, within 1e-4 of Σ|w|·|x| per output.
