@@ -166,16 +166,27 @@ pub fn search(a: SearchArgs) -> Result<()> {
             .iter()
             .map(|q| model.load_image(q))
             .collect::<siam_model::Result<Vec<_>>>()?;
-        let e: Vec<f32> = model
-            .embed(&candle_core::Tensor::cat(&xs, 0)?)?
+        // The input check runs on the same forward pass: a query unlike the training data is
+        // still searched, with a warning on stderr (and `warnings` in JSON Lines).
+        let (e, warnings) = model.embed_checked(&candle_core::Tensor::cat(&xs, 0)?)?;
+        let e: Vec<f32> = e
             .to_device(&candle_core::Device::Cpu)?
             .flatten_all()?
             .to_vec1()?;
+        for (q, ws) in round.iter().zip(&warnings) {
+            for w in ws {
+                eprintln!(
+                    "warning: {}: unlike the training data: {}",
+                    q.display(),
+                    w.detail
+                );
+            }
+        }
         let hits = gallery.search(&e, a.k)?;
         let r = (|| -> std::io::Result<()> {
-            for (q, hits) in round.iter().zip(&hits) {
+            for ((q, hits), ws) in round.iter().zip(&hits).zip(&warnings) {
                 render(
-                    &mut out, format, q, hits, &gallery, threshold, &path, &a.gallery,
+                    &mut out, format, q, hits, ws, &gallery, threshold, &path, &a.gallery,
                 )?;
             }
             out.flush()
@@ -202,6 +213,7 @@ fn render(
     format: SearchFormat,
     query: &Path,
     hits: &[siam_model::Hit],
+    warnings: &[siam_model::ood::InputWarning],
     gallery: &Gallery,
     threshold: Option<f32>,
     model: &Path,
@@ -257,6 +269,7 @@ fn render(
                 "model": model,
                 "gallery": gallery_path,
                 "query": query,
+                "warnings": warnings,
                 "threshold": threshold,
                 "results": results,
             });

@@ -162,13 +162,20 @@ impl SiameseModel {
     /// was trained on, by the [input profile](crate::ood) stored at training time: one list
     /// per input, empty when it looks familiar or when the model has no profile.
     pub fn input_warnings(&self, x: &Tensor) -> Result<Vec<Vec<InputWarning>>> {
+        Ok(self.embed_checked(x)?.1)
+    }
+
+    /// Embeds like [`embed`](Self::embed) and runs the input check on the same pass: the
+    /// embeddings and, per input, its [`input_warnings`](Self::input_warnings).
+    pub fn embed_checked(&self, x: &Tensor) -> Result<(Tensor, Vec<Vec<InputWarning>>)> {
         let Some(p) = &self.meta.input_profile else {
-            return Ok(vec![Vec::new(); x.dim(0)?]);
+            return Ok((self.embed(x)?, vec![Vec::new(); x.dim(0)?]));
         };
         let (e, norms) = self.embed_with_norms(x)?;
         let stats = crate::ood::image_stats(x, &self.meta.config.input, &norms)?;
         let near = p.nearest(&e, self.distance_kind())?;
-        Ok(stats.iter().zip(near).map(|(s, d)| p.check(s, d)).collect())
+        let w = stats.iter().zip(near).map(|(s, d)| p.check(s, d)).collect();
+        Ok((e, w))
     }
 }
 
