@@ -3,6 +3,7 @@
 mod bench;
 mod bench_gallery;
 mod bench_ood;
+mod bench_unseen;
 mod cuda;
 mod download;
 mod fixtures;
@@ -34,6 +35,9 @@ enum Cmd {
     BenchGallery(bench_gallery::Args),
     /// The input check's false alarms (test split) and detection of foreign inputs.
     BenchOod(bench_ood::Args),
+    /// The unseen-class protocol: train with held-out classes per seed; trained vs untrained
+    /// vs pixels on the test classes.
+    BenchUnseen(bench_unseen::Args),
     /// Regenerate fixtures/ (data subset, PNGs, shipped model) from the full Fashion-MNIST.
     Fixtures(fixtures::Args),
     /// Compile the workspace with the CUDA feature (no GPU needed; installs nvcc from PyPI).
@@ -63,6 +67,7 @@ fn main() {
         Cmd::Bench(a) => bench::run(&a),
         Cmd::BenchGallery(a) => bench_gallery::run(&a),
         Cmd::BenchOod(a) => bench_ood::run(&a),
+        Cmd::BenchUnseen(a) => bench_unseen::run(&a),
         Cmd::Fixtures(a) => fixtures::run(&a),
         Cmd::CheckCuda(a) => cuda::run(&a),
         Cmd::Fuzz(a) => fuzz::run(&a),
