@@ -60,6 +60,29 @@ pub struct TrainConfig {
     /// mixed with the supervised loss; absent: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub self_supervised: Option<SelfSupervised>,
+    /// A contrastive term over every pair of the P×K batch added to a batch loss (CosFace,
+    /// ArcFace, multi-similarity, ...); absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrastive_term: Option<ContrastiveTerm>,
+}
+
+/// `[contrastive-term]`: the supervised loss becomes `loss + weight·contrastive`, the
+/// contrastive loss (Hadsell et al., `same·d² + (1−same)·max(0, m−d)²`, positives and negatives
+/// weighing one half each) over every pair of the P×K batch. A proxy loss such as CosFace
+/// ranks images against class centres; the term ranks the pairs themselves, which is what
+/// verification (ROC-AUC, a threshold on the distance) measures.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ContrastiveTerm {
+    /// The term's weight, positive.
+    pub weight: f64,
+    /// The margin m (default 1, for L2-normalised embeddings).
+    #[serde(default = "unit_margin")]
+    pub margin: f64,
+}
+
+fn unit_margin() -> f64 {
+    1.0
 }
 
 /// `[self-supervised]`: the loss becomes `(1 − weight)·supervised + weight·NT-Xent`, the

@@ -75,6 +75,7 @@ impl TrainConfig {
                 keep_last: 2,
             },
             self_supervised: None,
+            contrastive_term: None,
         };
         match name {
             "seed" => Ok(base),

@@ -165,6 +165,29 @@ impl TrainConfig {
                 );
             }
         }
+        if let Some(ct) = &self.contrastive_term {
+            if !(ct.weight > 0.0 && ct.weight.is_finite()) {
+                return bad(
+                    "contrastive-term.weight",
+                    format!("{} must be positive", ct.weight),
+                );
+            }
+            if !(ct.margin > 0.0 && ct.margin.is_finite()) {
+                return bad(
+                    "contrastive-term.margin",
+                    format!("{} must be positive", ct.margin),
+                );
+            }
+            if !self.loss.takes_classes() {
+                return bad(
+                    "contrastive-term",
+                    format!(
+                        "adds to a batch loss (cosface, arcface, multi-similarity, supcon, nt-xent), not to {}",
+                        self.loss.kind()
+                    ),
+                );
+            }
+        }
         if self.loss.takes_classes() && !matches!(self.sampler, SamplerConfig::Pk { .. }) {
             return bad(
                 "sampler.kind",

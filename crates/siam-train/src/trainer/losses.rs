@@ -186,32 +186,10 @@ impl Run<'_> {
                 let r = loss::mined_triplet(e, labels, *margin, m.distance_kind(), *mining)?;
                 (r.loss, Some(f64::from(r.active_fraction)))
             }
-            LossConfig::Contrastive { margin, pos_margin } => {
-                // All pairs of the batch; positives and negatives weigh one half each.
-                let n = labels.len();
-                let (mut pa, mut pb, mut na, mut nb) = (vec![], vec![], vec![], vec![]);
-                for i in 0..n {
-                    for j in i + 1..n {
-                        if labels[i] == labels[j] {
-                            pa.push(i as u32);
-                            pb.push(j as u32);
-                        } else {
-                            na.push(i as u32);
-                            nb.push(j as u32);
-                        }
-                    }
-                }
-                let dev = e.device();
-                let part = |a: Vec<u32>, b: Vec<u32>, s: f32| -> Result<Tensor> {
-                    let k = a.len();
-                    let ia = Tensor::from_vec(a, k, dev)?;
-                    let ib = Tensor::from_vec(b, k, dev)?;
-                    let d = m.distance(&e.index_select(&ia, 0)?, &e.index_select(&ib, 0)?)?;
-                    let same = Tensor::full(s, k, dev)?;
-                    Ok(loss::contrastive_with(&d, &same, *margin, *pos_margin)?)
-                };
-                (((part(pa, pb, 1.0)? + part(na, nb, 0.0)?)? * 0.5)?, None)
-            }
+            LossConfig::Contrastive { margin, pos_margin } => (
+                all_pairs_contrastive(m, e, labels, *margin, *pos_margin)?,
+                None,
+            ),
             LossConfig::Bce => unreachable!("validated: bce takes pairs"),
             l => {
                 let proxies = self
@@ -221,8 +199,49 @@ impl Run<'_> {
                     .expect("var map lock")
                     .get("proxies")
                     .map(|v| v.as_tensor().clone());
-                (class_batch_loss(l, e, labels, proxies.as_ref())?, None)
+                let main = class_batch_loss(l, e, labels, proxies.as_ref())?;
+                match &self.cfg.contrastive_term {
+                    Some(ct) => {
+                        let term = all_pairs_contrastive(m, e, labels, ct.margin, 0.0)?;
+                        ((main + (term * ct.weight)?)?, None)
+                    }
+                    None => (main, None),
+                }
             }
         })
     }
+}
+
+/// The contrastive loss over every pair of a labelled batch, positives and negatives weighing
+/// one half each.
+fn all_pairs_contrastive(
+    m: &SiameseModel,
+    e: &Tensor,
+    labels: &[u32],
+    margin: f64,
+    pos_margin: f64,
+) -> Result<Tensor> {
+    let n = labels.len();
+    let (mut pa, mut pb, mut na, mut nb) = (vec![], vec![], vec![], vec![]);
+    for i in 0..n {
+        for j in i + 1..n {
+            if labels[i] == labels[j] {
+                pa.push(i as u32);
+                pb.push(j as u32);
+            } else {
+                na.push(i as u32);
+                nb.push(j as u32);
+            }
+        }
+    }
+    let dev = e.device();
+    let part = |a: Vec<u32>, b: Vec<u32>, s: f32| -> Result<Tensor> {
+        let k = a.len();
+        let ia = Tensor::from_vec(a, k, dev)?;
+        let ib = Tensor::from_vec(b, k, dev)?;
+        let d = m.distance(&e.index_select(&ia, 0)?, &e.index_select(&ib, 0)?)?;
+        let same = Tensor::full(s, k, dev)?;
+        Ok(loss::contrastive_with(&d, &same, margin, pos_margin)?)
+    };
+    Ok(((part(pa, pb, 1.0)? + part(na, nb, 0.0)?)? * 0.5)?)
 }
