@@ -34,6 +34,34 @@ pub enum Command {
     Sweep(SweepArgs),
     /// Print a fully resolved training config as TOML (a preset, a file, overrides), validated.
     Config(ConfigArgs),
+    /// The learning-rate range test: a short run with a rate rising exponentially, the loss
+    /// against the rate (JSON, SVG, PNG) and a suggested rate.
+    LrFind(LrFindArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LrFindArgs {
+    /// The recipe to test (default: the default preset); a run's config.toml works.
+    #[command(flatten)]
+    pub source: ConfigSourceArgs,
+    /// Data: fixtures, fashion-mnist, mnist, an IDX directory or an image folder.
+    #[arg(long)]
+    pub data: Option<String>,
+    /// The first step's learning rate.
+    #[arg(long, default_value_t = 1e-7)]
+    pub start: f64,
+    /// The last step's learning rate.
+    #[arg(long, default_value_t = 1.0)]
+    pub end: f64,
+    /// Steps (batches) from --start to --end.
+    #[arg(long, default_value_t = 100)]
+    pub steps: usize,
+    /// The output folder (default runs/lr-find-<time>); it must not exist or be empty.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -271,6 +299,10 @@ pub struct DiagnoseArgs {
     /// Exit with status 3 when any warning or error is found.
     #[arg(long)]
     pub strict: bool,
+    /// Also run the learning-rate range test on the run's config (`siam lr-find`): its
+    /// suggestion in the text and JSON, its curve in the report and the plots.
+    #[arg(long, requires = "run")]
+    pub lr_find: bool,
 }
 
 #[derive(Args, Debug)]

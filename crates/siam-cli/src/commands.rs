@@ -10,8 +10,8 @@ use siam_train::TrainOptions;
 use siam_train::evaluate::{EvalSpec, eval_pairs, evaluate};
 
 use crate::cli::{
-    Cli, Command, CompareArgs, ConfigArgs, DiagnoseArgs, EvalArgs, InfoArgs, ModelArg, SweepArgs,
-    TrainArgs,
+    Cli, Command, CompareArgs, ConfigArgs, DiagnoseArgs, EvalArgs, InfoArgs, LrFindArgs, ModelArg,
+    SweepArgs, TrainArgs,
 };
 use crate::render;
 
@@ -33,6 +33,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Calibrate(a) => crate::pairs::calibrate(a),
         Command::Sweep(a) => sweep(a),
         Command::Config(a) => config(a),
+        Command::LrFind(a) => lr_find(a),
     }
 }
 
@@ -59,6 +60,23 @@ fn utc_stamp() -> String {
     )
 }
 
+/// The config from `source` (the default preset when it names none), with `--data` applied as
+/// the first override, so that the resolved config is validated with it (a pair list is only
+/// valid with the pair-list sampler).
+fn resolve_with_data(
+    source: &crate::cli::ConfigSourceArgs,
+    data: Option<&str>,
+) -> Result<(siam_train::TrainConfig, String)> {
+    let mut src = source.source("default");
+    let mut sets = Vec::new();
+    if let Some(d) = data {
+        sets.push(format!("data.source={}", serde_json::to_string(d)?));
+    }
+    sets.extend(src.sets.iter().cloned());
+    src.sets = &sets;
+    Ok(siam_train::config::resolve(&src)?)
+}
+
 fn train(a: TrainArgs) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
@@ -77,16 +95,7 @@ fn train(a: TrainArgs) -> Result<()> {
     let summary = if let Some(dir) = &a.resume {
         siam_train::resume(dir, &opts, &mut |e| progress.on(e))?
     } else {
-        // --data goes in first, as the first override, so that the resolved config is
-        // validated with it (a pair list is only valid with the pair-list sampler).
-        let mut source = a.source.source("default");
-        let mut sets = Vec::new();
-        if let Some(d) = &a.data {
-            sets.push(format!("data.source={}", serde_json::to_string(d)?));
-        }
-        sets.extend(source.sets.iter().cloned());
-        source.sets = &sets;
-        let (mut cfg, name) = siam_train::config::resolve(&source)?;
+        let (mut cfg, name) = resolve_with_data(&a.source, a.data.as_deref())?;
         if let Some(v) = a.epochs {
             cfg.epochs = v;
         }
@@ -369,10 +378,17 @@ fn diagnose(a: DiagnoseArgs) -> Result<()> {
         baselines: !a.no_baselines,
     };
     let (d, evidence, history) = siam_train::diagnose::diagnose(&path, &device, &opts)?;
+    let lr_found = match (&a.run, a.lr_find) {
+        (Some(run), true) => {
+            let cfg = siam_train::TrainConfig::from_file(&run.join("config.toml"))?;
+            Some(siam_train::lr_find(&cfg, &Default::default())?)
+        }
+        _ => None,
+    };
     let mut written = Vec::new();
     if a.report.is_some() || a.plots.is_some() {
         let m = &d.measurements;
-        let charts = siam_eval::plot::charts(
+        let mut charts = siam_eval::plot::charts(
             &evidence,
             m.context.margin,
             m.stored_threshold,
@@ -384,6 +400,9 @@ fn diagnose(a: DiagnoseArgs) -> Result<()> {
             },
             if a.tsne { 1500 } else { 3000 },
         )?;
+        if let Some(r) = &lr_found {
+            charts.push(siam_train::trainer::lr_find_chart(r)?);
+        }
         if let Some(dir) = &a.plots {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("{}: cannot create the plots folder", dir.display()))?;
@@ -406,6 +425,9 @@ fn diagnose(a: DiagnoseArgs) -> Result<()> {
     if a.json {
         let mut v = serde_json::to_value(&d)?;
         v["healthy"] = d.healthy().into();
+        if let Some(r) = &lr_found {
+            v["lr_find"] = serde_json::to_value(r)?;
+        }
         v["files"] = written
             .iter()
             .map(|p| p.display().to_string())
@@ -415,6 +437,10 @@ fn diagnose(a: DiagnoseArgs) -> Result<()> {
     } else {
         println!("model: {} ({source})", path.display());
         print!("{}", render::diagnosis(&d));
+        if let Some(r) = &lr_found {
+            println!("learning-rate range test on the run's config:");
+            print!("{}", render::lr_find(r));
+        }
         for p in &written {
             println!("wrote {}", p.display());
         }
@@ -428,6 +454,35 @@ fn diagnose(a: DiagnoseArgs) -> Result<()> {
 fn config(a: ConfigArgs) -> Result<()> {
     let (cfg, _) = siam_train::config::resolve(&a.source.source("default"))?;
     print!("{}", cfg.to_toml());
+    Ok(())
+}
+
+fn lr_find(a: LrFindArgs) -> Result<()> {
+    let (cfg, _) = resolve_with_data(&a.source, a.data.as_deref())?;
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(format!("lr-find-{}", utc_stamp())));
+    let opts = siam_train::LrFindOptions {
+        start: a.start,
+        end: a.end,
+        steps: a.steps,
+        ..Default::default()
+    };
+    eprintln!(
+        "lr-find: {} steps from {:.1e} to {:.1e} on {}",
+        opts.steps, opts.start, opts.end, cfg.data.source
+    );
+    let r = siam_train::lr_find(&cfg, &opts)?;
+    let files = siam_train::write_lr_find(&r, &out)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", render::lr_find(&r));
+        for f in files {
+            println!("wrote {}", f.display());
+        }
+    }
     Ok(())
 }
 

@@ -195,6 +195,38 @@ pub fn diagnosis(d: &siam_eval::Diagnosis) -> String {
             );
         }
     }
+    if !m.relu_activity.is_empty() {
+        let layers: Vec<String> = m
+            .relu_activity
+            .iter()
+            .map(|l| format!("{} {}/{}", l.layer, l.dead, l.units))
+            .collect();
+        let _ = writeln!(o, "dead ReLU units: {}", layers.join(", "));
+    }
+    if let Some(q) = &m.data_quality {
+        let _ = writeln!(
+            o,
+            "data: {} of {} images among another class's ({} confident), duplicates: {} conflicting, {} across splits, {} within a class; {} degenerate",
+            q.suspects,
+            q.images,
+            q.confident_suspects,
+            q.duplicates_conflicting,
+            q.duplicates_across_splits,
+            q.duplicates_same_class,
+            q.degenerate
+        );
+        for s in q.suspect_list.iter().take(5) {
+            let _ = writeln!(
+                o,
+                "  suspect {}: labelled {}, its neighbours {} ({:.0} % in the embedding, {:.0} % in pixels)",
+                s.name,
+                s.class,
+                s.neighbours_class,
+                100.0 * s.embedding_disagreement,
+                100.0 * s.pixel_disagreement
+            );
+        }
+    }
     for n in &d.notes {
         let _ = writeln!(o, "note: {n}");
     }
@@ -249,6 +281,44 @@ pub fn sweep_table(rows: &[siam_train::sweep::SweepRow]) -> String {
                 None => r.findings.join(", "),
             }
         );
+    }
+    o
+}
+
+/// The learning-rate range test for the terminal: the curve at a few rates, the suggestion
+/// beside the config's rate.
+pub fn lr_find(r: &siam_train::LrFind) -> String {
+    use std::fmt::Write as _;
+    let mut o = String::new();
+    let _ = writeln!(o, "{:>10}  {:>10}  {:>10}", "lr", "loss", "smoothed");
+    let n = r.points.len();
+    let every = (n / 12).max(1);
+    for (i, p) in r.points.iter().enumerate() {
+        if i % every == 0 || i + 1 == n {
+            let _ = writeln!(o, "{:>10.2e}  {:>10.4}  {:>10.4}", p.lr, p.loss, p.smoothed);
+        }
+    }
+    if let Some(s) = &r.stopped {
+        let _ = writeln!(o, "stopped early: {s}");
+    }
+    match r.suggested {
+        Some(s) => {
+            let _ = writeln!(
+                o,
+                "suggested lr {s:.1e} (steepest fall of the loss; the config has {:.1e}{})",
+                r.config_lr,
+                r.min_loss_lr.map_or(String::new(), |m| format!(
+                    "; the loss was lowest at {m:.1e}, a tenth of which is {:.1e}",
+                    m / 10.0
+                ))
+            );
+        }
+        None => {
+            let _ = writeln!(
+                o,
+                "no suggestion: the loss never fell over this range (widen it with --start/--end, or add --steps)"
+            );
+        }
     }
     o
 }

@@ -1936,3 +1936,98 @@ fn config_prints_resolves_and_overrides() {
     );
     assert!(!bad.exists());
 }
+
+/// `siam lr-find` on a run's own config.toml: a table, the suggestion beside the config's rate,
+/// the three files in a new folder; the same --json parses; pointing --out at the run folder
+/// (or any folder with files) is refused, exit 1, and the folder is left as it was.
+#[test]
+fn lr_find_on_a_run_config_writes_a_new_folder_only() {
+    let run = model().parent().unwrap();
+    let cfg = run.join("config.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lr");
+    let o = siam()
+        .args(["lr-find", "--steps", "40", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let text = String::from_utf8(o.stdout).unwrap();
+    assert!(
+        text.contains("suggested lr") || text.contains("no suggestion"),
+        "{text}"
+    );
+    assert!(
+        text.contains("the config has 1.0e-3") || text.contains("no suggestion"),
+        "{text}"
+    );
+    for f in ["lr-find.json", "lr-find.svg", "lr-find.png"] {
+        assert!(out.join(f).is_file(), "{f}");
+    }
+    let o = siam()
+        .args(["lr-find", "--steps", "20", "--json", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(dir.path().join("lr2"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["points"].as_array().unwrap().len(), 20);
+    let before: Vec<_> = std::fs::read_dir(run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let o = siam()
+        .args(["lr-find", "--steps", "20", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(run)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("not empty"), "{err}");
+    let after: Vec<_> = std::fs::read_dir(run)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(before, after);
+    // diagnose --lr-find: the range test on the run's config, in the JSON and the report.
+    let report = dir.path().join("report.html");
+    let o = siam()
+        .args([
+            "diagnose",
+            "--data",
+            "fixtures",
+            "--lr-find",
+            "--json",
+            "--max-images",
+            "300",
+            "--run",
+        ])
+        .arg(run)
+        .arg("--report")
+        .arg(&report)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["lr_find"]["points"].as_array().unwrap().len(), 100);
+    assert!(
+        v["measurements"]["data_quality"]["images"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert!(html.contains("fig-lr-find") && html.contains("Data quality"));
+    // It needs a run folder: a usage error.
+    let o = siam()
+        .args(["diagnose", "--data", "fixtures", "--lr-find"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}

@@ -226,6 +226,16 @@ pub fn load_folder(root: impl AsRef<Path>, opts: &FolderOptions) -> Result<Folde
         ));
     }
     let (set, kept, skipped) = decode_all(files, class_names, opts, root)?;
+    let names = kept
+        .iter()
+        .map(|p| {
+            p.strip_prefix(root)
+                .unwrap_or(p)
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let set = set.with_names(names)?;
     Ok(FolderSet {
         set,
         files: kept,

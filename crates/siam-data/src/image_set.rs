@@ -45,6 +45,8 @@ pub struct ImageSet {
     rows: Option<Arc<[u32]>>,
     shape: ImageShape,
     class_names: Arc<[String]>,
+    /// Each stored image's name (its file, relative to the folder), by storage row.
+    names: Option<Arc<[String]>>,
 }
 
 impl ImageSet {
@@ -82,7 +84,38 @@ impl ImageSet {
             rows: None,
             shape,
             class_names: class_names.into(),
+            names: None,
         })
+    }
+
+    /// The set with a name for each image (the file it came from), in the order of
+    /// [`ImageSet::new`]'s images; views taken later keep them.
+    pub fn with_names(mut self, names: Vec<String>) -> Result<Self> {
+        if names.len() != self.storage.labels.len() {
+            return Err(DataError::Invalid(format!(
+                "{} names for {} images",
+                names.len(),
+                self.storage.labels.len()
+            )));
+        }
+        self.names = Some(names.into());
+        Ok(self)
+    }
+
+    /// Image `i`'s name (its file) when the set was built with names.
+    pub fn name(&self, i: usize) -> Option<&str> {
+        self.names.as_ref().map(|n| n[self.row(i)].as_str())
+    }
+
+    /// Where image `i` sits in the set this view was taken from (its index in an IDX file).
+    pub fn source_index(&self, i: usize) -> usize {
+        self.row(i)
+    }
+
+    /// Image `i` for a person: its file name, else `#N` with its index in the source.
+    pub fn describe(&self, i: usize) -> String {
+        self.name(i)
+            .map_or_else(|| format!("#{}", self.row(i)), str::to_string)
     }
 
     /// Number of images in this view.
@@ -165,6 +198,7 @@ impl ImageSet {
             rows: Some(rows),
             shape: self.shape,
             class_names: Arc::clone(&self.class_names),
+            names: self.names.clone(),
         })
     }
 

@@ -1,6 +1,7 @@
 //! Pictures of a diagnosis, drawn with plotters in SVG and PNG: the embedding space in 2-D
 //! (PCA, or t-SNE) coloured by class, same/different distance histograms with the margin and
-//! the threshold, the ROC curve, and training curves from the run log. Text is set in an
+//! the threshold, the ROC curve, training curves from the run log, and the learning-rate range
+//! test's curve. Text is set in an
 //! embedded DejaVu Sans, so no system font library is needed.
 
 use std::io::Cursor;
@@ -47,7 +48,7 @@ pub const PALETTE: [RGBColor; 10] = [
 /// A rendered picture in both formats.
 #[derive(Debug, Clone)]
 pub struct Chart {
-    /// File stem: `embedding`, `distances`, `roc`, `training`.
+    /// File stem: `embedding`, `distances`, `roc`, `training`, `lr-find`.
     pub name: &'static str,
     /// What it shows.
     pub title: String,
@@ -492,6 +493,128 @@ pub fn training_curves(history: &History) -> Result<Chart> {
         "Training curves".into(),
         (760, 620),
         &Curves { history },
+    )
+}
+
+struct LrCurve<'a> {
+    lr: &'a [f64],
+    loss: &'a [f64],
+    smoothed: &'a [f64],
+    suggested: Option<f64>,
+    config_lr: Option<f64>,
+}
+
+impl Draw for LrCurve<'_> {
+    fn draw<DB: DrawingBackend>(&self, root: &DrawingArea<DB, Shift>) -> DrawResult {
+        let finite = |v: &[f64]| {
+            v.iter()
+                .copied()
+                .filter(|x| x.is_finite())
+                .collect::<Vec<_>>()
+        };
+        let lrs = finite(self.lr);
+        let lo = lrs.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = lrs.iter().copied().fold(0.0, f64::max);
+        let (lo, hi) = if lo > 0.0 && hi > lo {
+            (lo, hi)
+        } else {
+            (1e-7, 1.0)
+        };
+        // The y range follows the smoothed curve (raw losses spike past it at the end).
+        let sm = finite(self.smoothed);
+        let ymin = finite(self.loss)
+            .iter()
+            .chain(&sm)
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+        let ymax = sm.iter().copied().fold(ymin, f64::max);
+        let y = padded(ymin.min(ymax), ymax);
+        let mut c = ChartBuilder::on(root)
+            .caption("Learning-rate range test", ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(55)
+            .build_cartesian_2d((lo..hi).log_scale(), y.clone())
+            .map_err(e)?;
+        c.configure_mesh()
+            .x_desc("learning rate")
+            .y_desc("loss")
+            .x_label_formatter(&|v| format!("{v:.0e}"))
+            .label_style(("sans-serif", 11))
+            .light_line_style(TRANSPARENT)
+            .bold_line_style(BLACK.mix(0.12))
+            .draw()
+            .map_err(e)?;
+        let clip = |v: f64| v.clamp(y.start, y.end);
+        let raw: Vec<(f64, f64)> = self
+            .lr
+            .iter()
+            .zip(self.loss)
+            .filter(|(l, x)| l.is_finite() && x.is_finite())
+            .map(|(&l, &x)| (l, clip(x)))
+            .collect();
+        c.draw_series(LineSeries::new(raw, PALETTE[7].mix(0.6).stroke_width(1)))
+            .map_err(e)?
+            .label("loss of the batch")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 14, y)], PALETTE[7].stroke_width(1)));
+        let smooth: Vec<(f64, f64)> = self
+            .lr
+            .iter()
+            .zip(self.smoothed)
+            .filter(|(l, x)| l.is_finite() && x.is_finite())
+            .map(|(&l, &x)| (l, clip(x)))
+            .collect();
+        c.draw_series(LineSeries::new(smooth, PALETTE[0].stroke_width(2)))
+            .map_err(e)?
+            .label("smoothed")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 14, y)], PALETTE[0].stroke_width(2)));
+        for (v, colour, name) in [
+            (self.suggested, PALETTE[3], "suggested"),
+            (self.config_lr, PALETTE[2], "the config's rate"),
+        ] {
+            if let Some(v) = v.filter(|v| *v >= lo && *v <= hi) {
+                c.draw_series(LineSeries::new(
+                    [(v, y.start), (v, y.end)],
+                    colour.stroke_width(2),
+                ))
+                .map_err(e)?
+                .label(format!("{name} {v:.1e}"))
+                .legend(move |(x, y)| {
+                    PathElement::new([(x, y), (x + 14, y)], colour.stroke_width(2))
+                });
+            }
+        }
+        c.configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .label_font(("sans-serif", 12))
+            .position(SeriesLabelPosition::LowerLeft)
+            .draw()
+            .map_err(e)?;
+        Ok(())
+    }
+}
+
+/// The learning-rate range test's loss against the rate (log scale), the raw batch losses
+/// and the smoothed curve, with the suggested rate and the config's own rate marked.
+pub fn lr_find_chart(
+    lr: &[f64],
+    loss: &[f64],
+    smoothed: &[f64],
+    suggested: Option<f64>,
+    config_lr: Option<f64>,
+) -> Result<Chart> {
+    render(
+        "lr-find",
+        "Loss against the learning rate".into(),
+        (720, 480),
+        &LrCurve {
+            lr,
+            loss,
+            smoothed,
+            suggested,
+            config_lr,
+        },
     )
 }
 

@@ -135,7 +135,27 @@ pub fn html(diagnosis: &Diagnosis, charts: &[Chart]) -> String {
             format_figure(val)
         );
     }
-    h.push_str("</table>\n<h2>Pictures</h2>\n");
+    h.push_str("</table>\n");
+    if !m.relu_activity.is_empty() {
+        h.push_str(
+            "<h2 id=\"relu\">ReLU units</h2><table><tr><th>layer</th><th>units</th><th>dead</th><th>share of activations positive</th></tr>",
+        );
+        for l in &m.relu_activity {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+                escape(&l.layer),
+                l.units,
+                l.dead,
+                format_figure(l.active_share)
+            );
+        }
+        h.push_str("</table>\n");
+    }
+    if let Some(q) = &m.data_quality {
+        data_quality_section(&mut h, q);
+    }
+    h.push_str("<h2>Pictures</h2>\n");
     for c in charts {
         let _ = writeln!(
             h,
@@ -147,6 +167,77 @@ pub fn html(diagnosis: &Diagnosis, charts: &[Chart]) -> String {
     }
     h.push_str("</body></html>\n");
     h
+}
+
+fn thumb(q: &crate::diagnose::DataQuality, name: &str) -> String {
+    q.thumbnails.get(name).map_or_else(String::new, |uri| {
+        format!("<img src=\"{uri}\" width=\"56\" alt=\"{}\">", escape(name))
+    })
+}
+
+/// Suspected wrong labels, duplicates and degenerate images, the first of each with thumbnails.
+fn data_quality_section(h: &mut String, q: &crate::diagnose::DataQuality) {
+    let shown = || crate::diagnose::SHOWN;
+    let _ = write!(
+        h,
+        "<h2 id=\"data-quality\">Data quality</h2><p>{} of {} images sit among another class's images in the embedding \
+         ({} also in pixel space); duplicate pairs: {} with conflicting labels, {} images also in the run's other splits, \
+         {} within a class; {} degenerate images.</p>",
+        q.suspects,
+        q.images,
+        q.confident_suspects,
+        q.duplicates_conflicting,
+        q.duplicates_across_splits,
+        q.duplicates_same_class,
+        q.degenerate
+    );
+    if !q.suspect_list.is_empty() {
+        h.push_str("<h3>Suspected wrong labels</h3><table><tr><th></th><th>image</th><th>labelled</th><th>its neighbours</th><th>embedding</th><th>pixels</th></tr>");
+        for s in q.suspect_list.iter().take(shown()) {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{:.0} %</td><td class=\"num\">{:.0} %</td></tr>",
+                thumb(q, &s.name),
+                escape(&s.name),
+                escape(&s.class),
+                escape(&s.neighbours_class),
+                100.0 * s.embedding_disagreement,
+                100.0 * s.pixel_disagreement
+            );
+        }
+        h.push_str("</table>\n");
+    }
+    if !q.duplicate_list.is_empty() {
+        h.push_str("<h3>Duplicates</h3><table><tr><th></th><th>image</th><th></th><th>and</th><th>kind</th><th>how</th><th>classes</th></tr>");
+        for x in q.duplicate_list.iter().take(shown()) {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                thumb(q, &x.a),
+                escape(&x.a),
+                thumb(q, &x.b),
+                escape(&x.b),
+                escape(&x.kind),
+                escape(&x.how),
+                escape(&x.classes.join(" / "))
+            );
+        }
+        h.push_str("</table>\n");
+    }
+    if !q.degenerate_list.is_empty() {
+        h.push_str("<h3>Degenerate images</h3><table><tr><th></th><th>image</th><th>kind</th><th>figure</th></tr>");
+        for x in q.degenerate_list.iter().take(shown()) {
+            let _ = write!(
+                h,
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td></tr>",
+                thumb(q, &x.name),
+                escape(&x.name),
+                escape(&x.kind),
+                format_figure(x.value)
+            );
+        }
+        h.push_str("</table>\n");
+    }
 }
 
 fn strip_xml_declaration(svg: &str) -> &str {

@@ -299,6 +299,8 @@ mod findings {
             generalization: None,
             classes: None,
             input_check: None,
+            relu_activity: vec![],
+            data_quality: None,
         }
     }
 
@@ -349,6 +351,7 @@ mod findings {
                 .map(|s| HistoryStep {
                     step: s * 10,
                     loss: Some(0.2 + 0.001 * (s % 2) as f64),
+                    ..Default::default()
                 })
                 .collect(),
             ..History::default()
@@ -428,6 +431,7 @@ mod findings {
             steps: vec![HistoryStep {
                 step: 5,
                 loss: None,
+                ..Default::default()
             }],
             ..History::default()
         });
@@ -557,20 +561,24 @@ mod findings {
                 HistoryStep {
                     step: 100,
                     loss: Some(0.5),
+                    ..Default::default()
                 },
                 HistoryStep {
                     step: 200,
                     loss: Some(0.3),
+                    ..Default::default()
                 },
                 HistoryStep {
                     step: 300,
                     loss: Some(0.1),
+                    ..Default::default()
                 },
             ],
             validations: vec![v(100, 0.6), v(200, 0.7), v(300, 0.6)],
             metric: "map-at-r".into(),
             higher_is_better: true,
             diverged: None,
+            initial_weight_norm: None,
         });
         assert!(kinds(&m).contains(&Kind::Overfitting));
         // Still improving at the end: no finding.
@@ -671,5 +679,105 @@ mod findings {
         for k in Kind::ALL {
             assert_eq!(serde_json::to_value(k).unwrap(), k.name());
         }
+    }
+
+    /// A history of `n` logged steps: weights growing from `w0` to `w1`, updates of `ratio`,
+    /// the loss from 0.5 down by `fall` per step, validations improving to the end or not.
+    fn lr_history(w0: f64, w1: f64, ratio: f64, fall: f64, improving: bool) -> History {
+        let n = 12u64;
+        let v = |step, metric| HistoryValidation {
+            step,
+            loss: None,
+            metric,
+            roc_auc: 0.9,
+            precision_at_1: 0.8,
+        };
+        History {
+            steps: (1..=n)
+                .map(|i| HistoryStep {
+                    step: i * 10,
+                    loss: Some(0.5 - fall * i as f64),
+                    lr: Some(1e-3),
+                    grad_norm: Some(0.2),
+                    grad_norm_max: Some(0.3),
+                    weight_norm: Some(w0 + (w1 - w0) * i as f64 / n as f64),
+                    update_ratio: Some(ratio),
+                })
+                .collect(),
+            validations: if improving {
+                vec![v(40, 0.5), v(80, 0.6), v(120, 0.7)]
+            } else {
+                vec![v(40, 0.5), v(80, 0.7), v(120, 0.6)]
+            },
+            metric: "map-at-r".into(),
+            higher_is_better: true,
+            diverged: None,
+            initial_weight_norm: Some(w0),
+        }
+    }
+
+    #[test]
+    fn learning_rate_findings_follow_the_logged_evidence() {
+        let with = |h: History, lr: f64| {
+            let mut m = healthy();
+            m.context.lr = Some(lr);
+            m.history = Some(h);
+            m
+        };
+        // Weights grown 5x: too high, with a 10x lower rate; an error once the model retrieves
+        // worse than untrained, and weak-features gives way to it.
+        let m = with(lr_history(10.0, 50.0, 5e-3, 0.01, false), 0.3);
+        assert_eq!(kinds(&m), vec![Kind::LrTooHigh]);
+        let f = findings(&m);
+        assert_eq!(f[0].severity, Severity::Warning);
+        assert!(f[0].fix.contains("lr = 3.0e-2"), "{}", f[0].fix);
+        let mut worse = m.clone();
+        worse.retrieval.precision_at_1 = 0.6;
+        let f = findings(&worse);
+        assert_eq!(f[0].kind, Kind::LrTooHigh);
+        assert_eq!(f[0].severity, Severity::Error);
+        assert!(!kinds(&worse).contains(&Kind::WeakFeatures));
+        // Updates of 5 % of the weights per step: too high without any growth.
+        assert_eq!(
+            kinds(&with(lr_history(10.0, 10.0, 0.05, 0.01, false), 0.3)),
+            vec![Kind::LrTooHigh]
+        );
+        // Tiny updates and still improving: too low, with a 10x higher rate.
+        let m = with(lr_history(10.0, 10.0, 2e-4, 0.001, true), 1e-5);
+        assert_eq!(kinds(&m), vec![Kind::LrTooLow]);
+        assert!(findings(&m)[0].fix.contains("lr = 1.0e-4"));
+        // Tiny updates but converged (best validation earlier, loss flat at the end): no finding.
+        assert!(kinds(&with(lr_history(10.0, 10.0, 2e-4, 0.0, false), 1e-5)).is_empty());
+        // A healthy run: a few per cent of growth, updates of 5e-3.
+        assert!(kinds(&with(lr_history(10.0, 10.6, 5e-3, 0.01, true), 1e-3)).is_empty());
+        // A log from before siam recorded weight norms: nothing is claimed.
+        let mut old = lr_history(10.0, 50.0, 5e-3, 0.01, false);
+        old.initial_weight_norm = None;
+        for s in &mut old.steps {
+            s.weight_norm = None;
+            s.update_ratio = None;
+        }
+        assert!(kinds(&with(old, 0.3)).is_empty());
+    }
+
+    #[test]
+    fn dead_units_are_found_from_a_quarter_of_a_layer() {
+        let layer = |name: &str, units, dead| siam_model::ReluActivity {
+            layer: name.into(),
+            units,
+            dead,
+            active_share: 0.4,
+        };
+        let mut m = healthy();
+        m.relu_activity = vec![layer("conv1", 32, 0), layer("conv2", 64, 10)];
+        assert!(kinds(&m).is_empty(), "16 % of a layer is not flagged");
+        m.relu_activity[1].dead = 19;
+        assert_eq!(kinds(&m), vec![Kind::DeadUnits]);
+        let f = &findings(&m)[0];
+        assert!(f.summary.contains("conv2 19 of 64"), "{}", f.summary);
+        assert!(f.evidence.iter().any(|e| e.name == "dead-conv2"));
+        // A tiny layer (under 8 units) does not decide.
+        m.relu_activity = vec![layer("head", 4, 2), layer("conv2", 64, 0)];
+        assert!(kinds(&m).is_empty());
     }
 }

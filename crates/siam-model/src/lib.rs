@@ -49,7 +49,7 @@ pub mod ood;
 
 pub use device::parse_device;
 pub use distance::Distance;
-pub use encoder::{EncoderConfig, InputSpec, Pooling};
+pub use encoder::{EncoderConfig, InputSpec, Pooling, ReluActivity};
 pub use error::{ModelError, Result};
 pub use gallery::{Gallery, GalleryIdentity, Hit};
 pub use model::{

@@ -76,6 +76,97 @@ fn images(n: usize, c: usize, h: usize, w: usize, seed: u32) -> Tensor {
     Tensor::from_vec(v, (n, c, h, w), &CPU).unwrap()
 }
 
+/// `relu_activity` counts exactly the units planted dead (a channel whose weights are zero and
+/// bias negative; a hidden neuron with a large negative bias; 300 images are probed in two
+/// chunks), and its active share matches a direct count on the first layer's output.
+#[test]
+fn relu_activity_finds_planted_dead_units() {
+    let set = |m: &SiameseModel, name: &str, f: &dyn Fn(&mut Vec<f32>, &[usize])| {
+        let data = m.varmap().data().lock().unwrap();
+        let v = &data[name];
+        let dims = v.dims().to_vec();
+        let mut x = v
+            .as_tensor()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        f(&mut x, &dims);
+        v.set(&Tensor::from_vec(x, dims, &CPU).unwrap()).unwrap();
+    };
+    // The seed CNN: channels 3 and 17 of conv1 can never fire.
+    let m = SiameseModel::new(&seed_cnn(1, 28, 28), 3, &CPU).unwrap();
+    for c in [3usize, 17] {
+        set(&m, "encoder.conv1.weight", &|w, d| {
+            let per = d[1] * d[2] * d[3];
+            w[c * per..(c + 1) * per].iter_mut().for_each(|x| *x = 0.0);
+        });
+        set(&m, "encoder.conv1.bias", &|b, _| b[c] = -1.0);
+    }
+    let x = images(40, 1, 28, 28, 5);
+    let a = m.relu_activity(&x).unwrap();
+    assert_eq!(a.len(), 2);
+    assert_eq!(
+        (a[0].layer.as_str(), a[0].units, a[0].dead),
+        ("conv1", 32, 2)
+    );
+    assert_eq!((a[1].layer.as_str(), a[1].units), ("conv2", 64));
+    // The share of positive activations of conv1, counted directly.
+    let data = m.varmap().data().lock().unwrap();
+    let (w, b) = (
+        data["encoder.conv1.weight"].as_tensor(),
+        data["encoder.conv1.bias"].as_tensor(),
+    );
+    let y = x
+        .conv2d(w, 0, 1, 1, 1)
+        .unwrap()
+        .broadcast_add(&b.reshape((1, 32, 1, 1)).unwrap())
+        .unwrap();
+    let v = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let share = v.iter().filter(|&&x| x > 0.0).count() as f64 / v.len() as f64;
+    assert!(
+        (a[0].active_share - share).abs() < 1e-9,
+        "{} vs {share}",
+        a[0].active_share
+    );
+    drop(data);
+    // The convnet: killing one live hidden neuron adds exactly one dead unit there. (An
+    // untrained head over global-average features already has dead units: the pooled features
+    // vary little between images, so some neurons are negative for all of them.)
+    let m = SiameseModel::new(&convnet(0.0), 4, &CPU).unwrap();
+    let x = images(300, 1, 28, 28, 9);
+    let before = m.relu_activity(&x).unwrap();
+    let names: Vec<&str> = before.iter().map(|l| l.layer.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "block0.bn1",
+            "block0.bn2",
+            "block1.bn1",
+            "block1.bn2",
+            "head.hidden"
+        ]
+    );
+    assert!(before[..4].iter().all(|l| l.dead == 0), "{before:?}");
+    let (hidden_dead, units) = (before[4].dead, before[4].units);
+    assert_eq!(units, 32);
+    assert!(hidden_dead < 32);
+    // Kill every neuron one by one until one was alive: the count grows by one.
+    let mut grew = false;
+    for u in 0..32 {
+        set(&m, "encoder.head.hidden.bias", &|b, _| b[u] = -1e4);
+        let after = m.relu_activity(&x).unwrap();
+        assert!(after[4].dead >= hidden_dead);
+        if after[4].dead == hidden_dead + 1 {
+            grew = true;
+            assert!(after[..4].iter().zip(&before).all(|(a, b)| a == b));
+            break;
+        }
+        assert_eq!(after[4].dead, hidden_dead, "unit {u} was dead already");
+    }
+    assert!(grew, "no live hidden unit found");
+}
+
 // ---------------------------------------------------------------- encoders
 
 #[test]

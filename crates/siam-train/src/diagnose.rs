@@ -72,6 +72,11 @@ pub fn read_history(run: &Path, cfg: Option<&TrainConfig>) -> Result<History> {
             Some("step") => h.steps.push(HistoryStep {
                 step,
                 loss: v["loss"].as_f64().filter(|l| l.is_finite()),
+                lr: v["lr"].as_f64(),
+                grad_norm: v["grad_norm"].as_f64(),
+                grad_norm_max: v["grad_norm_max"].as_f64(),
+                weight_norm: v["weight_norm"].as_f64(),
+                update_ratio: v["update_ratio"].as_f64(),
             }),
             Some("validation") => h.validations.push(HistoryValidation {
                 step,
@@ -84,6 +89,7 @@ pub fn read_history(run: &Path, cfg: Option<&TrainConfig>) -> Result<History> {
                     .as_f64()
                     .unwrap_or(f64::NAN),
             }),
+            Some("init") => h.initial_weight_norm = v["weight_norm"].as_f64(),
             Some("diverged") => {
                 h.diverged = Some(v["message"].as_str().unwrap_or("diverged").to_string())
             }
@@ -162,6 +168,7 @@ fn context(model: &SiameseModel, cfg: Option<&TrainConfig>) -> Context {
         trained: meta.training.is_some(),
         class_counts: Vec::new(),
         train_class_counts: None,
+        lr: cfg.map(|c| c.optimizer.lr()),
     }
 }
 
@@ -206,11 +213,27 @@ pub fn diagnose(
     let mut ctx = context(&model, cfg.as_ref());
     ctx.class_counts = class_counts(&set);
     let mut generalization = None;
+    // The run's training and validation images by hash: a diagnosed image among them is
+    // leakage. Not when the data is the image folder the run split (it holds them by design).
+    let mut other_splits = Vec::new();
     if let Some(cfg) = &cfg {
         match crate::data::load(&cfg.data, cfg.seed) {
             Ok(ds) => {
                 ctx.train_class_counts = Some(class_counts(&ds.train));
                 generalization = Some(train_vs_val(&model, &ds.train, &ds.val, opts)?);
+                if opts.data == cfg.data.source && description.starts_with("image folder") {
+                    notes.push(
+                        "the data is the image folder the run was split from, so duplicates across its splits were not looked for"
+                            .into(),
+                    );
+                } else {
+                    for (name, s) in [("training", &ds.train), ("validation", &ds.val)] {
+                        let by_hash = (0..s.len())
+                            .map(|i| (siam_eval::diagnose::image_hash(s.image(i)), s.describe(i)))
+                            .collect();
+                        other_splits.push((name, by_hash));
+                    }
+                }
             }
             Err(e) => notes.push(format!(
                 "the run's training data could not be loaded, so the training/validation gap was not measured: {e}"
@@ -236,7 +259,28 @@ pub fn diagnose(
         baselines: opts.baselines,
         seen_labels: seen_labels.as_deref(),
     };
-    let (measurements, evidence) = diagnose::measure(&probe, ctx, history.clone(), generalization)?;
+    let (mut measurements, evidence) =
+        diagnose::measure(&probe, ctx, history.clone(), generalization)?;
+    let pixels: Vec<u8> = (0..set.len()).flat_map(|i| set.image(i).to_vec()).collect();
+    let names: Vec<String> = (0..set.len()).map(|i| set.describe(i)).collect();
+    let bounds = model.meta().input_profile.as_ref().map(|p| {
+        (
+            f64::from(p.intensity_mean[0]),
+            f64::from(p.intensity_mean[1]),
+        )
+    });
+    measurements.data_quality = Some(diagnose::data_quality(&diagnose::DataInput {
+        pixels: &pixels,
+        numel: set.shape().numel(),
+        labels: &labels,
+        class_names: set.class_names(),
+        names: &names,
+        embeddings: &evidence.embeddings,
+        dims: evidence.dims,
+        other_splits,
+        intensity_bounds: bounds,
+        shape: (set.shape().channels, set.shape().height, set.shape().width),
+    })?);
     let findings = diagnose::findings(&measurements);
     Ok((
         Diagnosis {

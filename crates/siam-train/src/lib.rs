@@ -9,7 +9,7 @@
 //! - [`evaluate`]: verification, retrieval and distance statistics of a model on a set.
 //! - [`calibrate`]: a new threshold, quantiles and input check for a trained model.
 //! - [`pairs`]: the user's pair lists: evaluation, the k-fold protocol, batch verdicts.
-//! - [`trainer`]: [`train`], [`resume`].
+//! - [`trainer`]: [`train`], [`resume`], and the learning-rate range test [`lr_find`].
 //! - [`sweep`]: short runs over a grid of margins and learning rates, side by side.
 //! - [`fuzz`]: the harnesses `cargo xtask fuzz` and the fuzz regression test share.
 //! - [`diagnose`]: loads a model, its data and its run folder for [`siam_eval::diagnose`].
@@ -41,4 +41,7 @@ pub mod trainer;
 pub use config::{Metric, TrainConfig};
 pub use error::{Result, TrainError};
 pub use evaluate::{EvalReport, evaluate};
-pub use trainer::{Event, StepRecord, Summary, TrainOptions, ValidationRecord, resume, train};
+pub use trainer::{
+    Event, LrFind, LrFindOptions, StepRecord, Summary, TrainOptions, ValidationRecord, lr_find,
+    resume, train, write_lr_find,
+};

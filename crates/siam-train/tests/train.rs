@@ -496,3 +496,125 @@ fn the_benchmark_recipes_parse() {
     }
     assert!(n >= 5, "{n} recipes");
 }
+
+/// `[contrastive-term]` adds `weight ×` the all-pairs contrastive loss to a batch loss: the
+/// first step's logged loss (the initial weights, the same batch in every run) grows linearly
+/// with the weight, by a positive term below margin²; the term changes what is learned; bad
+/// settings name the key.
+#[test]
+fn the_contrastive_term_adds_to_a_batch_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut base = tiny();
+    base.model.normalize = true;
+    base.log_every = 1;
+    base.loss = LossConfig::Cosface {
+        margin: 0.35,
+        scale: 30.0,
+    };
+    let first_loss = |cfg: &TrainConfig, name: &str| {
+        let out = dir.path().join(name);
+        train(cfg, &out, &TrainOptions::default(), &mut quiet()).unwrap();
+        let m = metrics(&out);
+        let step1 = m
+            .iter()
+            .find(|r| r["kind"] == "step" && r["step"] == 1)
+            .unwrap();
+        (
+            step1["loss"].as_f64().unwrap(),
+            weights(&out.join("model.safetensors")),
+        )
+    };
+    let (l0, w0) = first_loss(&base, "plain");
+    let with = |weight: f64| {
+        let mut c = base.clone();
+        c.contrastive_term = Some(siam_train::config::ContrastiveTerm {
+            weight,
+            margin: 1.0,
+        });
+        c
+    };
+    let (l1, w1) = first_loss(&with(1.0), "term-1");
+    let (l3, _) = first_loss(&with(3.0), "term-3");
+    let term = l1 - l0;
+    assert!(term > 0.0 && term < 1.0, "contrastive term {term}");
+    assert!(
+        ((l3 - l0) - 3.0 * term).abs() < 1e-4 * l3.abs().max(1.0),
+        "not linear in the weight: {l0} {l1} {l3}"
+    );
+    assert_ne!(w0, w1, "the term changed nothing");
+    let text = with(1.0).to_toml();
+    assert!(text.contains("[contrastive-term]"), "{text}");
+    for (edit, key) in [
+        (
+            "[contrastive-term]\nweight = 0.0\n",
+            "contrastive-term.weight",
+        ),
+        (
+            "[contrastive-term]\nweight = 1.0\nmargin = -1.0\n",
+            "contrastive-term.margin",
+        ),
+    ] {
+        let text = format!("{}\n{edit}", base.to_toml());
+        let e = TrainConfig::from_toml(&text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{key}: {e}");
+    }
+    let mut contrastive = with(1.0);
+    contrastive.loss = LossConfig::Contrastive {
+        margin: 1.0,
+        pos_margin: 0.0,
+    };
+    let e = TrainConfig::from_toml(&contrastive.to_toml(), Path::new("x.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("contrastive-term"), "{e}");
+}
+
+/// `lr_find` on the fixtures with the default recipe suggests a rate within a factor of ten of
+/// the recipe's own (1e-3), over a loss that falls; `write_lr_find` writes the three files and
+/// refuses a folder that holds anything (a run folder), leaving it as it was.
+#[test]
+fn lr_find_suggests_a_rate_near_the_default_and_writes_only_a_new_folder() {
+    let cfg = TrainConfig::preset("default").unwrap();
+    let opts = siam_train::LrFindOptions {
+        steps: 60,
+        ..Default::default()
+    };
+    let r = siam_train::lr_find(&cfg, &opts).unwrap();
+    assert_eq!(r.points.len(), 60, "{:?}", r.stopped);
+    assert!((r.points[0].lr - 1e-7).abs() < 1e-12 && (r.points[59].lr - 1.0).abs() < 1e-9);
+    let s = r.suggested.expect("a suggestion");
+    assert!((1e-4..=1e-2).contains(&s), "suggested {s}");
+    assert!(r.points.last().unwrap().smoothed < r.points[0].smoothed);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("lr");
+    let files = siam_train::write_lr_find(&r, &out).unwrap();
+    assert_eq!(files.len(), 3);
+    let back: siam_train::LrFind =
+        serde_json::from_str(&std::fs::read_to_string(out.join("lr-find.json")).unwrap()).unwrap();
+    // JSON keeps every figure to within its last digit.
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * a.abs().max(b.abs());
+    assert_eq!(back.points.len(), r.points.len());
+    assert!(back.points.iter().zip(&r.points).all(|(a, b)| {
+        close(a.lr, b.lr) && close(a.loss, b.loss) && close(a.smoothed, b.smoothed)
+    }));
+    assert!(close(back.suggested.unwrap(), s));
+    assert!(
+        std::fs::read(out.join("lr-find.png"))
+            .unwrap()
+            .starts_with(b"\x89PNG")
+    );
+    assert!(
+        std::fs::read_to_string(out.join("lr-find.svg"))
+            .unwrap()
+            .contains("<svg")
+    );
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("config.toml"), "x").unwrap();
+    let e = siam_train::write_lr_find(&r, &run).unwrap_err().to_string();
+    assert!(e.contains("not empty"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(&run).unwrap().collect();
+    assert_eq!(left.len(), 1);
+}

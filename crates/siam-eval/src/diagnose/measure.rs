@@ -312,8 +312,16 @@ pub fn measure(
     };
     let roc = roc(&finite, same)?;
     let input_check = super::inputs::input_check(model, probe.images)?;
+    // Dead units mean nothing in a model whose weights are not finite.
+    let relu_activity = if probe.non_finite_weights.is_empty() {
+        model.relu_activity(probe.images)?
+    } else {
+        Vec::new()
+    };
     let m = Measurements {
         input_check,
+        relu_activity,
+        data_quality: None,
         context,
         verification,
         best_threshold,

@@ -8,8 +8,9 @@
 //! model.
 //!
 //! The map: this file holds the types (findings, measurements, the probe); `measure.rs`
-//! probes a model; `findings.rs` holds the rules, one block per kind; `inputs.rs` the input
-//! check over the data and its rule.
+//! probes a model; `findings/` holds the rules, one block per kind; `inputs.rs` the input
+//! check over the data and its rule; `data.rs` the data's quality (suspected wrong labels,
+//! duplicates, degenerate images) and its rules.
 
 use candle_core::{DType, Device, Tensor};
 use siam_model::{Distance, SiameseModel};
@@ -64,20 +65,38 @@ pub enum Kind {
     StaleThreshold,
     /// Much of the data falls outside the input check stored with the model.
     UnfamiliarInputs,
+    /// The learning rate was too high: the weights ran away, the loss stalled.
+    LrTooHigh,
+    /// The learning rate was too low: tiny updates, the loss still falling at the end.
+    LrTooLow,
+    /// Many ReLU units never fire on the data: they pass no gradient and learn nothing.
+    DeadUnits,
+    /// Many images sit among images of another class: suspected wrong labels.
+    LabelNoise,
+    /// Duplicate images: with conflicting labels, across the run's splits, or within a class.
+    Duplicates,
+    /// Blank, saturated or out-of-range images.
+    DegenerateImages,
 }
 
 impl Kind {
     /// Every kind, in the order reports list them.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 18] = [
         Kind::NonFinite,
         Kind::InvertedLabels,
         Kind::Collapse,
         Kind::EvalMode,
         Kind::MarginScale,
+        Kind::LrTooHigh,
+        Kind::LrTooLow,
+        Kind::DeadUnits,
         Kind::OverSpecialised,
         Kind::WeakFeatures,
         Kind::Overfitting,
         Kind::UnfamiliarInputs,
+        Kind::LabelNoise,
+        Kind::Duplicates,
+        Kind::DegenerateImages,
         Kind::StaleThreshold,
         Kind::PairImbalance,
         Kind::ClassImbalance,
@@ -98,6 +117,12 @@ impl Kind {
             Kind::OverSpecialised => "over-specialised",
             Kind::StaleThreshold => "stale-threshold",
             Kind::UnfamiliarInputs => "unfamiliar-inputs",
+            Kind::LrTooHigh => "lr-too-high",
+            Kind::LrTooLow => "lr-too-low",
+            Kind::DeadUnits => "dead-units",
+            Kind::LabelNoise => "label-noise",
+            Kind::Duplicates => "duplicates",
+            Kind::DegenerateImages => "degenerate-images",
         }
     }
 }
@@ -176,15 +201,33 @@ pub struct Context {
     pub class_counts: Vec<(String, usize)>,
     /// Images per class in the training split, when the run folder is known.
     pub train_class_counts: Option<Vec<(String, usize)>>,
+    /// The optimizer's peak learning rate, when the run config is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
 }
 
 /// One logged training step of the run.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct HistoryStep {
     /// Global step.
     pub step: u64,
     /// Mean training loss of the window (None when not finite).
     pub loss: Option<f64>,
+    /// The learning rate of the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
+    /// Mean gradient norm over the window (runs logged before siam logged it: None).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
+    /// Largest gradient norm over the window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm_max: Option<f64>,
+    /// Norm of all trainable weights after the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_norm: Option<f64>,
+    /// `‖Δθ‖ / ‖θ‖` of the step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_ratio: Option<f64>,
 }
 
 /// One validation of the run.
@@ -215,6 +258,9 @@ pub struct History {
     pub higher_is_better: bool,
     /// The run stopped on a non-finite loss or gradient: the message it logged.
     pub diverged: Option<String>,
+    /// The norm of the trainable weights before the first step, when logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_weight_norm: Option<f64>,
 }
 
 /// Training versus validation figures of the diagnosed model, when the run is known.
@@ -322,6 +368,13 @@ pub struct Measurements {
     /// The model's input check over the data, when the model file has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_check: Option<InputCheck>,
+    /// How often each ReLU layer of the encoder fires on the data (dead units).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relu_activity: Vec<siam_model::ReluActivity>,
+    /// Suspected wrong labels, duplicates and degenerate images in the data, when measured
+    /// ([`data_quality`], which siam-train's diagnose runs on the data it loads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_quality: Option<DataQuality>,
 }
 
 /// Retrieval on the diagnosed data split by whether the model trained on the class.
@@ -412,10 +465,16 @@ pub struct Probe<'a> {
     pub seen_labels: Option<&'a [u32]>,
 }
 
+mod data;
 mod findings;
 mod inputs;
 mod measure;
 
-pub use findings::findings;
+pub use data::{
+    DataInput, DataQuality, Degenerate, Duplicate, LISTED, NEIGHBOURS, SHOWN, Suspect,
+    data_findings, data_quality, image_hash,
+};
+
+pub use findings::{LrEvidence, findings, lr_evidence};
 pub use inputs::{InputCheck, input_check, tally};
 pub use measure::{consistency, geometry, measure};

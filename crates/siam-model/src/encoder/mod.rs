@@ -595,6 +595,113 @@ impl ModuleT for Encoder {
     }
 }
 
+/// How often the units of one ReLU layer fire on a set of images (eval mode): a unit is a
+/// channel of a convolution (firing when it is positive anywhere in the map) or a neuron of a
+/// hidden layer.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ReluActivity {
+    /// The layer, by its variable prefix (`conv1`, `block0.bn2`, `head.hidden`).
+    pub layer: String,
+    /// Units in the layer.
+    pub units: usize,
+    /// Units that never fired on any of the images: dead, they pass no gradient.
+    pub dead: usize,
+    /// Mean share of the layer's activations that are positive.
+    pub active_share: f64,
+}
+
+impl Encoder {
+    /// Each ReLU layer's activity on an (N, C, H, W) set in eval mode, first layer first,
+    /// computed with candle's plain operations (a probe, not the training path), `chunk`
+    /// images at a time.
+    pub fn relu_activity(&self, x: &Tensor, chunk: usize) -> Result<Vec<ReluActivity>> {
+        let n = x.dim(0)?;
+        // Per layer: name, per-unit maxima, positive activations, activations.
+        let mut acc: Vec<(String, Vec<f32>, f64, f64)> = Vec::new();
+        let mut i = 0;
+        while i < n {
+            let k = chunk.max(1).min(n - i);
+            for (j, (name, y)) in self
+                .relu_layers(&x.narrow(0, i, k)?)?
+                .into_iter()
+                .enumerate()
+            {
+                let per_unit = match y.rank() {
+                    4 => y.transpose(0, 1)?.flatten_from(1)?,
+                    2 => y.t()?,
+                    r => candle_core::bail!("a ReLU layer of rank {r}"),
+                };
+                let max: Vec<f32> = per_unit
+                    .max(1)?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1()?;
+                let positive = f64::from(
+                    y.gt(0.0)?
+                        .to_dtype(candle_core::DType::F32)?
+                        .sum_all()?
+                        .to_scalar::<f32>()?,
+                );
+                let count = y.elem_count() as f64;
+                match acc.get_mut(j) {
+                    Some(a) => {
+                        for (m, v) in a.1.iter_mut().zip(max) {
+                            *m = m.max(v);
+                        }
+                        a.2 += positive;
+                        a.3 += count;
+                    }
+                    None => acc.push((name, max, positive, count)),
+                }
+            }
+            i += k;
+        }
+        Ok(acc
+            .into_iter()
+            .map(|(layer, max, positive, count)| ReluActivity {
+                layer,
+                units: max.len(),
+                dead: max.iter().filter(|&&m| !(m > 0.0)).count(),
+                active_share: if count > 0.0 { positive / count } else { 0.0 },
+            })
+            .collect())
+    }
+
+    /// Every ReLU layer's output on a batch in eval mode, with the layer's name.
+    fn relu_layers(&self, x: &Tensor) -> Result<Vec<(String, Tensor)>> {
+        let x = x.detach();
+        let mut out = Vec::new();
+        match self {
+            Self::SeedCnn(m) => {
+                let y = m.conv1.forward(&x)?.relu()?;
+                let y2 = m.conv2.forward(&y.max_pool2d(2)?)?.relu()?;
+                out.push(("conv1".to_string(), y));
+                out.push(("conv2".to_string(), y2));
+            }
+            Self::Convnet(m) => {
+                let last = m.blocks.len() - 1;
+                let mut y = x;
+                for (i, b) in m.blocks.iter().enumerate() {
+                    let a = b.b1.forward_t(&b.c1.forward(&y)?, false)?.relu()?;
+                    y = b.b2.forward_t(&b.c2.forward(&a)?, false)?.relu()?;
+                    out.push((format!("block{i}.bn1"), a));
+                    out.push((format!("block{i}.bn2"), y.clone()));
+                    if i < last {
+                        y = y.max_pool2d(2)?;
+                    }
+                }
+                if let Some(h) = &m.hidden {
+                    let f = match m.pooling {
+                        Pooling::GlobalAverage => y.mean(D::Minus1)?.mean(D::Minus1)?,
+                        Pooling::Flatten => y.flatten_from(1)?,
+                    };
+                    out.push(("head.hidden".to_string(), h.forward(&f)?.relu()?));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// PyTorch's default initialisation drawn from our seeded RNG, applied to every variable of a
 /// `VarMap` in name order: conv and linear weights and biases `U(±1/√fan_in)`; BatchNorm
 /// weight 1, bias 0, running mean 0, running variance 1.

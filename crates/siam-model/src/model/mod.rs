@@ -349,6 +349,13 @@ impl SiameseModel {
         Ok((e, norms))
     }
 
+    /// How often each ReLU layer of the encoder fires on an (N, C, H, W) batch in eval mode:
+    /// dead units (never positive on any image) are a sign of a learning rate that was too
+    /// high. The set is probed 256 images at a time.
+    pub fn relu_activity(&self, x: &Tensor) -> Result<Vec<crate::encoder::ReluActivity>> {
+        Ok(self.encoder.relu_activity(x, 256)?)
+    }
+
     /// Embeds in eval mode `chunk` images at a time, to bound memory on large sets.
     pub fn embed_chunked(&self, x: &Tensor, chunk: usize) -> Result<Tensor> {
         let n = x.dim(0)?;

@@ -10,11 +10,18 @@
 //! - [`folder`]: the run folder — its lock, `metrics.jsonl`, checkpoints written and read;
 //! - [`losses`]: the loss of a batch for every loss kind (mining, all pairs, the batch losses,
 //!   the two-view self-supervised term) and the loss's own variables (class proxies);
-//! - [`run`]: one run's loop — steps, logging, validation and model selection, the final test.
+//! - [`run`]: one run's loop — steps, logging, validation and model selection, the final test;
+//! - [`lr_find`]: the learning-rate range test, a short run that writes nothing.
 
 mod folder;
 mod losses;
+mod lr_find;
 mod run;
+
+pub use lr_find::{
+    LrFind, LrFindOptions, LrFindPoint, chart as lr_find_chart, lr_find, range_lr, suggest,
+    write_lr_find,
+};
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -58,6 +65,19 @@ pub struct StepRecord {
     /// Share of active triplets or pairs the miner reported (P×K batches).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_fraction: Option<f64>,
+    /// Mean L2 norm of the whole gradient over the steps since the previous record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm: Option<f64>,
+    /// The largest gradient norm over those steps (a spike shows here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_norm_max: Option<f64>,
+    /// L2 norm of all trainable weights after this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_norm: Option<f64>,
+    /// Size of this step's update relative to the weights, `‖Δθ‖ / ‖θ‖` (about 1e-3 is
+    /// healthy; 1e-5 and below learns slowly, 1e-1 and above jumps around).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_ratio: Option<f64>,
     /// Training pairs (or triplets, or images for P×K) per second since the previous record.
     pub pairs_per_s: f64,
     /// Estimated seconds to the end of training.
@@ -203,6 +223,12 @@ struct Progress {
     window_loss: f64,
     window_active: f64,
     window_steps: u64,
+    /// Sum and largest of the gradient norms over the window (logged as `grad_norm`,
+    /// `grad_norm_max`).
+    #[serde(default)]
+    window_grad: f64,
+    #[serde(default)]
+    window_grad_max: f64,
     stopped_early: bool,
 }
 
@@ -231,16 +257,10 @@ pub fn train(
     on: &mut dyn FnMut(Event<'_>),
 ) -> Result<Summary> {
     cfg.validate()?;
-    if dir.exists()
-        && std::fs::read_dir(dir)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(true)
-    {
-        return Err(TrainError::run(
-            dir,
-            "the run folder exists and is not empty; choose another --out, or resume it",
-        ));
-    }
+    run::ensure_empty(
+        dir,
+        "the run folder exists and is not empty; choose another --out, or resume it",
+    )?;
     // Everything that can fail on the inputs fails before the run folder exists.
     let data = data::load(&cfg.data, cfg.seed)?;
     let (sampler, note) = cfg.sampler.fit(&data.train);

@@ -46,6 +46,60 @@ pub(super) fn sampler_for(
     })
 }
 
+/// The L2 norm of the weights, and `‖θ − before‖ / ‖θ‖` when `before` holds the weights
+/// before this step (`None` when it is empty or the weights are all zero).
+fn weight_and_update_norms(
+    vars: &[candle_core::Var],
+    before: &[Tensor],
+) -> Result<(f64, Option<f64>)> {
+    let sum_sq = |t: &Tensor| -> Result<f64> {
+        Ok(f64::from(
+            t.sqr()?
+                .sum_all()?
+                .to_dtype(DType::F32)?
+                .to_scalar::<f32>()?,
+        ))
+    };
+    let (mut w, mut d) = (0f64, 0f64);
+    for (i, v) in vars.iter().enumerate() {
+        w += sum_sq(v.as_tensor())?;
+        if let Some(b) = before.get(i) {
+            d += sum_sq(&(v.as_tensor() - b)?)?;
+        }
+    }
+    let ratio = (!before.is_empty() && w > 0.0).then(|| (d / w).sqrt());
+    Ok((w.sqrt(), ratio))
+}
+
+/// The training batches' transform: the config's augmentation (and the second view's, with
+/// `[self-supervised]`), then the model's input normalisation.
+pub(super) fn train_transform(cfg: &TrainConfig, input: &InputSpec) -> Transform {
+    Transform {
+        augment: cfg.augment.clone(),
+        normalize: Some(Normalize {
+            mean: input.mean.clone(),
+            std: input.std.clone(),
+        }),
+        seed: cfg.seed,
+        second_view: cfg
+            .self_supervised
+            .as_ref()
+            .map(|s| s.view_augment(&cfg.augment)),
+    }
+}
+
+/// Refuses a folder that exists and holds anything; `what` says what would have been written.
+pub(super) fn ensure_empty(dir: &Path, what: &str) -> Result<()> {
+    if dir.exists()
+        && std::fs::read_dir(dir)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        return Err(TrainError::run(dir, what));
+    }
+    Ok(())
+}
+
 pub(super) fn metric_of(m: Metric, r: &EvalReport) -> f64 {
     match m {
         Metric::RocAuc => r.verification.roc_auc,
@@ -261,19 +315,7 @@ impl<'a> Run<'a> {
         };
         if self.progress.step < total && !self.progress.stopped_early {
             let sampler = sampler_for(&cfg.sampler, &cfg, &self.data)?;
-            let input = &self.model.config().input;
-            let transform = Transform {
-                augment: cfg.augment.clone(),
-                normalize: Some(Normalize {
-                    mean: input.mean.clone(),
-                    std: input.std.clone(),
-                }),
-                seed: cfg.seed,
-                second_view: cfg
-                    .self_supervised
-                    .as_ref()
-                    .map(|s| s.view_augment(&cfg.augment)),
-            };
+            let transform = train_transform(&cfg, &self.model.config().input);
             let loader = Loader::spawn(
                 self.data.train.clone(),
                 sampler,
@@ -288,6 +330,18 @@ impl<'a> Run<'a> {
                 },
             )?;
             let trainable = self.model.trainable_vars();
+            let logged_init = std::fs::read_to_string(self.dir.join("metrics.jsonl"))
+                .is_ok_and(|s| s.contains("\"kind\":\"init\""));
+            if self.progress.step == 0 && !logged_init {
+                // The weights' starting size: what diagnose measures their growth against (once:
+                // a run killed before its first checkpoint starts again from the same weights).
+                let (weight_norm, _) = weight_and_update_norms(&trainable, &[])?;
+                append_record(
+                    &self.dir,
+                    "init",
+                    &serde_json::json!({ "step": 0, "weight_norm": weight_norm }),
+                )?;
+            }
             let mut window_start = Instant::now();
             let mut window_steps_timed = 0u64;
             let run_start_step = self.progress.step;
@@ -318,13 +372,30 @@ impl<'a> Run<'a> {
                 if !sq.is_finite() {
                     return Err(self.diverged("a gradient", lr));
                 }
+                let end_of_epoch = step.is_multiple_of(spe);
+                let log_now = step.is_multiple_of(cfg.log_every as u64) || end_of_epoch;
+                // On logged steps, the weights before the update, for the update's size.
+                let before = if log_now {
+                    Some(
+                        trainable
+                            .iter()
+                            .map(|v| v.as_tensor().copy())
+                            .collect::<candle_core::Result<Vec<_>>>()?,
+                    )
+                } else {
+                    None
+                };
                 self.opt.step(&grads, lr)?;
+                let grad_norm = sq.sqrt();
                 self.progress.window_loss += lv;
                 self.progress.window_active += active.unwrap_or(0.0);
+                self.progress.window_grad += grad_norm;
+                self.progress.window_grad_max = self.progress.window_grad_max.max(grad_norm);
                 self.progress.window_steps += 1;
                 window_steps_timed += 1;
-                let end_of_epoch = step.is_multiple_of(spe);
-                if step.is_multiple_of(cfg.log_every as u64) || end_of_epoch {
+                if log_now {
+                    let (weight_norm, update_ratio) =
+                        weight_and_update_norms(&trainable, before.as_deref().unwrap_or(&[]))?;
                     let secs = window_start.elapsed().as_secs_f64().max(1e-9);
                     let rate = window_steps_timed as f64 * units_per_batch / secs;
                     let done = (step - run_start_step) as f64;
@@ -336,6 +407,10 @@ impl<'a> Run<'a> {
                         loss: self.progress.window_loss / w,
                         lr,
                         active_fraction: active.map(|_| self.progress.window_active / w),
+                        grad_norm: Some(self.progress.window_grad / w),
+                        grad_norm_max: Some(self.progress.window_grad_max),
+                        weight_norm: Some(weight_norm),
+                        update_ratio,
                         pairs_per_s: rate,
                         eta_s: per_step * (total - step) as f64,
                     };
@@ -344,6 +419,8 @@ impl<'a> Run<'a> {
                     self.progress.window_loss = 0.0;
                     self.progress.window_active = 0.0;
                     self.progress.window_steps = 0;
+                    self.progress.window_grad = 0.0;
+                    self.progress.window_grad_max = 0.0;
                     window_start = Instant::now();
                     window_steps_timed = 0;
                 }

@@ -326,3 +326,231 @@ fn training_on_two_classes_is_over_specialised() {
     assert!(c.seen_precision_at_1.unwrap() > c.seen_untrained_precision_at_1.unwrap());
     assert!(!f.fix.contains("longer"), "{}", f.fix);
 }
+
+/// The learning rate, diagnosed from real fixture runs of the quick recipe (the issue's
+/// scenario): at 0.3 (300× the default) the weights run away and the model ends below its
+/// untrained encoder: `lr-too-high` with a 10× lower rate in the fix, not weak-features or
+/// "too low"; at 1e-5 the updates are tiny and the run still improving: `lr-too-low`; at the
+/// default 1e-3 neither. The logged evidence (weights' norm before training, gradient norms,
+/// update sizes) is read from metrics.jsonl.
+#[test]
+fn learning_rates_far_too_high_and_too_low_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut found = Vec::new();
+    for (name, lr) in [("high", 0.3), ("low", 1e-5), ("healthy", 1e-3)] {
+        let run = dir.path().join(name);
+        let model = quick_run(&run, |c| {
+            c.epochs = 3;
+            c.steps_per_epoch = 40;
+            c.set_lr(lr);
+        });
+        let (k, d) = kinds(&model, Some(&run));
+        found.push((name, k, d));
+    }
+    let (_, high, d) = &found[0];
+    assert!(high.contains(&Kind::LrTooHigh), "{:#?}", d.findings);
+    assert!(!high.contains(&Kind::LrTooLow) && !high.contains(&Kind::WeakFeatures));
+    let f = d
+        .findings
+        .iter()
+        .find(|f| f.kind == Kind::LrTooHigh)
+        .unwrap();
+    assert!(f.fix.contains("lr = 3.0e-2"), "{}", f.fix);
+    let growth = f
+        .evidence
+        .iter()
+        .find(|e| e.name == "weight-growth")
+        .unwrap()
+        .value;
+    assert!(growth > 3.0, "{growth}");
+    let h = d.measurements.history.as_ref().unwrap();
+    assert!(h.initial_weight_norm.is_some_and(|w| w > 0.0));
+    assert!(
+        h.steps
+            .iter()
+            .all(|s| s.grad_norm.is_some() && s.update_ratio.is_some())
+    );
+    let (_, low, d) = &found[1];
+    assert!(low.contains(&Kind::LrTooLow), "{:#?}", d.findings);
+    assert!(!low.contains(&Kind::LrTooHigh));
+    let f = d
+        .findings
+        .iter()
+        .find(|f| f.kind == Kind::LrTooLow)
+        .unwrap();
+    assert!(f.fix.contains("lr = 1.0e-4"), "{}", f.fix);
+    let (_, ok, d) = &found[2];
+    assert!(
+        !ok.contains(&Kind::LrTooHigh)
+            && !ok.contains(&Kind::LrTooLow)
+            && !ok.contains(&Kind::DeadUnits),
+        "{:#?}",
+        d.findings
+    );
+    assert!(!d.measurements.relu_activity.is_empty());
+}
+
+/// Writes `set`'s images `idx` into `root/<class>/<prefix><i>.png` (the class from `class_of`).
+fn write_folder(
+    root: &Path,
+    set: &siam_data::ImageSet,
+    idx: &[usize],
+    class_of: &dyn Fn(usize) -> u32,
+    prefix: &str,
+) -> Vec<String> {
+    let mut names = Vec::new();
+    for &i in idx {
+        let c = set.class_names()[class_of(i) as usize].replace('/', "-");
+        std::fs::create_dir_all(root.join(&c)).unwrap();
+        let name = format!("{c}/{prefix}{i:04}.png");
+        siam_data::folder::save_png(set, i, root.join(&name)).unwrap();
+        names.push(name);
+    }
+    names
+}
+
+/// Suspected wrong labels: the fixtures' 1,000 test images as a folder, a tenth of them
+/// (seeded) moved into another class's folder. With the shipped model most of the moved images
+/// are among the top suspects (as many as were moved), and `label-noise` is found; on the
+/// same folder without the moves it is not.
+#[test]
+fn images_moved_to_wrong_classes_are_the_top_suspects() {
+    use rand::{Rng, SeedableRng};
+    let input = SiameseModel::load(Path::new(SHIPPED), &Device::Cpu)
+        .unwrap()
+        .config()
+        .input
+        .clone();
+    let (_, test) = siam_train::data::eval_set("fixtures", &input).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let n = test.len();
+    let mut moved = std::collections::HashMap::new();
+    while moved.len() < n / 10 {
+        let i = rng.random_range(0..n);
+        let to = (test.label(i) + rng.random_range(1..10)) % 10;
+        moved.insert(i, to);
+    }
+    let all: Vec<usize> = (0..n).collect();
+    let label = |i: usize| moved.get(&i).copied().unwrap_or_else(|| test.label(i));
+    let names = write_folder(&dir.path().join("noisy"), &test, &all, &label, "");
+    write_folder(
+        &dir.path().join("clean"),
+        &test,
+        &all,
+        &|i| test.label(i),
+        "",
+    );
+    let moved_names: std::collections::HashSet<&String> =
+        moved.keys().map(|&i| &names[i]).collect();
+    let diagnose_folder = |f: &str| {
+        let mut o = opts(None);
+        o.data = dir.path().join(f).display().to_string();
+        let (d, _, _) = diagnose(Path::new(SHIPPED), &Device::Cpu, &o).unwrap();
+        d
+    };
+    let d = diagnose_folder("noisy");
+    let q = d.measurements.data_quality.as_ref().unwrap();
+    let top: Vec<&String> = q
+        .suspect_list
+        .iter()
+        .take(moved.len())
+        .map(|s| &s.name)
+        .collect();
+    let hits = top.iter().filter(|t| moved_names.contains(*t)).count();
+    assert!(
+        hits * 2 > moved.len(),
+        "{hits} of the {} moved images among the top suspects",
+        moved.len()
+    );
+    assert!(d.kinds().contains(&Kind::LabelNoise), "{:#?}", d.findings);
+    let s = &q.suspect_list[0];
+    assert_ne!(s.class, s.neighbours_class);
+    let d = diagnose_folder("clean");
+    assert!(!d.kinds().contains(&Kind::LabelNoise), "{:#?}", d.findings);
+}
+
+/// Planted duplicates and blank images, in a folder of fixture test images diagnosed with a
+/// run trained on the fixtures: a copy in the same class, a copy under another class
+/// (conflicting labels), an image of the run's training file (across splits), and two blank
+/// images are each listed by file, with `duplicates` (a warning) and `degenerate-images`.
+#[test]
+fn planted_duplicates_and_blank_images_are_all_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let model = quick_run(&run, |c| {
+        c.epochs = 1;
+        c.steps_per_epoch = 10;
+    });
+    let cfg = TrainConfig::from_file(&run.join("config.toml")).unwrap();
+    let ds = siam_train::data::load(&cfg.data, cfg.seed).unwrap();
+    let input = SiameseModel::load(&model, &Device::Cpu)
+        .unwrap()
+        .config()
+        .input
+        .clone();
+    let (_, test) = siam_train::data::eval_set("fixtures", &input).unwrap();
+    let root = dir.path().join("data");
+    // 12 test images a class.
+    let by = test.indices_by_class();
+    let idx: Vec<usize> = by.iter().flat_map(|v| v[..12].to_vec()).collect();
+    write_folder(&root, &test, &idx, &|i| test.label(i), "");
+    let (a, b) = (by[0][0], by[3][0]);
+    let same = write_folder(&root, &test, &[a], &|i| test.label(i), "copy-");
+    let other = (test.label(b) + 1) % 10;
+    let conflict = write_folder(&root, &test, &[b], &|_| other, "relabelled-");
+    let leaked = write_folder(&root, &ds.train, &[5], &|i| ds.train.label(i), "train-");
+    let blank_class = test.class_names()[2].replace('/', "-");
+    let blank = siam_data::ImageSet::new(
+        vec![40; 2 * 784],
+        vec![0, 0],
+        test.shape(),
+        vec![blank_class.clone()],
+    )
+    .unwrap();
+    for k in 0..2 {
+        siam_data::folder::save_png(
+            &blank,
+            k,
+            root.join(&blank_class).join(format!("blank-{k}.png")),
+        )
+        .unwrap();
+    }
+    let mut o = opts(Some(&run));
+    o.data = root.display().to_string();
+    let (d, _, _) = diagnose(&model, &Device::Cpu, &o).unwrap();
+    let q = d.measurements.data_quality.as_ref().unwrap();
+    let has = |kind: &str, name: &str| {
+        q.duplicate_list
+            .iter()
+            .any(|x| x.kind == kind && (x.a == name || x.b == name))
+    };
+    assert!(has("same-class", &same[0]), "{:#?}", q.duplicate_list);
+    assert!(
+        has("conflicting-labels", &conflict[0]),
+        "{:#?}",
+        q.duplicate_list
+    );
+    assert!(has("across-splits", &leaked[0]), "{:#?}", q.duplicate_list);
+    // The two blank images are duplicates of each other too, and degenerate.
+    let blanks: Vec<&String> = q
+        .degenerate_list
+        .iter()
+        .filter(|x| x.kind == "blank")
+        .map(|x| &x.name)
+        .collect();
+    assert_eq!(blanks.len(), 2, "{:#?}", q.degenerate_list);
+    assert!(blanks.iter().all(|b| b.contains("blank-")));
+    let k = d.kinds();
+    assert!(
+        k.contains(&Kind::Duplicates) && k.contains(&Kind::DegenerateImages),
+        "{:#?}",
+        d.findings
+    );
+    let f = d
+        .findings
+        .iter()
+        .find(|f| f.kind == Kind::Duplicates)
+        .unwrap();
+    assert_eq!(f.severity, Severity::Warning);
+}

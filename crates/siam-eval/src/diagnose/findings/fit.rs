@@ -8,7 +8,12 @@ pub(super) fn fit(m: &Measurements, out: &mut Vec<Finding>) {
     let v = &m.verification;
     // weak-features
     if let (Some(px), Some(un)) = (m.pixels_precision_at_1, m.untrained_precision_at_1)
-        && !out.iter().any(|f| f.kind == Kind::OverSpecialised)
+        && !out.iter().any(|f| {
+            matches!(
+                f.kind,
+                Kind::OverSpecialised | Kind::LrTooHigh | Kind::LrTooLow
+            )
+        })
     {
         let p1 = m.retrieval.precision_at_1;
         let best = px.max(un);

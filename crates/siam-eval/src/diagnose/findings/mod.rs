@@ -1,13 +1,17 @@
 //! The rules: [`findings`] turns [`Measurements`] into [`Finding`]s, one block per kind, in
 //! three groups: `signal.rs` (non-finite, over-specialised, inverted labels), `geometry.rs`
-//! (collapse, eval-mode, margin-scale), `fit.rs` (weak features, overfitting, stale threshold,
-//! pair and class imbalance); `inputs.rs` one level up adds unfamiliar inputs.
+//! (collapse, eval-mode, margin-scale), `optimisation.rs` (learning rate too high or too low,
+//! dead units), `fit.rs` (weak features, overfitting, stale threshold, pair and class
+//! imbalance); `inputs.rs` one level up adds unfamiliar inputs.
 
 use super::*;
 
 mod fit;
 mod geometry;
+mod optimisation;
 mod signal;
+
+pub use optimisation::{LrEvidence, lr_evidence};
 
 /// The largest distance two unit vectors can have under `kind`.
 fn sphere_diameter(kind: Distance) -> f64 {
@@ -40,8 +44,10 @@ pub fn findings(m: &Measurements) -> Vec<Finding> {
     let mut out = Vec::new();
     signal::signal(m, &mut out);
     geometry::geometry(m, &mut out);
+    optimisation::optimisation(m, &mut out);
     fit::fit(m, &mut out);
     out.extend(super::inputs::unfamiliar_inputs(m));
+    out.extend(super::data::data_findings(m));
 
     out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out
