@@ -159,6 +159,9 @@ pub(super) fn optimisation(m: &Measurements, out: &mut Vec<Finding>) {
             if let Some(g) = e.grad_decay {
                 f = f.with("late-gradient-over-first", g);
             }
+            if let Some(g) = e.grad_spike {
+                f = f.with("largest-gradient-over-median", g);
+            }
             if let Some(d) = e.loss_drop {
                 f = f.with("loss-drop", d);
             }
