@@ -228,10 +228,11 @@ pub fn diagnose(
                     );
                 } else {
                     for (name, s) in [("training", &ds.train), ("validation", &ds.val)] {
-                        let by_hash = (0..s.len())
-                            .map(|i| (siam_eval::diagnose::image_hash(s.image(i)), s.describe(i)))
-                            .collect();
-                        other_splits.push((name, by_hash));
+                        other_splits.push(diagnose::OtherSplit {
+                            name,
+                            pixels: std::borrow::Cow::Owned(s.pixels().into_owned()),
+                            names: (0..s.len()).map(|i| s.describe(i)).collect(),
+                        });
                     }
                 }
             }

@@ -30,13 +30,23 @@ pub struct DataInput<'a> {
     pub embeddings: &'a [f32],
     /// Embedding dimension.
     pub dims: usize,
-    /// The run's other splits by name (`training`, `validation`): the hash of each image, with
-    /// its name.
-    pub other_splits: Vec<(&'a str, HashMap<u64, String>)>,
+    /// The run's other splits (`training`, `validation`), searched for exact and near copies
+    /// of the images diagnosed.
+    pub other_splits: Vec<OtherSplit<'a>>,
     /// Mean intensity bounds (0–1) of the training images, when the model stores them.
     pub intensity_bounds: Option<(f64, f64)>,
     /// Channels, height and width of an image (for the report's thumbnails).
     pub shape: (usize, usize, usize),
+}
+
+/// A split of the run other than the data diagnosed: its images, searched for copies.
+pub struct OtherSplit<'a> {
+    /// Its name (`training`, `validation`).
+    pub name: &'a str,
+    /// Raw pixels, `numel` per image, as in [`DataInput::pixels`].
+    pub pixels: std::borrow::Cow<'a, [u8]>,
+    /// Each image's name.
+    pub names: Vec<String>,
 }
 
 /// How many of each list the report shows, with thumbnails.
@@ -198,6 +208,65 @@ fn knn(x: &[f32], n: usize, d: usize, k: usize) -> Result<Vec<Vec<(usize, f32)>>
     Ok(out)
 }
 
+/// Squared distance of two images' raw pixels, exactly.
+fn sq_distance(a: &[u8], b: &[u8]) -> u64 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| {
+            let d = i64::from(x) - i64::from(y);
+            (d * d) as u64
+        })
+        .sum()
+}
+
+/// The images of `a` that have an exact or near copy (root-mean-square difference of at most
+/// 2 intensity levels) among the images of `b`: `(i in a, nearest j in b, exact)`, in the
+/// order of `a`. Distances through chunked candle products of centred pixels, each candidate
+/// then confirmed on the integer pixels, so rounding can neither add nor drop a pair.
+fn copies_in(a: &[u8], b: &[u8], numel: usize) -> Result<Vec<(usize, usize, bool)>> {
+    if numel == 0 || a.is_empty() || b.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (n, m) = (a.len() / numel, b.len() / numel);
+    let near = 4 * numel as u64;
+    // f32 rounding of |x|² + |y|² − 2x·y on centred values stays far below this slack.
+    let slack = near as f32 * 1.5 + 64.0;
+    let dev = Device::Cpu;
+    let centred = |px: &[u8]| -> Vec<f32> { px.iter().map(|&v| f32::from(v) - 127.5).collect() };
+    let xa = Tensor::from_vec(centred(a), (n, numel), &dev)?;
+    let sa: Vec<f32> = xa.sqr()?.sum(1)?.to_vec1()?;
+    let mut best: Vec<Option<(u64, usize)>> = vec![None; n];
+    let chunk = 4096;
+    let mut s = 0;
+    while s < m {
+        let c = chunk.min(m - s);
+        let xb = Tensor::from_vec(centred(&b[s * numel..(s + c) * numel]), (c, numel), &dev)?;
+        let sb: Vec<f32> = xb.sqr()?.sum(1)?.to_vec1()?;
+        let dots: Vec<f32> = xa.matmul(&xb.t()?)?.flatten_all()?.to_vec1()?;
+        for i in 0..n {
+            let row = &dots[i * c..(i + 1) * c];
+            for (r, &dot) in row.iter().enumerate() {
+                if sa[i] + sb[r] - 2.0 * dot <= slack {
+                    let j = s + r;
+                    let dist = sq_distance(
+                        &a[i * numel..(i + 1) * numel],
+                        &b[j * numel..(j + 1) * numel],
+                    );
+                    if dist <= near && best[i].is_none_or(|(bd, _)| dist < bd) {
+                        best[i] = Some((dist, j));
+                    }
+                }
+            }
+        }
+        s += c;
+    }
+    Ok(best
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, b)| b.map(|(dist, j)| (i, j, dist == 0)))
+        .collect())
+}
+
 /// Share of `nb`'s labels unlike `own`, and the most common other label.
 fn disagreement(nb: &[(usize, f32)], labels: &[u32], own: u32) -> (f64, Option<u32>) {
     if nb.is_empty() {
@@ -335,18 +404,16 @@ pub fn data_quality(d: &DataInput<'_>) -> Result<DataQuality> {
         });
     }
     let mut across = 0;
-    for (split, other) in &d.other_splits {
-        for (i, h) in hashes.iter().enumerate() {
-            if let Some(name) = other.get(h) {
-                across += 1;
-                dup.push(Duplicate {
-                    a: d.names[i].clone(),
-                    b: format!("{split}: {name}"),
-                    kind: "across-splits".into(),
-                    how: "exact".into(),
-                    classes: vec![class(d.labels[i])],
-                });
-            }
+    for split in &d.other_splits {
+        for (i, j, exact) in copies_in(d.pixels, &split.pixels, d.numel)? {
+            across += 1;
+            dup.push(Duplicate {
+                a: d.names[i].clone(),
+                b: format!("{}: {}", split.name, split.names[j]),
+                kind: "across-splits".into(),
+                how: if exact { "exact" } else { "near" }.into(),
+                classes: vec![class(d.labels[i])],
+            });
         }
     }
     let rank = |k: &str| match k {
@@ -589,5 +656,64 @@ mod tests {
         assert!((nb[0][0].1 - 2.25).abs() < 1e-4, "{:?}", nb[0]);
         assert_eq!(disagreement(&nb[0], &[0, 1, 1, 0, 0, 0], 0), (1.0, Some(1)));
         assert_eq!(share_of(&nb[3], &[0, 1, 1, 0, 0, 0], 0), 0.5);
+    }
+
+    #[test]
+    fn copies_across_splits_are_exact_or_near_and_nothing_else() {
+        // Noise images (an LCG), 784 values each; split b holds an exact copy of a[2], a copy
+        // of a[5] off by one level everywhere (RMS 1: near), a copy of a[7] off by two at every
+        // pixel plus one (just beyond RMS 2: not near), and two copies of a[9], one exact.
+        let numel = 784;
+        let mut state = 12345u64;
+        let mut noise = |len: usize| -> Vec<u8> {
+            (0..len)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    (state >> 56) as u8
+                })
+                .collect()
+        };
+        let a = noise(12 * numel);
+        let mut b = noise(40 * numel);
+        let img = |v: &[u8], i: usize| v[i * numel..(i + 1) * numel].to_vec();
+        let put = |b: &mut Vec<u8>, j: usize, px: Vec<u8>| {
+            b[j * numel..(j + 1) * numel].copy_from_slice(&px);
+        };
+        put(&mut b, 3, img(&a, 2));
+        let off1: Vec<u8> = img(&a, 5)
+            .iter()
+            .enumerate()
+            .map(|(k, &v)| {
+                if (k % 2 == 0 && v < 255) || v == 0 {
+                    v + 1
+                } else {
+                    v - 1
+                }
+            })
+            .collect();
+        put(&mut b, 30, off1);
+        let mut off2: Vec<u8> = img(&a, 7)
+            .iter()
+            .map(|&v| if v < 128 { v + 2 } else { v - 2 })
+            .collect();
+        off2[0] = if off2[0] < 128 {
+            off2[0] + 1
+        } else {
+            off2[0] - 1
+        };
+        put(&mut b, 10, off2);
+        let mut near9 = img(&a, 9);
+        near9[100] ^= 1;
+        put(&mut b, 4, near9);
+        put(&mut b, 39, img(&a, 9));
+        let got = copies_in(&a, &b, numel).unwrap();
+        assert_eq!(got, [(2, 3, true), (5, 30, false), (9, 39, true)]);
+        // Chunking does not change the answer: the same search with b split at 4096 rows is
+        // the one above, so check the boundary by putting a copy in a longer split's last row.
+        let mut long = noise(4100 * numel);
+        put(&mut long, 4099, img(&a, 0));
+        assert_eq!(copies_in(&a, &long, numel).unwrap(), [(0, 4099, true)]);
     }
 }

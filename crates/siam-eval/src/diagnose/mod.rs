@@ -471,7 +471,7 @@ mod inputs;
 mod measure;
 
 pub use data::{
-    DataInput, DataQuality, Degenerate, Duplicate, LISTED, NEIGHBOURS, SHOWN, Suspect,
+    DataInput, DataQuality, Degenerate, Duplicate, LISTED, NEIGHBOURS, OtherSplit, SHOWN, Suspect,
     data_findings, data_quality, image_hash,
 };
 

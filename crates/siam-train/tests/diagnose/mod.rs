@@ -472,8 +472,8 @@ fn images_moved_to_wrong_classes_are_the_top_suspects() {
 
 /// Planted duplicates and blank images, in a folder of fixture test images diagnosed with a
 /// run trained on the fixtures: a copy in the same class, a copy under another class
-/// (conflicting labels), an image of the run's training file (across splits), and two blank
-/// images are each listed by file, with `duplicates` (a warning) and `degenerate-images`.
+/// (conflicting labels), an image of the run's training file and a near copy of another
+/// (across splits, exact and near), and two blank images are each listed by file, with `duplicates` (a warning) and `degenerate-images`.
 #[test]
 fn planted_duplicates_and_blank_images_are_all_listed() {
     let dir = tempfile::tempdir().unwrap();
@@ -500,6 +500,22 @@ fn planted_duplicates_and_blank_images_are_all_listed() {
     let other = (test.label(b) + 1) % 10;
     let conflict = write_folder(&root, &test, &[b], &|_| other, "relabelled-");
     let leaked = write_folder(&root, &ds.train, &[5], &|i| ds.train.label(i), "train-");
+    // A near copy of another training image: one intensity level off at every pixel, as a
+    // re-encoding or a brightness tweak leaves it (RMS 1 level: below the near bound of 2).
+    let nudged: Vec<u8> = ds
+        .train
+        .image(9)
+        .iter()
+        .map(|&v| if v < 255 { v + 1 } else { v - 1 })
+        .collect();
+    let nudged = siam_data::ImageSet::new(
+        nudged,
+        vec![ds.train.label(9)],
+        ds.train.shape(),
+        ds.train.class_names().to_vec(),
+    )
+    .unwrap();
+    let leaked_near = write_folder(&root, &nudged, &[0], &|i| nudged.label(i), "nudged-train-");
     let blank_class = test.class_names()[2].replace('/', "-");
     let blank = siam_data::ImageSet::new(
         vec![40; 2 * 784],
@@ -531,7 +547,19 @@ fn planted_duplicates_and_blank_images_are_all_listed() {
         "{:#?}",
         q.duplicate_list
     );
-    assert!(has("across-splits", &leaked[0]), "{:#?}", q.duplicate_list);
+    let how = |name: &str| {
+        q.duplicate_list
+            .iter()
+            .find(|x| x.kind == "across-splits" && x.a == name)
+            .map(|x| (x.how.clone(), x.b.clone()))
+    };
+    let (h, b) = how(&leaked[0]).unwrap_or_else(|| panic!("{:#?}", q.duplicate_list));
+    assert_eq!(h, "exact");
+    assert!(b.starts_with("training: "), "{b}");
+    let (h, b) = how(&leaked_near[0]).unwrap_or_else(|| panic!("{:#?}", q.duplicate_list));
+    assert_eq!(h, "near");
+    assert_eq!(b, format!("training: {}", ds.train.describe(9)));
+    assert_eq!(q.duplicates_across_splits, 2, "{:#?}", q.duplicate_list);
     // The two blank images are duplicates of each other too, and degenerate.
     let blanks: Vec<&String> = q
         .degenerate_list
