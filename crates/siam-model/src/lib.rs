@@ -46,10 +46,11 @@ pub mod kernels;
 pub mod loss;
 pub mod model;
 pub mod ood;
+pub mod pretrained;
 
 pub use device::parse_device;
 pub use distance::Distance;
-pub use encoder::{EncoderConfig, InputSpec, Pooling, ReluActivity};
+pub use encoder::{EncoderConfig, InputSpec, Pooling, ReluActivity, ResnetConfig, Stem};
 pub use error::{ModelError, Result};
 pub use gallery::{Gallery, GalleryIdentity, Hit};
 pub use model::{

@@ -4,6 +4,13 @@
 //!   Linear(→ D). The flatten size follows from the input (64·5·5 = 1600 at 28×28).
 //! - `convnet`: blocks of two 3×3 convolutions with BatchNorm and ReLU, max-pooling between
 //!   blocks, global average pooling, optional dropout, a projection head.
+//! - `resnet18`, `resnet34`: torchvision's ResNet layout with BasicBlocks, the ImageNet stem or
+//!   a small-input one, configurable stage widths, global average pooling and siam's head
+//!   ([`resnet`]); torchvision and timm weights load into it ([`crate::pretrained`]).
+
+pub mod resnet;
+
+pub use resnet::{ResNet, ResnetConfig, Stem};
 
 use std::sync::Mutex;
 
@@ -74,6 +81,10 @@ pub enum EncoderConfig {
         #[serde(default)]
         pooling: Pooling,
     },
+    /// torchvision's ResNet-18 (BasicBlocks 2, 2, 2, 2).
+    Resnet18(ResnetConfig),
+    /// torchvision's ResNet-34 (BasicBlocks 3, 4, 6, 3).
+    Resnet34(ResnetConfig),
 }
 
 /// How the convnet's last feature map (C, H, W) becomes the head's input.
@@ -103,7 +114,7 @@ fn convnet_side(side: usize, blocks: usize) -> usize {
     (1..blocks).fold(side, |s, _| s / 2)
 }
 
-fn default_dim() -> usize {
+pub(crate) fn default_dim() -> usize {
     128
 }
 fn default_channels() -> Vec<usize> {
@@ -124,6 +135,16 @@ impl EncoderConfig {
     pub fn embedding_dim(&self) -> usize {
         match self {
             Self::SeedCnn { embedding_dim } | Self::Convnet { embedding_dim, .. } => *embedding_dim,
+            Self::Resnet18(r) | Self::Resnet34(r) => r.embedding_dim,
+        }
+    }
+
+    /// The ResNet settings and depth, for a ResNet.
+    pub fn resnet(&self) -> Option<(usize, &ResnetConfig)> {
+        match self {
+            Self::Resnet18(r) => Some((18, r)),
+            Self::Resnet34(r) => Some((34, r)),
+            _ => None,
         }
     }
 
@@ -132,6 +153,8 @@ impl EncoderConfig {
         match self {
             Self::SeedCnn { .. } => "seed-cnn",
             Self::Convnet { .. } => "convnet",
+            Self::Resnet18(_) => "resnet18",
+            Self::Resnet34(_) => "resnet34",
         }
     }
 
@@ -183,6 +206,8 @@ impl EncoderConfig {
                 };
                 total.checked_add(head)
             }
+            Self::Resnet18(r) => r.parameter_count(18, input.channels),
+            Self::Resnet34(r) => r.parameter_count(34, input.channels),
         }
     }
 
@@ -218,6 +243,8 @@ impl EncoderConfig {
                 *pooling,
                 vb,
             )?)),
+            Self::Resnet18(r) => Ok(Encoder::Resnet(ResNet::new(18, r, input.channels, vb)?)),
+            Self::Resnet34(r) => Ok(Encoder::Resnet(ResNet::new(34, r, input.channels, vb)?)),
         }
     }
 }
@@ -575,6 +602,8 @@ pub enum Encoder {
     SeedCnn(SeedCnn),
     /// See [`ConvNet`].
     Convnet(ConvNet),
+    /// See [`ResNet`].
+    Resnet(ResNet),
 }
 
 impl Encoder {
@@ -591,6 +620,7 @@ impl ModuleT for Encoder {
         match self {
             Self::SeedCnn(m) => m.forward(x),
             Self::Convnet(m) => m.forward_t(x, train),
+            Self::Resnet(m) => m.forward_t(x, train),
         }
     }
 }
@@ -697,6 +727,7 @@ impl Encoder {
                     out.push(("head.hidden".to_string(), h.forward(&f)?.relu()?));
                 }
             }
+            Self::Resnet(m) => out = m.relu_layers(&x)?,
         }
         Ok(out)
     }

@@ -7,6 +7,7 @@
 //! - [`ops`]: candle plumbing shared by every op (storage views, the conv op traits);
 //! - [`conv`]: im2col convolution, forward and backward;
 //! - [`pool`]: ReLU + 2×2 max-pooling, and the per-plane pool/unpool helpers;
+//! - [`maxpool`]: max-pooling with any window, stride and padding (ResNet's 3×3/2);
 //! - [`conv_pool`]: the seed CNN's convolution + bias + ReLU + pooling stage as one op;
 //! - [`batchnorm`]: training-mode BatchNorm + ReLU;
 //! - [`winograd`]: 3×3 convolution by Winograd F(4×4, 3×3) on channel-last activations,
@@ -56,6 +57,7 @@ mod conv;
 mod conv_pool;
 pub(crate) mod gemm;
 mod lane;
+mod maxpool;
 mod nhwc;
 mod ops;
 mod pool;
@@ -67,6 +69,7 @@ use candle_core::{DType, Result, Tensor};
 pub use batchnorm::batch_norm_relu_train;
 pub use conv::conv2d;
 pub use conv_pool::conv2d_relu_max_pool2;
+pub use maxpool::max_pool2d;
 pub use pool::relu_max_pool2;
 
 pub(crate) use block::BatchStats;

@@ -159,6 +159,14 @@ fn check_sizes(config: &ModelConfig) -> Result<()> {
             "convnet channels {channels:?} / hidden {hidden}: at most 12 blocks of 4096 channels and a 65536-wide head"
         ));
     }
+    if let Some((_, r)) = config.encoder.resnet()
+        && (r.widths.iter().any(|&c| c > 4096) || r.hidden > 65536)
+    {
+        return bad(format!(
+            "resnet widths {:?} / hidden {}: at most 4096 channels a stage and a 65536-wide head",
+            r.widths, r.hidden
+        ));
+    }
     match config.encoder.parameter_count(i) {
         Some(n) if n <= 1 << 31 => Ok(()),
         Some(n) => bad(format!(
@@ -296,6 +304,16 @@ impl SiameseModel {
         let mirrored = x.index_select(&Tensor::new(rev.as_slice(), x.device())?, 3)?;
         let m = self.encoder.forward_t(&mirrored, false)?.detach();
         Ok(((e + m)? * 0.5)?)
+    }
+
+    /// The backbone's features of an (N, C, H, W) batch in eval mode, before the projection
+    /// head: a ResNet's pooled features (what torchvision's network gives with
+    /// `fc = Identity()`). `None` for the other encoders.
+    pub fn backbone_features(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        match &self.encoder {
+            Encoder::Resnet(r) => Ok(Some(r.features_t(x, false)?.detach())),
+            _ => Ok(None),
+        }
     }
 
     /// Embeds an (N, C, H, W) batch in eval mode: (N, D). An image's embedding does not

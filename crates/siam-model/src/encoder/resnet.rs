@@ -1,0 +1,375 @@
+//! Residual encoders with torchvision's ResNet layout (BasicBlock: ResNet-18 and ResNet-34),
+//! and siam's projection head.
+//!
+//! The variables carry torchvision's names under the encoder's prefix (`conv1`, `bn1`,
+//! `layer1.0.conv1`, `layer2.0.downsample.0`, …), so a torchvision or timm state dict maps onto
+//! them one to one ([`crate::pretrained`]); the head (`head.hidden`, `head.out`) replaces
+//! torchvision's classifier `fc`.
+
+use candle_core::{D, Module, ModuleT, Result, Tensor};
+use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, VarBuilder};
+
+use super::{bn_relu, update_running};
+
+/// The first layers of a ResNet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stem {
+    /// torchvision's: a 7×7 stride-2 convolution, BatchNorm, ReLU and 3×3 stride-2
+    /// max-pooling (the input shrinks 4×): for 112–224-pixel photos, and pretrained weights.
+    #[default]
+    Imagenet,
+    /// A 3×3 stride-1 convolution, BatchNorm and ReLU, no pooling: for inputs of 28–64 pixels,
+    /// which the ImageNet stem would shrink to almost nothing.
+    Small,
+}
+
+/// The settings of a ResNet encoder (`kind = "resnet18"` or `"resnet34"`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ResnetConfig {
+    /// Channels of the four stages (torchvision's: 64, 128, 256, 512; narrower for tests and
+    /// small data).
+    #[serde(default = "default_widths")]
+    pub widths: Vec<usize>,
+    /// `imagenet` (7×7/2 convolution and 3×3/2 max-pooling) or `small` (3×3/1, no pooling).
+    #[serde(default)]
+    pub stem: Stem,
+    /// Width of the projection head's hidden layer (0: a single linear layer).
+    #[serde(default)]
+    pub hidden: usize,
+    /// Embedding dimension.
+    #[serde(default = "super::default_dim")]
+    pub embedding_dim: usize,
+    /// A torchvision or timm state dict saved as safetensors, loaded into the backbone when a
+    /// model is first built for training ([`crate::pretrained`]); the model file holds the
+    /// weights afterwards, so it is not needed to load a trained model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrained: Option<String>,
+}
+
+fn default_widths() -> Vec<usize> {
+    vec![64, 128, 256, 512]
+}
+
+impl Default for ResnetConfig {
+    fn default() -> Self {
+        Self {
+            widths: default_widths(),
+            stem: Stem::Imagenet,
+            hidden: 0,
+            embedding_dim: super::default_dim(),
+            pretrained: None,
+        }
+    }
+}
+
+/// BasicBlocks per stage.
+pub fn stage_depths(depth: usize) -> Option<[usize; 4]> {
+    match depth {
+        18 => Some([2, 2, 2, 2]),
+        34 => Some([3, 4, 6, 3]),
+        _ => None,
+    }
+}
+
+impl ResnetConfig {
+    /// Checks the widths.
+    pub fn validate(&self) -> Result<()> {
+        if self.widths.len() != 4 || self.widths.contains(&0) {
+            candle_core::bail!(
+                "resnet widths must be four positive numbers (one per stage), got {:?}",
+                self.widths
+            )
+        }
+        Ok(())
+    }
+
+    /// Stored values (weights, biases, BatchNorm statistics) of a ResNet of `depth` on
+    /// `channels`-channel input, without allocating; `None` on overflow or a bad config.
+    pub fn parameter_count(&self, depth: usize, channels: usize) -> Option<u64> {
+        let depths = stage_depths(depth)?;
+        if self.widths.len() != 4 {
+            return None;
+        }
+        let bn = |c: u64| c.checked_mul(4);
+        let conv = |i: u64, o: u64, k: u64| i.checked_mul(o)?.checked_mul(k * k);
+        let w0 = self.widths[0] as u64;
+        let k = match self.stem {
+            Stem::Imagenet => 7,
+            Stem::Small => 3,
+        };
+        let mut total = conv(channels as u64, w0, k)?.checked_add(bn(w0)?)?;
+        let mut cin = w0;
+        for (s, (&w, &n)) in self.widths.iter().zip(&depths).enumerate() {
+            let w = w as u64;
+            for b in 0..n {
+                let mut block = conv(cin, w, 3)?
+                    .checked_add(bn(w)?)?
+                    .checked_add(conv(w, w, 3)?)?
+                    .checked_add(bn(w)?)?;
+                if b == 0 && (s > 0 || cin != w) {
+                    block = block.checked_add(conv(cin, w, 1)?)?.checked_add(bn(w)?)?;
+                }
+                total = total.checked_add(block)?;
+                cin = w;
+            }
+        }
+        let lin = |i: u64, o: u64| i.checked_mul(o)?.checked_add(o);
+        let d = self.embedding_dim as u64;
+        let head = if self.hidden > 0 {
+            lin(cin, self.hidden as u64)?.checked_add(lin(self.hidden as u64, d)?)?
+        } else {
+            lin(cin, d)?
+        };
+        total.checked_add(head)
+    }
+}
+
+/// BatchNorm without ReLU: candle's in evaluation; in training the batch statistics, with the
+/// running statistics updated as PyTorch does (momentum, unbiased variance).
+fn bn_plain(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
+    let Some((gamma, beta)) = bn.weight_and_bias().filter(|_| train) else {
+        return bn.forward_t(x, false);
+    };
+    let c = x.dim(1)?;
+    let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred
+        .sqr()?
+        .mean_keepdim(0)?
+        .mean_keepdim(2)?
+        .mean_keepdim(3)?;
+    let y = centred.broadcast_div(&(&var + bn.eps())?.sqrt()?)?;
+    let y = y
+        .broadcast_mul(&gamma.reshape((1, c, 1, 1))?)?
+        .broadcast_add(&beta.reshape((1, c, 1, 1))?)?;
+    let count = (x.elem_count() / c) as f64;
+    update_running(
+        bn,
+        &mean.detach().flatten_all()?,
+        &var.detach().flatten_all()?,
+        count,
+    )?;
+    Ok(y)
+}
+
+/// A convolution without bias at `stride`: siam's kernel for 3×3 stride 1, candle's otherwise.
+fn conv(c: &Conv2d, x: &Tensor, stride: usize, input_grad: bool) -> Result<Tensor> {
+    let k = c.weight().dim(2)?;
+    let pad = k / 2;
+    if stride == 1 {
+        crate::kernels::conv2d(x, c.weight(), None, pad, input_grad)
+    } else {
+        x.conv2d(c.weight(), pad, stride, 1, 1)
+    }
+}
+
+/// torchvision's BasicBlock: two 3×3 convolutions with BatchNorm, the input added back
+/// (through a 1×1 convolution and BatchNorm when the shape changes), ReLU.
+#[derive(Debug)]
+struct BasicBlock {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    conv2: Conv2d,
+    bn2: BatchNorm,
+    downsample: Option<(Conv2d, BatchNorm)>,
+    stride: usize,
+}
+
+impl BasicBlock {
+    fn new(cin: usize, cout: usize, stride: usize, vb: VarBuilder<'_>) -> Result<Self> {
+        let c3 = Conv2dConfig {
+            padding: 1,
+            stride,
+            ..Default::default()
+        };
+        let bn = BatchNormConfig::default();
+        let downsample = if stride != 1 || cin != cout {
+            let c1 = Conv2dConfig {
+                stride,
+                ..Default::default()
+            };
+            Some((
+                candle_nn::conv2d_no_bias(cin, cout, 1, c1, vb.pp("downsample.0"))?,
+                candle_nn::batch_norm(cout, bn, vb.pp("downsample.1"))?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            conv1: candle_nn::conv2d_no_bias(cin, cout, 3, c3, vb.pp("conv1"))?,
+            bn1: candle_nn::batch_norm(cout, bn, vb.pp("bn1"))?,
+            conv2: candle_nn::conv2d_no_bias(
+                cout,
+                cout,
+                3,
+                Conv2dConfig {
+                    padding: 1,
+                    ..Default::default()
+                },
+                vb.pp("conv2"),
+            )?,
+            bn2: candle_nn::batch_norm(cout, bn, vb.pp("bn2"))?,
+            downsample,
+            stride,
+        })
+    }
+
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = bn_relu(&self.bn1, &conv(&self.conv1, x, self.stride, true)?, train)?;
+        let y = bn_plain(&self.bn2, &conv(&self.conv2, &y, 1, true)?, train)?;
+        let identity = match &self.downsample {
+            Some((c, bn)) => bn_plain(bn, &x.conv2d(c.weight(), 0, self.stride, 1, 1)?, train)?,
+            None => x.clone(),
+        };
+        (y + identity)?.relu()
+    }
+
+    /// The block's ReLU outputs in evaluation (`bn1`'s and the block's own), for the probe.
+    fn relu_layers(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        let a = self
+            .bn1
+            .forward_t(&x.conv2d(self.conv1.weight(), 1, self.stride, 1, 1)?, false)?
+            .relu()?;
+        let y = self
+            .bn2
+            .forward_t(&a.conv2d(self.conv2.weight(), 1, 1, 1, 1)?, false)?;
+        let identity = match &self.downsample {
+            Some((c, bn)) => bn.forward_t(&x.conv2d(c.weight(), 0, self.stride, 1, 1)?, false)?,
+            None => x.clone(),
+        };
+        Ok((a, (y + identity)?.relu()?))
+    }
+}
+
+/// A ResNet backbone (torchvision's layout) with global average pooling and siam's head.
+#[derive(Debug)]
+pub struct ResNet {
+    conv1: Conv2d,
+    bn1: BatchNorm,
+    stem: Stem,
+    stages: Vec<Vec<BasicBlock>>,
+    hidden: Option<Linear>,
+    out: Linear,
+}
+
+impl ResNet {
+    /// A ResNet of `depth` (18 or 34) for `channels`-channel input under `vb`.
+    pub fn new(
+        depth: usize,
+        cfg: &ResnetConfig,
+        channels: usize,
+        vb: VarBuilder<'_>,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let Some(depths) = stage_depths(depth) else {
+            candle_core::bail!("no ResNet of depth {depth} (18 or 34)")
+        };
+        let w0 = cfg.widths[0];
+        let stem_cfg = match cfg.stem {
+            Stem::Imagenet => (7, 2, 3),
+            Stem::Small => (3, 1, 1),
+        };
+        let conv1 = candle_nn::conv2d_no_bias(
+            channels,
+            w0,
+            stem_cfg.0,
+            Conv2dConfig {
+                padding: stem_cfg.2,
+                stride: stem_cfg.1,
+                ..Default::default()
+            },
+            vb.pp("conv1"),
+        )?;
+        let bn1 = candle_nn::batch_norm(w0, BatchNormConfig::default(), vb.pp("bn1"))?;
+        let mut stages = Vec::with_capacity(4);
+        let mut cin = w0;
+        for (s, (&w, &n)) in cfg.widths.iter().zip(&depths).enumerate() {
+            let vs = vb.pp(format!("layer{}", s + 1));
+            let mut blocks = Vec::with_capacity(n);
+            for b in 0..n {
+                let stride = if s > 0 && b == 0 { 2 } else { 1 };
+                blocks.push(BasicBlock::new(cin, w, stride, vs.pp(b.to_string()))?);
+                cin = w;
+            }
+            stages.push(blocks);
+        }
+        let dim = cfg.embedding_dim;
+        let (hidden, out) = if cfg.hidden > 0 {
+            (
+                Some(candle_nn::linear(cin, cfg.hidden, vb.pp("head.hidden"))?),
+                candle_nn::linear(cfg.hidden, dim, vb.pp("head.out"))?,
+            )
+        } else {
+            (None, candle_nn::linear(cin, dim, vb.pp("head.out"))?)
+        };
+        Ok(Self {
+            conv1,
+            bn1,
+            stem: cfg.stem,
+            stages,
+            hidden,
+            out,
+        })
+    }
+
+    fn stem_forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let (k, stride) = match self.stem {
+            Stem::Imagenet => (7, 2),
+            Stem::Small => (3, 1),
+        };
+        let y = if stride == 1 {
+            crate::kernels::conv2d(x, self.conv1.weight(), None, k / 2, false)?
+        } else {
+            x.conv2d(self.conv1.weight(), k / 2, stride, 1, 1)?
+        };
+        let y = bn_relu(&self.bn1, &y, train)?;
+        match self.stem {
+            Stem::Imagenet => crate::kernels::max_pool2d(&y, 3, 2, 1),
+            Stem::Small => Ok(y),
+        }
+    }
+
+    /// The backbone's pooled features (N, widths[3]): torchvision's `model.fc = Identity()`
+    /// output, before siam's head.
+    pub fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut y = self.stem_forward(x, train)?;
+        for b in self.stages.iter().flatten() {
+            y = b.forward_t(&y, train)?;
+        }
+        y.mean(D::Minus1)?.mean(D::Minus1)
+    }
+
+    /// Every ReLU layer's output in evaluation, named by its variables' prefix.
+    pub(super) fn relu_layers(&self, x: &Tensor) -> Result<Vec<(String, Tensor)>> {
+        let mut out = Vec::new();
+        let stem = self.stem_forward(x, false)?;
+        out.push(("bn1".to_string(), stem.clone()));
+        let mut y = stem;
+        for (s, stage) in self.stages.iter().enumerate() {
+            for (b, block) in stage.iter().enumerate() {
+                let (a, z) = block.relu_layers(&y)?;
+                out.push((format!("layer{}.{b}.bn1", s + 1), a));
+                out.push((format!("layer{}.{b}", s + 1), z.clone()));
+                y = z;
+            }
+        }
+        if let Some(h) = &self.hidden {
+            let f = y.mean(D::Minus1)?.mean(D::Minus1)?;
+            out.push(("head.hidden".to_string(), h.forward(&f)?.relu()?));
+        }
+        Ok(out)
+    }
+}
+
+impl ModuleT for ResNet {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let f = self.features_t(x, train)?;
+        let f = match &self.hidden {
+            Some(h) => h.forward(&f)?.relu()?,
+            None => f,
+        };
+        self.out.forward(&f)
+    }
+}
