@@ -129,8 +129,12 @@ pub struct TrainArgs {
     /// The run folder (default runs/<preset>-<time>); it must not exist.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// A torchvision or timm ResNet state dict (safetensors) to start a resnet18/resnet34
+    /// backbone from (`model.encoder.pretrained`).
+    #[arg(long, value_name = "FILE")]
+    pub pretrained: Option<String>,
     /// Resume the run in this folder from its last checkpoint.
-    #[arg(long, conflicts_with_all = ["config", "preset", "out", "sets"])]
+    #[arg(long, conflicts_with_all = ["config", "preset", "out", "sets", "pretrained"])]
     pub resume: Option<PathBuf>,
     /// Print the summary as JSON on stdout.
     #[arg(long)]

@@ -117,6 +117,9 @@ fn train(a: TrainArgs) -> Result<()> {
         if let Some(v) = a.lr {
             cfg.set_lr(v);
         }
+        if let Some(p) = &a.pretrained {
+            cfg.set_pretrained(p)?;
+        }
         cfg.validate()?;
         let out = a
             .out

@@ -111,8 +111,43 @@ fn train_refuses_an_existing_run_folder_and_bad_flags() {
         2,
         "invalid value",
     );
+    // --pretrained needs a ResNet; into a ResNet, a file that does not fit is named.
+    fails(
+        siam()
+            .args([
+                "train",
+                "--preset",
+                "quick",
+                "--pretrained",
+                "r.safetensors",
+                "--out",
+            ])
+            .arg(run.join("z")),
+        1,
+        "--pretrained loads a resnet18 or resnet34 backbone; model.encoder.kind is seed-cnn",
+    );
+    let tv = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fixtures/models/resnet/resnet34.safetensors");
+    fails(
+        siam()
+            .args([
+                "train",
+                "--preset",
+                "quick",
+                "--set",
+                "model.encoder={kind = \"resnet18\", widths = [4, 8, 16, 32]}",
+                "--set",
+                "data.source=\"fixtures\"",
+                "--pretrained",
+            ])
+            .arg(&tv)
+            .arg("--out")
+            .arg(run.join("z")),
+        1,
+        "resnet34.safetensors: not a resnet18 backbone",
+    );
     assert!(
-        !run.join("x").exists() && !run.join("y").exists(),
+        !run.join("x").exists() && !run.join("y").exists() && !run.join("z").exists(),
         "no run folder for a failed start"
     );
 }

@@ -2,6 +2,7 @@
 //! stop, early stopping and the checkpoint policy. Runs are tiny to keep the suite fast.
 
 mod diagnose;
+mod finetune;
 mod fuzz_replay;
 
 use std::path::Path;

@@ -485,6 +485,21 @@ impl TrainConfig {
         }
     }
 
+    /// Sets `model.encoder.pretrained`: a torchvision or timm state dict (safetensors) that a
+    /// ResNet encoder's backbone starts from. An error for the other encoders.
+    pub fn set_pretrained(&mut self, path: &str) -> Result<()> {
+        match &mut self.model.encoder {
+            siam_model::EncoderConfig::Resnet18(r) | siam_model::EncoderConfig::Resnet34(r) => {
+                r.pretrained = Some(path.to_string());
+                Ok(())
+            }
+            other => Err(TrainError::Config(format!(
+                "--pretrained loads a resnet18 or resnet34 backbone; model.encoder.kind is {} (use --preset resnet, or set model.encoder.kind)",
+                other.kind()
+            ))),
+        }
+    }
+
     /// Parses TOML; unknown keys and wrong types are errors naming the key.
     pub fn from_toml(text: &str, origin: &Path) -> Result<Self> {
         let c: Self = toml::from_str(text)

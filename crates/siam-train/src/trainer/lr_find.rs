@@ -125,7 +125,7 @@ pub fn lr_find(cfg: &TrainConfig, opts: &LrFindOptions) -> Result<LrFind> {
     cfg.sampler = sampler;
     let device = siam_model::parse_device(&cfg.device)?;
     let mcfg = model_config(&cfg, &data.train);
-    let model = SiameseModel::new(&mcfg, derive_seed(cfg.seed, &[stream::INIT]), &device)?;
+    let model = super::initial_model(&mcfg, cfg.seed, &device, &mut |_| {})?;
     let loss_vars = loss_state(
         &cfg,
         data.train.num_classes(),

@@ -267,7 +267,7 @@ pub fn train(
     run::sampler_for(&sampler, cfg, &data)?;
     let device = siam_model::parse_device(&cfg.device)?;
     let mcfg = model_config(cfg, &data.train);
-    let model = SiameseModel::new(&mcfg, derive_seed(cfg.seed, &[stream::INIT]), &device)?;
+    let model = initial_model(&mcfg, cfg.seed, &device, on)?;
     // config.toml first: a run killed at any later point can be resumed from its folder.
     std::fs::create_dir_all(dir)
         .map_err(|e| TrainError::run(dir, format!("cannot create the run folder: {e}")))?;
@@ -308,6 +308,38 @@ pub fn train(
     run.go(on)
 }
 
+/// The model a run starts from: weights drawn from the run's seed, then, for a ResNet with
+/// `pretrained` set, the backbone loaded from that file (the head keeps its drawn weights).
+pub(crate) fn initial_model(
+    mcfg: &siam_model::ModelConfig,
+    seed: u64,
+    device: &siam_model::candle_core::Device,
+    on: &mut dyn FnMut(Event<'_>),
+) -> Result<SiameseModel> {
+    let model = SiameseModel::new(mcfg, derive_seed(seed, &[stream::INIT]), device)?;
+    if let Some(path) = mcfg
+        .encoder
+        .resnet()
+        .and_then(|(_, r)| r.pretrained.as_deref())
+    {
+        let load = siam_model::pretrained::load_backbone(&model, Path::new(path))?;
+        on(Event::Note(&format!(
+            "pretrained backbone from {path}: {} tensors loaded{}, {} ignored ({})",
+            load.loaded,
+            load.stripped_prefix
+                .map(|p| format!(" (prefix {p} removed)"))
+                .unwrap_or_default(),
+            load.ignored.len(),
+            if load.ignored.is_empty() {
+                "none".to_string()
+            } else {
+                "the classifier and BatchNorm counters".to_string()
+            }
+        )));
+    }
+    Ok(model)
+}
+
 /// Resumes the run in `dir` from its latest checkpoint; the result equals an uninterrupted run.
 /// A run stopped before its first checkpoint (killed, say) starts again from step 0.
 pub fn resume(dir: &Path, opts: &TrainOptions, on: &mut dyn FnMut(Event<'_>)) -> Result<Summary> {
@@ -331,7 +363,7 @@ pub fn resume(dir: &Path, opts: &TrainOptions, on: &mut dyn FnMut(Event<'_>)) ->
             (model, opt, progress)
         }
         None => {
-            let model = SiameseModel::new(&mcfg, derive_seed(cfg.seed, &[stream::INIT]), &device)?;
+            let model = initial_model(&mcfg, cfg.seed, &device, on)?;
             let opt = Optimizer::new(cfg.optimizer.clone(), trained_vars(&model, &loss_vars));
             std::fs::create_dir_all(checkpoint_dir(dir))
                 .map_err(|e| TrainError::run(dir, format!("cannot create checkpoints/: {e}")))?;

@@ -1,0 +1,181 @@
+//! A ResNet run from a pretrained torchvision backbone: the fixture image folder read as RGB,
+//! the narrow torchvision ResNet-18 of `fixtures/models/resnet/` as the starting point.
+
+use std::path::{Path, PathBuf};
+
+use siam_model::{EncoderConfig, ResnetConfig, SiameseModel, Stem};
+use siam_train::{Event, TrainConfig, train};
+
+fn repo(p: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").join(p)
+}
+
+/// A small colour image folder: 16 fixture images a class (channel-first pixels), each
+/// tinted by its own colour (a per-image weight for each channel), saved as RGB PNGs.
+fn colour_folder(root: &Path) {
+    let (_, gray) =
+        siam_train::data::eval_set("fixtures", &siam_model::InputSpec::fashion_mnist()).unwrap();
+    let by = gray.indices_by_class();
+    let mut pixels = Vec::new();
+    let mut labels = Vec::new();
+    for (c, idx) in by.iter().enumerate() {
+        for (k, &i) in idx[..16].iter().enumerate() {
+            let tint = [
+                (c * 37 + k * 11) % 100,
+                (c * 53 + k * 7) % 100,
+                (c * 17 + k * 29) % 100,
+            ];
+            for t in tint {
+                pixels.extend(
+                    gray.image(i)
+                        .iter()
+                        .map(|&v| ((u32::from(v) * (40 + t as u32)) / 140) as u8),
+                );
+            }
+            labels.push(c as u32);
+        }
+    }
+    let shape = siam_data::ImageShape {
+        channels: 3,
+        height: 28,
+        width: 28,
+    };
+    let set = siam_data::ImageSet::new(pixels, labels, shape, gray.class_names().to_vec()).unwrap();
+    for i in 0..set.len() {
+        let class = set.class_names()[set.label(i) as usize].replace('/', "-");
+        std::fs::create_dir_all(root.join(&class)).unwrap();
+        siam_data::folder::save_png(&set, i, root.join(&class).join(format!("{i:03}.png")))
+            .unwrap();
+    }
+}
+
+fn resnet_run(root: &Path, pretrained: Option<&Path>) -> TrainConfig {
+    let mut c = super::tiny();
+    c.data.source = root.display().to_string();
+    c.data.val_fraction = 0.25;
+    c.data.color = siam_data::ColorMode::Rgb;
+    c.model.encoder = EncoderConfig::Resnet18(ResnetConfig {
+        widths: vec![4, 8, 16, 32],
+        stem: Stem::Imagenet,
+        hidden: 0,
+        embedding_dim: 16,
+        pretrained: pretrained.map(|p| p.display().to_string()),
+    });
+    c.epochs = 1;
+    c.steps_per_epoch = 3;
+    c
+}
+
+/// Every backbone weight of a model, by name.
+fn backbone(m: &SiameseModel) -> Vec<(String, Vec<f32>)> {
+    let data = m.varmap().data().lock().unwrap();
+    let mut v: Vec<(String, Vec<f32>)> = data
+        .iter()
+        .filter(|(k, _)| k.starts_with("encoder.") && !k.starts_with("encoder.head."))
+        .map(|(k, t)| (k.clone(), t.flatten_all().unwrap().to_vec1().unwrap()))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn a_resnet_trains_from_a_pretrained_torchvision_backbone_on_rgb_images() {
+    let dir = tempfile::tempdir().unwrap();
+    // A copy of the state dict, removed after training: the model file must not need it.
+    let weights = dir.path().join("resnet18.safetensors");
+    std::fs::copy(
+        repo("fixtures/models/resnet/resnet18.safetensors"),
+        &weights,
+    )
+    .unwrap();
+    let root = dir.path().join("colour");
+    colour_folder(&root);
+    let cfg = resnet_run(&root, Some(&weights));
+    let mut notes = Vec::new();
+    let s = train(
+        &cfg,
+        &dir.path().join("run"),
+        &Default::default(),
+        &mut |e| {
+            if let Event::Note(n) = e {
+                notes.push(n.to_string());
+            }
+        },
+    )
+    .unwrap();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("pretrained backbone from") && n.contains("tensors loaded")),
+        "{notes:?}"
+    );
+    std::fs::remove_file(&weights).unwrap();
+    let trained = SiameseModel::load(&s.model, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(trained.config().input.channels, 3);
+    assert!(s.test.verification.roc_auc.is_finite());
+    // The run started from the file, not from its seed: a few steps later the backbone is
+    // far closer to torchvision's weights than a run from the seed alone is.
+    let tv = candle_core::safetensors::load(
+        repo("fixtures/models/resnet/resnet18.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let distance = |m: &SiameseModel| -> f32 {
+        backbone(m)
+            .iter()
+            .filter(|(k, _)| k.ends_with(".weight"))
+            .map(|(k, v)| {
+                let t: Vec<f32> = tv[&k["encoder.".len()..]]
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                v.iter()
+                    .zip(&t)
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum::<f32>()
+            })
+            .sum::<f32>()
+            .sqrt()
+    };
+    let scratch = train(
+        &resnet_run(&root, None),
+        &dir.path().join("scratch"),
+        &Default::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let scratch = SiameseModel::load(&scratch.model, &candle_core::Device::Cpu).unwrap();
+    let (d_pre, d_scratch) = (distance(&trained), distance(&scratch));
+    assert!(d_pre * 4.0 < d_scratch, "{d_pre} vs {d_scratch}");
+}
+
+#[test]
+fn a_pretrained_file_that_does_not_fit_fails_before_the_run_folder_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("colour");
+    colour_folder(&root);
+    let mut cfg = resnet_run(
+        &root,
+        Some(&repo("fixtures/models/resnet/resnet34.safetensors")),
+    );
+    let run = dir.path().join("run");
+    let e = train(&cfg, &run, &Default::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("resnet34.safetensors") && e.contains("nothing was loaded"),
+        "{e}"
+    );
+    assert!(!run.exists());
+    cfg = resnet_run(&root, Some(&dir.path().join("absent.safetensors")));
+    let e = train(&cfg, &run, &Default::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("absent.safetensors"), "{e}");
+    assert!(!run.exists());
+    // --pretrained on an encoder that is not a ResNet is a config error naming the encoder.
+    let mut c = TrainConfig::preset("quick").unwrap();
+    let e = c.set_pretrained("x.safetensors").unwrap_err().to_string();
+    assert!(e.contains("seed-cnn") || e.contains("convnet"), "{e}");
+}
