@@ -1,7 +1,8 @@
-//! ResNet encoders against torchvision: narrow torchvision ResNets (their own `ResNet`,
-//! `BasicBlock` and `_make_layer`, built by `fixtures/models/resnet/make.py`, which records the
-//! versions) load through `siam_model::pretrained`, and siam's pooled backbone features equal
-//! torchvision's in evaluation mode; every kind of bad state dict is refused by name with
+//! ResNet encoders against torchvision and timm: narrow torchvision ResNets (their own
+//! `ResNet`, `BasicBlock` and `_make_layer`, built by `fixtures/models/resnet/make.py`, which
+//! records the versions) and a narrow timm ResNet-18 (`make_timm.py`) load through
+//! `siam_model::pretrained`, and siam's pooled backbone features equal theirs in evaluation
+//! mode; every kind of bad state dict is refused by name with
 //! nothing loaded; a training step runs and moves the weights.
 
 use std::collections::HashMap;
@@ -45,8 +46,15 @@ fn config(depth: usize, widths: &[usize], stem: Stem, h: usize, w: usize) -> Mod
     }
 }
 
+/// Inputs and pooled features of torchvision's networks (`make.py`) and timm's
+/// (`make_timm.py`).
 fn expected() -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture("expected.safetensors"), &Device::Cpu).unwrap()
+    let mut e =
+        candle_core::safetensors::load(fixture("expected.safetensors"), &Device::Cpu).unwrap();
+    e.extend(
+        candle_core::safetensors::load(fixture("expected-timm.safetensors"), &Device::Cpu).unwrap(),
+    );
+    e
 }
 
 /// Every backbone variable, by name, as plain values.
@@ -68,6 +76,7 @@ fn pooled_features_equal_torchvisions_in_evaluation() {
         ("resnet18", 18, [4, 8, 16, 32], Stem::Imagenet),
         ("resnet18-small", 18, [4, 8, 16, 32], Stem::Small),
         ("resnet34", 34, [4, 4, 8, 8], Stem::Imagenet),
+        ("timm-resnet18", 18, [4, 8, 16, 32], Stem::Imagenet),
     ] {
         let x = &exp[&format!("{file}.x")];
         let want = &exp[&format!("{file}.features")];
@@ -95,10 +104,10 @@ fn pooled_features_equal_torchvisions_in_evaluation() {
             .to_scalar()
             .unwrap();
         let scale: f32 = want.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
-        eprintln!("{file}: max |siam − torchvision| = {diff:.2e} (features up to {scale:.3})");
+        eprintln!("{file}: max |siam − reference| = {diff:.2e} (features up to {scale:.3})");
         assert!(
             diff <= 1e-4,
-            "{file}: max |siam − torchvision| = {diff} (features up to {scale})"
+            "{file}: max |siam − reference| = {diff} (features up to {scale})"
         );
         // The comparison can fail: the initial weights give other features.
         let off: f32 = (&before - want)
