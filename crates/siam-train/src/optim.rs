@@ -18,19 +18,43 @@ pub struct Optimizer {
     v: BTreeMap<String, Tensor>,
     /// Steps taken.
     t: u64,
+    /// Per variable (in `vars` order): learning-rate factor, and the step after which it
+    /// starts updating (0: from the first). A variable held until step `s` counts its own
+    /// AdamW steps from `s + 1`, as PyTorch does for a parameter that had no gradient before.
+    groups: Vec<(f64, u64)>,
 }
 
 impl Optimizer {
     /// An optimizer over `vars` (name, variable), in a fixed order.
     pub fn new(cfg: OptimizerConfig, mut vars: Vec<(String, Var)>) -> Self {
         vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let groups = vec![(1.0, 0); vars.len()];
         Self {
             cfg,
             vars,
             m: BTreeMap::new(),
             v: BTreeMap::new(),
             t: 0,
+            groups,
         }
+    }
+
+    /// The variables whose name `pick` accepts learn at `lr_scale` times the learning rate and
+    /// are held (not updated) for the first `hold_steps` steps. Returns how many were picked.
+    pub fn set_group(
+        &mut self,
+        pick: impl Fn(&str) -> bool,
+        lr_scale: f64,
+        hold_steps: u64,
+    ) -> usize {
+        let mut n = 0;
+        for ((name, _), g) in self.vars.iter().zip(&mut self.groups) {
+            if pick(name) {
+                *g = (lr_scale, hold_steps);
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Steps taken so far.
@@ -41,11 +65,14 @@ impl Optimizer {
     /// Applies one update with learning rate `lr`; variables without a gradient are left alone.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.t += 1;
-        let t = self.t as i32;
-        for (name, var) in &self.vars {
+        for ((name, var), &(scale, hold)) in self.vars.iter().zip(&self.groups) {
+            if self.t <= hold {
+                continue;
+            }
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
+            let (lr, t) = (lr * scale, (self.t - hold) as i32);
             match self.cfg {
                 OptimizerConfig::Adamw {
                     weight_decay,
@@ -371,6 +398,80 @@ mod tests {
                 assert!(
                     (v[0] - expect[0]).abs() < tol && (v[1] - expect[1]).abs() < tol,
                     "{dtype:?}: {v:?} vs {expect:?}"
+                );
+            }
+        }
+    }
+
+    /// A group at a tenth of the learning rate, held for the first step, against PyTorch's
+    /// parameter groups, where a parameter without a gradient on step 1 starts its own step
+    /// count on step 2 (PyTorch 2.15, float64):
+    ///   x = torch.tensor([1.,-2.], dtype=torch.float64, requires_grad=True)
+    ///   y = torch.tensor([3.,-1.], dtype=torch.float64, requires_grad=True)
+    ///   opt = torch.optim.AdamW([{'params':[x]}, {'params':[y], 'lr':0.01}], lr=0.1, weight_decay=0.01)
+    ///   for i in range(3):
+    ///       opt.zero_grad(set_to_none=True)
+    ///       loss = (x**2).sum() + ((y**2).sum() if i>0 else 0); loss.backward(); opt.step()
+    ///   → x [0.6989111831582322, -1.6949445143849768], y [2.979401941278302, -0.9798037848755639]
+    /// Here y has a gradient on step 1 too: the hold alone keeps it unchanged.
+    #[test]
+    fn a_held_group_at_a_lower_rate_matches_pytorch_groups() {
+        let cfg = OptimizerConfig::Adamw {
+            lr: 0.1,
+            weight_decay: 0.01,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+        };
+        for dtype in [candle_core::DType::F64, candle_core::DType::F32] {
+            let mk = |v: [f64; 2]| {
+                Var::from_tensor(
+                    &Tensor::new(&v, &Device::Cpu)
+                        .unwrap()
+                        .to_dtype(dtype)
+                        .unwrap(),
+                )
+                .unwrap()
+            };
+            let (x, y) = (mk([1.0, -2.0]), mk([3.0, -1.0]));
+            let mut opt = Optimizer::new(
+                cfg.clone(),
+                vec![("x".into(), x.clone()), ("y".into(), y.clone())],
+            );
+            assert_eq!(opt.set_group(|n| n == "y", 0.1, 1), 1);
+            for step in 0..3 {
+                let loss = (x.as_tensor().sqr().unwrap().sum_all().unwrap()
+                    + y.as_tensor().sqr().unwrap().sum_all().unwrap())
+                .unwrap();
+                opt.step(&loss.backward().unwrap(), 0.1).unwrap();
+                let yv: Vec<f64> = y
+                    .as_tensor()
+                    .to_dtype(candle_core::DType::F64)
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                if step == 0 {
+                    assert_eq!(yv, [3.0, -1.0], "held on step 1");
+                }
+            }
+            let tol = if dtype == candle_core::DType::F64 {
+                1e-9
+            } else {
+                1e-6
+            };
+            for (v, want) in [
+                (&x, [0.6989111831582322, -1.6949445143849768]),
+                (&y, [2.979401941278302, -0.9798037848755639]),
+            ] {
+                let got: Vec<f64> = v
+                    .as_tensor()
+                    .to_dtype(candle_core::DType::F64)
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                assert!(
+                    (got[0] - want[0]).abs() < tol && (got[1] - want[1]).abs() < tol,
+                    "{dtype:?}: {got:?} vs {want:?}"
                 );
             }
         }

@@ -549,6 +549,24 @@ impl ConvNet {
 
 impl ModuleT for ConvNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let f = self.features_t(x, train)?;
+        self.head_t(&f, train)
+    }
+}
+
+impl ConvNet {
+    /// The projection head (dropout, hidden layer, output) on pooled features.
+    fn head_t(&self, f: &Tensor, train: bool) -> Result<Tensor> {
+        let x = self.dropout.forward_t(f, train)?;
+        let x = match &self.hidden {
+            Some(h) => h.forward(&x)?.relu()?,
+            None => x,
+        };
+        self.out.forward(&x)
+    }
+
+    /// The blocks and the pooling: the head's input.
+    fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let last = self.blocks.len() - 1;
         let x = if crate::kernels::fast_path(&[x, self.blocks[0].c1.weight()]) {
             // The CPU path: each block one fused operation on channel-last activations; the
@@ -564,16 +582,10 @@ impl ModuleT for ConvNet {
         if x.rank() != 4 {
             candle_core::bail!("the convnet's feature map has shape {:?}", x.dims())
         }
-        let x = match self.pooling {
-            Pooling::GlobalAverage => x.mean(D::Minus1)?.mean(D::Minus1)?,
-            Pooling::Flatten => x.flatten_from(1)?,
-        };
-        let x = self.dropout.forward_t(&x, train)?;
-        let x = match &self.hidden {
-            Some(h) => h.forward(&x)?.relu()?,
-            None => x,
-        };
-        self.out.forward(&x)
+        match self.pooling {
+            Pooling::GlobalAverage => x.mean(D::Minus1)?.mean(D::Minus1),
+            Pooling::Flatten => x.flatten_from(1),
+        }
     }
 }
 
@@ -607,6 +619,18 @@ pub enum Encoder {
 }
 
 impl Encoder {
+    /// The forward pass in training with the backbone frozen: everything before the
+    /// projection head in evaluation mode (BatchNorm's running statistics, no dropout) and
+    /// detached, so no gradient reaches it and its statistics stay; the head in training
+    /// mode. The seed CNN has no separate head and is run as in training.
+    pub fn forward_frozen_backbone(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::SeedCnn(m) => m.forward(x),
+            Self::Convnet(m) => m.head_t(&m.features_t(x, false)?.detach(), true),
+            Self::Resnet(m) => m.head(&m.features_t(x, false)?.detach()),
+        }
+    }
+
     /// Reseeds dropout masks (no-op for encoders without dropout).
     pub fn reseed_dropout(&self, seed: u64) {
         if let Self::Convnet(c) = self {

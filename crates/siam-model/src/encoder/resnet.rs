@@ -363,13 +363,19 @@ impl ResNet {
     }
 }
 
-impl ModuleT for ResNet {
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let f = self.features_t(x, train)?;
+impl ResNet {
+    /// siam's projection head on pooled features.
+    pub fn head(&self, f: &Tensor) -> Result<Tensor> {
         let f = match &self.hidden {
-            Some(h) => h.forward(&f)?.relu()?,
-            None => f,
+            Some(h) => h.forward(f)?.relu()?,
+            None => f.clone(),
         };
         self.out.forward(&f)
+    }
+}
+
+impl ModuleT for ResNet {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.head(&self.features_t(x, train)?)
     }
 }

@@ -152,6 +152,7 @@ impl SiameseModel {
         }
         Ok((
             Self {
+                backbone_frozen: Default::default(),
                 encoder,
                 head,
                 varmap,

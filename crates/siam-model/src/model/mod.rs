@@ -119,6 +119,9 @@ pub struct SiameseModel {
     varmap: VarMap,
     meta: ModelMeta,
     device: Device,
+    /// While set, training-mode forward passes keep the backbone frozen
+    /// ([`SiameseModel::set_backbone_frozen`]).
+    backbone_frozen: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for SiameseModel {
@@ -220,6 +223,7 @@ impl SiameseModel {
         let (encoder, head, varmap) = build(config, device)?;
         encoder::init_pytorch_default(&varmap, seed)?;
         Ok(Self {
+            backbone_frozen: Default::default(),
             encoder,
             head,
             varmap,
@@ -282,9 +286,25 @@ impl SiameseModel {
         self.encoder.reseed_dropout(seed);
     }
 
-    /// Embeds an (N, C, H, W) batch; `train` selects BatchNorm batch statistics and dropout.
+    /// Freezes (or unfreezes) the backbone for training-mode forward passes: everything but
+    /// the projection head then runs in evaluation mode and detached (no gradient, BatchNorm
+    /// statistics unchanged), as while fine-tuning a pretrained backbone's new head.
+    pub fn set_backbone_frozen(&self, frozen: bool) {
+        self.backbone_frozen
+            .store(frozen, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Embeds an (N, C, H, W) batch; `train` selects BatchNorm batch statistics and dropout
+    /// (for the head only while the backbone is frozen).
     pub fn forward_t(&self, x: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let e = self.encoder.forward_t(x, train)?;
+        let frozen = self
+            .backbone_frozen
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let e = if train && frozen {
+            self.encoder.forward_frozen_backbone(x)?
+        } else {
+            self.encoder.forward_t(x, train)?
+        };
         if self.meta.config.normalize {
             distance::l2_normalize(&e)
         } else {

@@ -64,6 +64,38 @@ pub struct TrainConfig {
     /// ArcFace, multi-similarity, ...); absent: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contrastive_term: Option<ContrastiveTerm>,
+    /// Fine-tuning a backbone (a pretrained ResNet, say): its own learning-rate factor and
+    /// frozen first epochs; absent: the whole network learns alike from the first step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetune: Option<Finetune>,
+}
+
+/// `[finetune]`: the backbone (every encoder variable but the projection head `head.*`)
+/// learns at `backbone-lr-scale` times the learning rate, and is frozen for the first
+/// `freeze-backbone-epochs` epochs: not updated, its BatchNorm in evaluation mode (running
+/// statistics kept), only the head (and a loss's proxies) learning. The usual recipe for a
+/// pretrained backbone: a few frozen epochs so the new head stops sending noise into it, then
+/// the backbone at a tenth of the head's rate.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Finetune {
+    /// The backbone's learning-rate factor, in (0, 1] (default 1).
+    #[serde(default = "unit_scale")]
+    pub backbone_lr_scale: f64,
+    /// Epochs at the start with the backbone frozen (default 0), fewer than `epochs`.
+    #[serde(default)]
+    pub freeze_backbone_epochs: usize,
+}
+
+fn unit_scale() -> f64 {
+    1.0
+}
+
+impl Finetune {
+    /// True for the backbone's variables (named as the model names them).
+    pub fn is_backbone(name: &str) -> bool {
+        name.starts_with("encoder.") && !name.starts_with("encoder.head.")
+    }
 }
 
 /// `[contrastive-term]`: the supervised loss becomes `loss + weight·contrastive`, the

@@ -8,14 +8,17 @@ use super::*;
 use crate::error::{Result, TrainError};
 
 /// The built-in presets, by name.
-pub const PRESETS: [&str; 4] = ["default", "seed", "quick", "convnet"];
+pub const PRESETS: [&str; 5] = ["default", "seed", "quick", "convnet", "resnet"];
 
 impl TrainConfig {
     /// A preset by name: `default` (the recommended recipe), `seed` (the recipe the project
     /// grew from: seed CNN, contrastive m = 2, random balanced pairs, Adam 1e-3, 5 epochs of
     /// 60k pairs), `quick` (a minute on the fixtures, for smoke tests), `convnet` (`default`
     /// with the deeper BatchNorm encoder, a flattened head and 12 epochs: the recipe that
-    /// reaches P@1 0.907 and ROC-AUC 0.991 on Fashion-MNIST, about 18× the time of `default`).
+    /// reaches P@1 0.907 and ROC-AUC 0.991 on Fashion-MNIST, about 18× the time of `default`),
+    /// `resnet` (fine-tuning a ResNet-18 on colour photos: RGB at 112×112, the backbone frozen
+    /// for the first epoch and then at a tenth of the head's rate; give it `--data` and
+    /// usually `--pretrained`).
     pub fn preset(name: &str) -> Result<Self> {
         let base = Self {
             seed: 42,
@@ -76,6 +79,7 @@ impl TrainConfig {
             },
             self_supervised: None,
             contrastive_term: None,
+            finetune: None,
         };
         match name {
             "seed" => Ok(base),
@@ -113,6 +117,23 @@ impl TrainConfig {
                     pooling: siam_model::Pooling::Flatten,
                 };
                 c.epochs = 12;
+                Ok(c)
+            }
+            "resnet" => {
+                // Fine-tuning: torchvision's ResNet-18 with siam's head, photos as RGB
+                // 112×112, one frozen epoch so the new head settles, then the backbone at a
+                // tenth of the rate; the default's P×K batches and contrastive loss.
+                let mut c = Self::preset("default")?;
+                c.model.encoder = EncoderConfig::Resnet18(siam_model::ResnetConfig::default());
+                c.data.color = ColorMode::Rgb;
+                c.data.size = Some([112, 112]);
+                c.epochs = 8;
+                c.steps_per_epoch = 200;
+                c.set_lr(3e-4);
+                c.finetune = Some(super::Finetune {
+                    backbone_lr_scale: 0.1,
+                    freeze_backbone_epochs: 1,
+                });
                 Ok(c)
             }
             "quick" => {

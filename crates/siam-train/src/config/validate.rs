@@ -188,6 +188,32 @@ impl TrainConfig {
                 );
             }
         }
+        if let Some(f) = &self.finetune {
+            if !(f.backbone_lr_scale > 0.0 && f.backbone_lr_scale <= 1.0) {
+                return bad(
+                    "finetune.backbone-lr-scale",
+                    format!("{} must be in (0, 1]", f.backbone_lr_scale),
+                );
+            }
+            if f.freeze_backbone_epochs >= self.epochs {
+                return bad(
+                    "finetune.freeze-backbone-epochs",
+                    format!(
+                        "{} leaves no epoch to train the backbone in (epochs = {})",
+                        f.freeze_backbone_epochs, self.epochs
+                    ),
+                );
+            }
+            if matches!(
+                self.model.encoder,
+                siam_model::EncoderConfig::SeedCnn { .. }
+            ) {
+                return bad(
+                    "finetune",
+                    "the seed-cnn has no projection head apart from its backbone; fine-tune a convnet, resnet18 or resnet34".into(),
+                );
+            }
+        }
         if self.loss.takes_classes() && !matches!(self.sampler, SamplerConfig::Pk { .. }) {
             return bad(
                 "sampler.kind",

@@ -24,6 +24,34 @@ pub(super) fn trained_vars(
     v
 }
 
+/// The optimizer over the model's and the loss's variables, with `[finetune]`'s backbone
+/// group: its learning-rate factor, and (with `hold`) no update during the frozen epochs.
+pub(super) fn optimizer(
+    cfg: &TrainConfig,
+    model: &SiameseModel,
+    loss_vars: &candle_nn::VarMap,
+    hold: bool,
+) -> crate::optim::Optimizer {
+    let mut opt =
+        crate::optim::Optimizer::new(cfg.optimizer.clone(), trained_vars(model, loss_vars));
+    if let Some(f) = &cfg.finetune {
+        let held = if hold { frozen_steps(cfg) } else { 0 };
+        opt.set_group(
+            crate::config::Finetune::is_backbone,
+            f.backbone_lr_scale,
+            held,
+        );
+    }
+    opt
+}
+
+/// Steps at the start of the run with the backbone frozen.
+pub(super) fn frozen_steps(cfg: &TrainConfig) -> u64 {
+    cfg.finetune.as_ref().map_or(0, |f| {
+        (f.freeze_backbone_epochs * cfg.steps_per_epoch) as u64
+    })
+}
+
 /// The loss's trainable state for `cfg`: CosFace/ArcFace proxies, one row per class of the data
 /// (labels index `classes`), drawn from the config's seed; empty for the other losses.
 pub(super) fn loss_state(

@@ -132,7 +132,7 @@ pub fn lr_find(cfg: &TrainConfig, opts: &LrFindOptions) -> Result<LrFind> {
         mcfg.encoder.embedding_dim(),
         &device,
     )?;
-    let opt = Optimizer::new(cfg.optimizer.clone(), trained_vars(&model, &loss_vars));
+    let opt = super::losses::optimizer(&cfg, &model, &loss_vars, false);
     let sampler = run::sampler_for(&cfg.sampler, &cfg, &data)?;
     let transform = run::train_transform(&cfg, &mcfg.input);
     let loader = Loader::spawn(

@@ -48,7 +48,7 @@ use crate::optim::{Optimizer, learning_rate};
 pub use folder::checkpoints;
 use folder::{RunLock, append_record, checkpoint_dir, load_checkpoint, remove_stale_temp_files};
 pub(crate) use losses::class_batch_loss;
-use losses::{loss_state, trained_vars};
+use losses::{frozen_steps, loss_state};
 use run::model_config;
 
 /// A training-step record (also a line of `metrics.jsonl`).
@@ -289,7 +289,7 @@ pub fn train(
         mcfg.encoder.embedding_dim(),
         &device,
     )?;
-    let opt = Optimizer::new(cfg.optimizer.clone(), trained_vars(&model, &loss_vars));
+    let opt = losses::optimizer(cfg, &model, &loss_vars, true);
     if let Some(r) = &data.roles {
         let mut rec = serde_json::to_value(ClassNames::of(r, data.train.class_names()))
             .map_err(|e| TrainError::run(dir, e.to_string()))?;
@@ -358,13 +358,13 @@ pub fn resume(dir: &Path, opts: &TrainOptions, on: &mut dyn FnMut(Event<'_>)) ->
     let (model, opt, progress) = match checkpoints(dir).pop() {
         Some(ckpt) => {
             let model = SiameseModel::new(&mcfg, 0, &device)?;
-            let mut opt = Optimizer::new(cfg.optimizer.clone(), trained_vars(&model, &loss_vars));
+            let mut opt = losses::optimizer(&cfg, &model, &loss_vars, true);
             let progress = load_checkpoint(&ckpt, &model, &loss_vars, &mut opt)?;
             (model, opt, progress)
         }
         None => {
             let model = initial_model(&mcfg, cfg.seed, &device, on)?;
-            let opt = Optimizer::new(cfg.optimizer.clone(), trained_vars(&model, &loss_vars));
+            let opt = losses::optimizer(&cfg, &model, &loss_vars, true);
             std::fs::create_dir_all(checkpoint_dir(dir))
                 .map_err(|e| TrainError::run(dir, format!("cannot create checkpoints/: {e}")))?;
             let _ = std::fs::remove_file(dir.join("model.safetensors"));

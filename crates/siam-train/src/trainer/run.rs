@@ -345,6 +345,7 @@ impl<'a> Run<'a> {
             let mut window_start = Instant::now();
             let mut window_steps_timed = 0u64;
             let run_start_step = self.progress.step;
+            let frozen = super::frozen_steps(&cfg);
             for item in loader {
                 let b = item?;
                 self.progress.step += 1;
@@ -352,6 +353,7 @@ impl<'a> Run<'a> {
                 let lr = learning_rate(&cfg.schedule, cfg.optimizer.lr(), step - 1, total, spe);
                 self.model
                     .reseed_dropout(derive_seed(cfg.seed, &[stream::DROPOUT, step]));
+                self.model.set_backbone_frozen(step <= frozen);
                 let (l, active) = self.batch_loss(&b.batch)?;
                 let lv = f64::from(l.to_dtype(DType::F32)?.to_scalar::<f32>()?);
                 if !lv.is_finite() {

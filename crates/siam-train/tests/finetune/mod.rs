@@ -179,3 +179,61 @@ fn a_pretrained_file_that_does_not_fit_fails_before_the_run_folder_exists() {
     let e = c.set_pretrained("x.safetensors").unwrap_err().to_string();
     assert!(e.contains("seed-cnn") || e.contains("convnet"), "{e}");
 }
+
+/// `[finetune]` with one frozen epoch of two: the checkpoint at the end of epoch 1 holds the
+/// pretrained backbone exactly — weights and BatchNorm running statistics — while the head has
+/// learnt; epoch 2 then trains the backbone (at a tenth of the rate).
+#[test]
+fn frozen_backbone_epochs_leave_the_backbone_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("colour");
+    colour_folder(&root);
+    let weights = repo("fixtures/models/resnet/resnet18.safetensors");
+    let mut cfg = resnet_run(&root, Some(&weights));
+    cfg.epochs = 2;
+    cfg.checkpoint.keep_last = 4;
+    cfg.finetune = Some(siam_train::config::Finetune {
+        backbone_lr_scale: 0.1,
+        freeze_backbone_epochs: 1,
+    });
+    let run = dir.path().join("run");
+    train(&cfg, &run, &Default::default(), &mut |_| {}).unwrap();
+    let tv = candle_core::safetensors::load(&weights, &candle_core::Device::Cpu).unwrap();
+    let ckpt = |step: usize| {
+        candle_core::safetensors::load(
+            run.join(format!("checkpoints/step-{step:08}.safetensors")),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+    };
+    let values =
+        |t: &candle_core::Tensor| -> Vec<f32> { t.flatten_all().unwrap().to_vec1().unwrap() };
+    let (e1, e2) = (ckpt(3), ckpt(6));
+    let mut backbone = 0;
+    for (k, t) in &e1 {
+        let Some(name) = k.strip_prefix("model.encoder.") else {
+            continue;
+        };
+        if name.starts_with("head.") {
+            continue;
+        }
+        backbone += 1;
+        assert_eq!(values(t), values(&tv[name]), "{name} moved while frozen");
+        assert_ne!(
+            values(&e2[k]),
+            values(t),
+            "{name} did not train after the frozen epoch"
+        );
+    }
+    assert_eq!(backbone, 100, "backbone tensors compared");
+    let head = "model.encoder.head.out.weight";
+    assert_ne!(values(&e1[head]), values(&e2[head]));
+    // Bad settings are named.
+    let mut bad = cfg.clone();
+    bad.finetune = Some(siam_train::config::Finetune {
+        backbone_lr_scale: 0.1,
+        freeze_backbone_epochs: 2,
+    });
+    let e = bad.validate().unwrap_err().to_string();
+    assert!(e.contains("finetune.freeze-backbone-epochs"), "{e}");
+}
