@@ -13,6 +13,9 @@ With --encoder convnet, siam's deeper encoder instead: blocks of two 3x3 convolu
 between blocks, then (--pooling flatten, the convnet preset) the 128x7x7 map flattened or
 (--pooling global-average) its mean over positions, Linear -> 256, ReLU, Linear 256->128.
 
+With --encoder resnet18, torchvision's resnet18 (random weights) with its classifier as siam's
+head, Linear(512 -> 128), on RGB inputs of --size x --size.
+
 Prints one JSON object: train_pairs_per_s and infer_images_per_s (medians of --reps).
 """
 
@@ -25,10 +28,11 @@ import torch
 import torch.nn as nn
 
 
-def images(k, seed):
-    i = torch.arange(k * 784, dtype=torch.int64)
+def images(k, seed, shape=(1, 28, 28)):
+    c, h, w = shape
+    i = torch.arange(k * c * h * w, dtype=torch.int64)
     v = ((i * 2654435761 + seed) % 997).to(torch.float32) / 997.0
-    return v.reshape(k, 1, 28, 28)
+    return v.reshape(k, c, h, w)
 
 
 class SeedCnn(nn.Module):
@@ -82,14 +86,24 @@ def main():
     p.add_argument("--infer-batch", type=int, default=1024)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, required=True)
-    p.add_argument("--encoder", choices=["seed-cnn", "convnet"], default="seed-cnn")
+    p.add_argument("--encoder", choices=["seed-cnn", "convnet", "resnet18"], default="seed-cnn")
+    p.add_argument("--size", type=int, default=28)
     p.add_argument("--pooling", choices=["flatten", "global-average"], default="flatten")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(1)
-    model = SeedCnn() if a.encoder == "seed-cnn" else ConvNet(a.pooling)
+    shape = (1, 28, 28)
+    if a.encoder == "seed-cnn":
+        model = SeedCnn()
+    elif a.encoder == "convnet":
+        model = ConvNet(a.pooling)
+    else:
+        import torchvision
+
+        model = torchvision.models.resnet18(num_classes=128)
+        shape = (3, a.size, a.size)
     n = a.pairs
-    xa, xb = images(n, 1), images(n, 2)
+    xa, xb = images(n, 1, shape), images(n, 2, shape)
     same = (torch.arange(n) % 2).to(torch.float32)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     steps = 5
@@ -104,7 +118,7 @@ def main():
             loss.backward()
             opt.step()
 
-    xi = images(a.infer_batch, 3)
+    xi = images(a.infer_batch, 3, shape)
 
     def infer():
         model.eval()

@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: training pairs/s, inference images/s, loader images/s and `compare`
 //! latency of the seed CNN (or, with `--encoder convnet`, the `convnet` preset's encoder; `--pooling
-//! global-average` for its other head) at 28×28; writes `target/bench/latest.json` and prints a table.
+//! global-average` for its other head) at 28×28, or of torchvision's ResNet-18 layout with siam's
+//! head on RGB images (`--encoder resnet18 --size 64|112|224`: training and inference only);
+//! writes `target/bench/latest.json` and prints a table.
 //! With `--device cuda` (or metal) it re-runs itself built with that feature.
 
 use std::path::Path;
@@ -22,12 +24,15 @@ pub struct Args {
     /// cpu, cuda or metal.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Pairs per training step.
-    #[arg(long, default_value_t = 128)]
-    pairs: usize,
-    /// Images per inference batch.
-    #[arg(long, default_value_t = 1024)]
-    infer_batch: usize,
+    /// Pairs per training step (default 128; 16 for resnet18).
+    #[arg(long)]
+    pairs: Option<usize>,
+    /// Images per inference batch (default 1024; 64 for resnet18).
+    #[arg(long)]
+    infer_batch: Option<usize>,
+    /// The side of resnet18's RGB input (default 64); the other encoders take 28×28.
+    #[arg(long)]
+    size: Option<usize>,
     /// Timed repetitions of each measurement (the median is reported).
     #[arg(long, default_value_t = 5)]
     reps: usize,
@@ -62,6 +67,9 @@ pub enum Encoder {
     SeedCnn,
     /// The `convnet` preset's encoder.
     Convnet,
+    /// torchvision's ResNet-18 layout (widths 64-512, ImageNet stem) with siam's linear head
+    /// to 128, on RGB input of `--size`.
+    Resnet18,
 }
 
 impl Encoder {
@@ -69,6 +77,32 @@ impl Encoder {
         match self {
             Self::SeedCnn => "seed-cnn",
             Self::Convnet => "convnet",
+            Self::Resnet18 => "resnet18",
+        }
+    }
+}
+
+impl Args {
+    fn pairs(&self) -> usize {
+        self.pairs.unwrap_or(if self.encoder == Encoder::Resnet18 {
+            16
+        } else {
+            128
+        })
+    }
+    fn infer_batch(&self) -> usize {
+        self.infer_batch
+            .unwrap_or(if self.encoder == Encoder::Resnet18 {
+                64
+            } else {
+                1024
+            })
+    }
+    /// Channels and side of the input.
+    fn input(&self) -> (usize, usize) {
+        match self.encoder {
+            Encoder::Resnet18 => (3, self.size.unwrap_or(64)),
+            _ => (1, 28),
         }
     }
 }
@@ -157,6 +191,13 @@ pub fn run(a: &Args) -> Result<()> {
         return Ok(());
     }
     let device = siam_model::parse_device(&a.device)?;
+    if a.size.is_some() && a.encoder != Encoder::Resnet18 {
+        bail!(
+            "--size sets resnet18's input; the {} takes 28x28",
+            a.encoder.name()
+        );
+    }
+    let (channels, side) = a.input();
     let cfg = ModelConfig {
         encoder: match a.encoder {
             Encoder::SeedCnn => EncoderConfig::SeedCnn { embedding_dim: 128 },
@@ -170,20 +211,32 @@ pub fn run(a: &Args) -> Result<()> {
                     PoolingArg::GlobalAverage => siam_model::Pooling::GlobalAverage,
                 },
             },
+            Encoder::Resnet18 => EncoderConfig::Resnet18(siam_model::ResnetConfig::default()),
         },
-        input: InputSpec::fashion_mnist(),
+        input: if a.encoder == Encoder::Resnet18 {
+            InputSpec {
+                channels: 3,
+                height: side,
+                width: side,
+                mean: vec![0.485, 0.456, 0.406],
+                std: vec![0.229, 0.224, 0.225],
+            }
+        } else {
+            InputSpec::fashion_mnist()
+        },
         normalize: false,
         distance: Distance::Euclidean,
         pair_head: false,
         test_time_flip: false,
     };
     let model = SiameseModel::new(&cfg, 1, &device)?;
-    let n = a.pairs;
+    let n = a.pairs();
+    let numel = channels * side * side;
     let imgs = |k: usize, seed: u64| -> Result<Tensor> {
-        let v: Vec<f32> = (0..k * 784)
+        let v: Vec<f32> = (0..k * numel)
             .map(|i| (((i as u64 * 2654435761 + seed) % 997) as f32) / 997.0)
             .collect();
-        Ok(Tensor::from_vec(v, (k, 1, 28, 28), &device)?)
+        Ok(Tensor::from_vec(v, (k, channels, side, side), &device)?)
     };
     let (xa, xb) = (imgs(n, 1)?, imgs(n, 2)?);
     let same = Tensor::from_vec(
@@ -206,8 +259,12 @@ pub fn run(a: &Args) -> Result<()> {
         vars,
     );
     let steps = 5;
-    let xi = imgs(a.infer_batch, 3)?;
-    let wants = |p: Part| a.only.is_none_or(|o| o == p);
+    let xi = imgs(a.infer_batch(), 3)?;
+    // The loader and compare parts read the 28×28 gray fixtures: not for resnet18.
+    let resnet = a.encoder == Encoder::Resnet18;
+    let wants = |p: Part| {
+        a.only.is_none_or(|o| o == p) && !(resnet && matches!(p, Part::Loader | Part::Compare))
+    };
     let mut measure_siam = || -> Result<(f64, f64)> {
         let mut train_pairs_per_s = f64::NAN;
         if wants(Part::Training) {
@@ -226,7 +283,7 @@ pub fn run(a: &Args) -> Result<()> {
         let mut infer_images_per_s = f64::NAN;
         if wants(Part::Inference) {
             let infer = time(a.reps, || sync(&model.embed(&xi)?))?;
-            infer_images_per_s = a.infer_batch as f64 / median(infer);
+            infer_images_per_s = a.infer_batch() as f64 / median(infer);
         }
         Ok((train_pairs_per_s, infer_images_per_s))
     };
@@ -286,7 +343,7 @@ pub fn run(a: &Args) -> Result<()> {
         "threads": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "network": network(a),
         "train_batch_pairs": n,
-        "infer_batch_images": a.infer_batch,
+        "infer_batch_images": a.infer_batch(),
         "loader_batch_pairs": n,
         "train_pairs_per_s": train_pairs_per_s,
         "infer_images_per_s": infer_images_per_s,
@@ -321,7 +378,7 @@ pub fn run(a: &Args) -> Result<()> {
             infer_images_per_s,
             format!(
                 "  inference      {infer_images_per_s:>10.0} images/s   (batch {})",
-                a.infer_batch
+                a.infer_batch()
             ),
         );
         line(
@@ -341,9 +398,13 @@ pub fn run(a: &Args) -> Result<()> {
     Ok(())
 }
 
-/// What is measured, in words: the encoder (with its pooling) at 28×28.
+/// What is measured, in words: the encoder (with its pooling) and its input.
 fn network(a: &Args) -> String {
     match a.encoder {
+        Encoder::Resnet18 => {
+            let (_, s) = a.input();
+            format!("resnet18 (torchvision layout, linear head) RGB {s}x{s}, embedding 128")
+        }
         Encoder::SeedCnn => "seed-cnn 28x28, embedding 128".into(),
         Encoder::Convnet => format!(
             "convnet ({} pooling) 28x28, embedding 128",
@@ -386,8 +447,9 @@ fn versus_pytorch(a: &Args, siam: &mut dyn FnMut() -> Result<(f64, f64)>) -> Res
         let (t, i) = siam()?;
         let o = Command::new(&python)
             .arg(&script)
-            .args(["--pairs", &a.pairs.to_string()])
-            .args(["--infer-batch", &a.infer_batch.to_string()])
+            .args(["--pairs", &a.pairs().to_string()])
+            .args(["--infer-batch", &a.infer_batch().to_string()])
+            .args(["--size", &a.input().1.to_string()])
             .args(["--reps", &a.reps.to_string()])
             .args(["--threads", &threads.to_string()])
             .args(["--encoder", a.encoder.name()])
