@@ -4,7 +4,8 @@
 //! The variables carry torchvision's names under the encoder's prefix (`conv1`, `bn1`,
 //! `layer1.0.conv1`, `layer2.0.downsample.0`, …), so a torchvision or timm state dict maps onto
 //! them one to one ([`crate::pretrained`]); the head (`head.hidden`, `head.out`) replaces
-//! torchvision's classifier `fc`.
+//! torchvision's classifier `fc`. Every convolution runs on `kernels::conv2d_strided` (im2col
+//! and gemm, forward and backward) on the CPU, the 3×3/2 max-pooling on `kernels::max_pool2d`.
 
 use candle_core::{D, Module, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, VarBuilder};
@@ -126,43 +127,24 @@ impl ResnetConfig {
     }
 }
 
-/// BatchNorm without ReLU: candle's in evaluation; in training the batch statistics, with the
-/// running statistics updated as PyTorch does (momentum, unbiased variance).
+/// BatchNorm without ReLU: candle's in evaluation; in training the batch statistics (siam's
+/// fused kernel on the CPU), with the running statistics updated as PyTorch does (momentum,
+/// unbiased variance).
 fn bn_plain(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
     let Some((gamma, beta)) = bn.weight_and_bias().filter(|_| train) else {
         return bn.forward_t(x, false);
     };
-    let c = x.dim(1)?;
-    let mean = x.mean_keepdim(0)?.mean_keepdim(2)?.mean_keepdim(3)?;
-    let centred = x.broadcast_sub(&mean)?;
-    let var = centred
-        .sqr()?
-        .mean_keepdim(0)?
-        .mean_keepdim(2)?
-        .mean_keepdim(3)?;
-    let y = centred.broadcast_div(&(&var + bn.eps())?.sqrt()?)?;
-    let y = y
-        .broadcast_mul(&gamma.reshape((1, c, 1, 1))?)?
-        .broadcast_add(&beta.reshape((1, c, 1, 1))?)?;
-    let count = (x.elem_count() / c) as f64;
-    update_running(
-        bn,
-        &mean.detach().flatten_all()?,
-        &var.detach().flatten_all()?,
-        count,
-    )?;
+    let (y, mean, var) = crate::kernels::batch_norm_train(x, gamma, beta, bn.eps(), false)?;
+    let count = (x.elem_count() / x.dim(1)?) as f64;
+    update_running(bn, &mean, &var, count)?;
     Ok(y)
 }
 
-/// A convolution without bias at `stride`: siam's kernel for 3×3 stride 1, candle's otherwise.
+/// A convolution without bias at `stride`, padded by half its kernel (siam's kernel on the
+/// CPU, candle's elsewhere).
 fn conv(c: &Conv2d, x: &Tensor, stride: usize, input_grad: bool) -> Result<Tensor> {
     let k = c.weight().dim(2)?;
-    let pad = k / 2;
-    if stride == 1 {
-        crate::kernels::conv2d(x, c.weight(), None, pad, input_grad)
-    } else {
-        x.conv2d(c.weight(), pad, stride, 1, 1)
-    }
+    crate::kernels::conv2d_strided(x, c.weight(), None, k / 2, stride, input_grad)
 }
 
 /// torchvision's BasicBlock: two 3×3 convolutions with BatchNorm, the input added back
@@ -220,7 +202,7 @@ impl BasicBlock {
         let y = bn_relu(&self.bn1, &conv(&self.conv1, x, self.stride, true)?, train)?;
         let y = bn_plain(&self.bn2, &conv(&self.conv2, &y, 1, true)?, train)?;
         let identity = match &self.downsample {
-            Some((c, bn)) => bn_plain(bn, &x.conv2d(c.weight(), 0, self.stride, 1, 1)?, train)?,
+            Some((c, bn)) => bn_plain(bn, &conv(c, x, self.stride, true)?, train)?,
             None => x.clone(),
         };
         (y + identity)?.relu()
@@ -319,11 +301,7 @@ impl ResNet {
             Stem::Imagenet => (7, 2),
             Stem::Small => (3, 1),
         };
-        let y = if stride == 1 {
-            crate::kernels::conv2d(x, self.conv1.weight(), None, k / 2, false)?
-        } else {
-            x.conv2d(self.conv1.weight(), k / 2, stride, 1, 1)?
-        };
+        let y = crate::kernels::conv2d_strided(x, self.conv1.weight(), None, k / 2, stride, false)?;
         let y = bn_relu(&self.bn1, &y, train)?;
         match self.stem {
             Stem::Imagenet => crate::kernels::max_pool2d(&y, 3, 2, 1),

@@ -1,4 +1,4 @@
-//! Training-mode BatchNorm fused with ReLU: two passes forward (statistics in f64, then
+//! Training-mode BatchNorm, fused with ReLU or alone: two passes forward (statistics in f64, then
 //! normalise), two backward (dβ and dγ, then dX).
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -21,6 +21,8 @@ struct BnState {
 /// their gradients.
 struct BnRelu {
     eps: f64,
+    /// ReLU after the normalisation (else BatchNorm alone: a residual block's second one).
+    relu: bool,
     state: std::sync::Arc<std::sync::Mutex<BnState>>,
 }
 
@@ -92,8 +94,14 @@ impl CustomOp3 for BnRelu {
                 let (mean, _, inv) = stats[ch];
                 let a = gamma[ch] * inv;
                 let b = beta[ch] - mean * a;
-                for (o, &v) in yp.iter_mut().zip(xp) {
-                    *o = (a * v + b).max(0.0);
+                if self.relu {
+                    for (o, &v) in yp.iter_mut().zip(xp) {
+                        *o = (a * v + b).max(0.0);
+                    }
+                } else {
+                    for (o, &v) in yp.iter_mut().zip(xp) {
+                        *o = a * v + b;
+                    }
                 }
             });
         if let Ok(mut st) = self.state.lock() {
@@ -123,6 +131,7 @@ impl CustomOp3 for BnRelu {
         let gy = gy.contiguous()?;
         let held = hold([x, res, &gy, gamma]);
         let [xv, yv, gv, wv] = cpu_values(&held, "the BatchNorm backward")?;
+        let relu = self.relu;
         // Pass 1: dβ = Σ g, dγ = Σ g·x̂ with g = dY where the output is positive.
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
@@ -134,7 +143,7 @@ impl CustomOp3 for BnRelu {
                     let (xp, yp, gp) = (&xv[o..][..hw], &yv[o..][..hw], &gv[o..][..hw]);
                     let (mut b, mut g) = (0f32, 0f32);
                     for ((&xx, &yy), &gg) in xp.iter().zip(yp).zip(gp) {
-                        let gg = if yy > 0.0 { gg } else { 0.0 };
+                        let gg = if yy > 0.0 || !relu { gg } else { 0.0 };
                         b += gg;
                         g += gg * (xx - mean) * inv;
                     }
@@ -158,7 +167,7 @@ impl CustomOp3 for BnRelu {
                 let o = k * hw;
                 let (xp, yp, gp) = (&xv[o..][..hw], &yv[o..][..hw], &gv[o..][..hw]);
                 for (((d, &xx), &yy), &gg) in gxp.iter_mut().zip(xp).zip(yp).zip(gp) {
-                    let gg = if yy > 0.0 { gg } else { 0.0 };
+                    let gg = if yy > 0.0 || !relu { gg } else { 0.0 };
                     *d = scale * (m * gg - db - (xx - mean) * inv * dg);
                 }
             });
@@ -180,6 +189,18 @@ pub fn batch_norm_relu_train(
     beta: &Tensor,
     eps: f64,
 ) -> Result<(Tensor, Tensor, Tensor)> {
+    batch_norm_train(x, gamma, beta, eps, true)
+}
+
+/// Training-mode BatchNorm, followed by ReLU when `relu`, fused on the CPU (see
+/// [`batch_norm_relu_train`]): the output, the batch mean and the biased variance.
+pub fn batch_norm_train(
+    x: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    relu: bool,
+) -> Result<(Tensor, Tensor, Tensor)> {
     let (_, c, _) = bn_dims(x.dims())?;
     if !super::fast_path(&[x, gamma, beta]) {
         let dims: Vec<usize> = (0..x.rank()).filter(|&d| d != 1).collect();
@@ -191,13 +212,14 @@ pub fn batch_norm_relu_train(
         let y = centred
             .broadcast_div(&(&var + eps)?.sqrt()?)?
             .broadcast_mul(&gamma.reshape(shape.as_slice())?)?
-            .broadcast_add(&beta.reshape(shape.as_slice())?)?
-            .relu()?;
+            .broadcast_add(&beta.reshape(shape.as_slice())?)?;
+        let y = if relu { y.relu()? } else { y };
         return Ok((y, mean.flatten_all()?.detach(), var.flatten_all()?.detach()));
     }
     let state = std::sync::Arc::new(std::sync::Mutex::new(BnState::default()));
     let op = BnRelu {
         eps,
+        relu,
         state: state.clone(),
     };
     let y = x
@@ -213,4 +235,54 @@ pub fn batch_norm_relu_train(
         Tensor::from_vec(st.mean, c, dev)?,
         Tensor::from_vec(st.var, c, dev)?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::tests::{max_diff, rand};
+    use candle_core::Var;
+
+    /// The fused op against the same formula in candle's ops (its fallback), with and without
+    /// ReLU: output, batch statistics, and the gradients of x, γ and β.
+    #[test]
+    fn fused_batch_norm_matches_candle_ops_with_gradients() {
+        for relu in [true, false] {
+            let x = Var::from_tensor(&rand(&[3, 4, 5, 6], 1)).unwrap();
+            let g = Var::from_tensor(&(rand(&[4], 2) + 1.0).unwrap()).unwrap();
+            let b = Var::from_tensor(&rand(&[4], 3)).unwrap();
+            let up = rand(&[3, 4, 5, 6], 4);
+            let (y, m, v) = batch_norm_train(&x, &g, &b, 1e-5, relu).unwrap();
+            // The reference: the fallback, forced through f64.
+            let f = |t: &Tensor| t.to_dtype(candle_core::DType::F64).unwrap();
+            let (x64, g64, b64) = (
+                Var::from_tensor(&f(&x)).unwrap(),
+                Var::from_tensor(&f(&g)).unwrap(),
+                Var::from_tensor(&f(&b)).unwrap(),
+            );
+            let (yr, mr, vr) = batch_norm_train(&x64, &g64, &b64, 1e-5, relu).unwrap();
+            let back = |t: &Tensor| t.to_dtype(candle_core::DType::F32).unwrap();
+            assert!(max_diff(&y, &back(&yr)) < 1e-5, "relu {relu}: output");
+            assert!(max_diff(&m, &back(&mr)) < 1e-6 && max_diff(&v, &back(&vr)) < 1e-6);
+            let g1 = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (&yr * &f(&up))
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for (name, a, r) in [("x", &x, &x64), ("gamma", &g, &g64), ("beta", &b, &b64)] {
+                let d = max_diff(
+                    g1.get(a.as_tensor()).unwrap(),
+                    &back(g2.get(r.as_tensor()).unwrap()),
+                );
+                assert!(d < 1e-4, "relu {relu}: d{name} differs by {d}");
+            }
+            if !relu {
+                // Without ReLU, negative outputs stay.
+                let min: f32 = y.min_all().unwrap().to_scalar().unwrap();
+                assert!(min < -0.5, "{min}");
+            }
+        }
+    }
 }

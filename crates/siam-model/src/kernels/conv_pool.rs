@@ -21,6 +21,10 @@ struct ConvPool {
 }
 
 impl ConvPool {
+    fn geom(&self, x: &[usize], w: &[usize]) -> Result<Geom> {
+        Geom::new(x, w, self.pad)
+    }
+
     fn forward(&self, g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> (Vec<f32>, Shape) {
         let (ck, p) = (g.ck(), g.p());
         let (hp, wp) = (g.ho / 2, g.wo / 2);

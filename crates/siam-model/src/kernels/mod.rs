@@ -66,8 +66,8 @@ mod winograd;
 
 use candle_core::{DType, Result, Tensor};
 
-pub use batchnorm::batch_norm_relu_train;
-pub use conv::conv2d;
+pub use batchnorm::{batch_norm_relu_train, batch_norm_train};
+pub use conv::{conv2d, conv2d_strided};
 pub use conv_pool::conv2d_relu_max_pool2;
 pub use maxpool::max_pool2d;
 pub use pool::relu_max_pool2;

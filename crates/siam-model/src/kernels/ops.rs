@@ -49,7 +49,7 @@ macro_rules! conv_ops {
                 s2: &CpuStorage,
                 l2: &Layout,
             ) -> Result<(CpuStorage, Shape)> {
-                let g = Geom::new(l1.dims(), l2.dims(), self.pad)?;
+                let g = self.geom(l1.dims(), l2.dims())?;
                 let (y, shape) = self.forward(&g, slice(s1, l1)?, slice(s2, l2)?, None);
                 Ok((CpuStorage::F32(y), shape))
             }
@@ -78,7 +78,7 @@ macro_rules! conv_ops {
                 s3: &CpuStorage,
                 l3: &Layout,
             ) -> Result<(CpuStorage, Shape)> {
-                let g = Geom::new(l1.dims(), l2.dims(), self.pad)?;
+                let g = self.geom(l1.dims(), l2.dims())?;
                 let b = slice(s3, l3)?;
                 if b.len() != g.o {
                     candle_core::bail!("conv2d bias has {} values for {} channels", b.len(), g.o)
