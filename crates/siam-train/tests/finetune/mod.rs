@@ -228,6 +228,26 @@ fn frozen_backbone_epochs_leave_the_backbone_unchanged() {
     assert_eq!(backbone, 100, "backbone tensors compared");
     let head = "model.encoder.head.out.weight";
     assert_ne!(values(&e1[head]), values(&e2[head]));
+    // Exact resume across the end of the frozen epoch: cut inside it and after it.
+    for cut_at in [2, 4] {
+        let cut = dir.path().join(format!("cut-{cut_at}"));
+        let stop = siam_train::TrainOptions {
+            stop_after: Some(cut_at),
+            ..Default::default()
+        };
+        assert!(train(&cfg, &cut, &stop, &mut |_| {}).is_err());
+        siam_train::resume(&cut, &Default::default(), &mut |_| {}).unwrap();
+        assert_eq!(
+            super::metrics(&run),
+            super::metrics(&cut),
+            "cut at {cut_at}"
+        );
+        assert_eq!(
+            super::weights(&run.join("model.safetensors")),
+            super::weights(&cut.join("model.safetensors")),
+            "cut at {cut_at}"
+        );
+    }
     // Bad settings are named.
     let mut bad = cfg.clone();
     bad.finetune = Some(siam_train::config::Finetune {
