@@ -668,6 +668,33 @@ mod tests {
         }
     }
 
+    /// Checks every `step`-th value of `grad` (the gradient of `f` at `at`) against central
+    /// differences with a step of 0.01.
+    fn central_differences(
+        what: &str,
+        at: &Tensor,
+        grad: &Tensor,
+        step: usize,
+        f: impl Fn(&Tensor) -> f64,
+    ) {
+        let g: Vec<f32> = grad.flatten_all().unwrap().to_vec1().unwrap();
+        let v: Vec<f32> = at.flatten_all().unwrap().to_vec1().unwrap();
+        let e = 1e-2f32;
+        for j in (0..v.len()).step_by(step) {
+            let bumped = |d: f32| {
+                let mut u = v.clone();
+                u[j] += d;
+                f(&Tensor::from_vec(u, at.dims(), at.device()).unwrap())
+            };
+            let fd = (bumped(e) - bumped(-e)) / (2.0 * f64::from(e));
+            assert!(
+                (fd - f64::from(g[j])).abs() < 2e-3,
+                "{what}[{j}]: {fd} vs {}",
+                g[j]
+            );
+        }
+    }
+
     /// Stride 2 (and 3): ResNet's 7×7 stem, its 3×3 and 1×1 downsampling convolutions and odd
     /// sides, forward and every gradient against candle's conv2d (whose input gradient is a
     /// transposed convolution), and the input gradient against central differences.
@@ -715,18 +742,10 @@ mod tests {
                     assert!(d < 1e-4, "case {i}: d{name} differs by {d}");
                 }
             }
-            // The weight gradient against central differences.
-            let gw: Vec<f32> = g1
-                .get(wt.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let ws: Vec<f32> = wt.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
-            let fw = |v: Vec<f32>| -> f64 {
-                let t = Tensor::from_vec(v, (o, c, k, k), &candle_core::Device::Cpu).unwrap();
-                let y = conv2d_strided(x.as_tensor(), &t, None, pad, stride, false).unwrap();
+            // Both gradients against central differences (Σ up·y is linear in x and in w: exact
+            // up to rounding).
+            let loss = |x: &Tensor, w: &Tensor| -> f64 {
+                let y = conv2d_strided(x, w, None, pad, stride, false).unwrap();
                 f64::from(
                     (y * &up)
                         .unwrap()
@@ -736,52 +755,20 @@ mod tests {
                         .unwrap(),
                 )
             };
-            for j in (0..ws.len()).step_by(5) {
-                let e = 1e-2f32;
-                let (mut a, mut b) = (ws.clone(), ws.clone());
-                a[j] += e;
-                b[j] -= e;
-                let fd = (fw(a) - fw(b)) / (2.0 * f64::from(e));
-                assert!(
-                    (fd - f64::from(gw[j])).abs() < 2e-3,
-                    "case {i}, w[{j}]: {fd} vs {}",
-                    gw[j]
-                );
-            }
-            // Central differences of Σ up·y on a few inputs (y is linear in x: exact up to
-            // rounding).
-            let gx: Vec<f32> = g1
-                .get(x.as_tensor())
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let xs: Vec<f32> = x.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
-            let f = |v: Vec<f32>| -> f64 {
-                let t = Tensor::from_vec(v, (n, c, h, w), &candle_core::Device::Cpu).unwrap();
-                let y = conv2d_strided(&t, wt.as_tensor(), None, pad, stride, false).unwrap();
-                f64::from(
-                    (y * &up)
-                        .unwrap()
-                        .sum_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap(),
-                )
-            };
-            for j in (0..xs.len()).step_by(7) {
-                let e = 1e-2f32;
-                let (mut a, mut b) = (xs.clone(), xs.clone());
-                a[j] += e;
-                b[j] -= e;
-                let fd = (f(a) - f(b)) / (2.0 * f64::from(e));
-                assert!(
-                    (fd - f64::from(gx[j])).abs() < 2e-3,
-                    "case {i}, x[{j}]: {fd} vs {}",
-                    gx[j]
-                );
-            }
+            central_differences(
+                &format!("case {i}, w"),
+                wt.as_tensor(),
+                g1.get(wt.as_tensor()).unwrap(),
+                5,
+                |t| loss(x.as_tensor(), t),
+            );
+            central_differences(
+                &format!("case {i}, x"),
+                x.as_tensor(),
+                g1.get(x.as_tensor()).unwrap(),
+                7,
+                |t| loss(t, wt.as_tensor()),
+            );
         }
     }
 }
