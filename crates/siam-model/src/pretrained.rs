@@ -41,6 +41,12 @@ pub struct PretrainedLoad {
 /// Prefixes training wrappers put before every name.
 const WRAPPERS: [&str; 4] = ["module.", "model.", "backbone.", "encoder."];
 
+/// True for a model variable of the backbone: every encoder variable but the projection head
+/// (`encoder.head.*`). What a pretrained file fills, and what `[finetune]` freezes.
+pub fn is_backbone(name: &str) -> bool {
+    name.starts_with("encoder.") && !name.starts_with("encoder.head.")
+}
+
 /// True for tensors a backbone never needs: the classifier and the batch counters.
 fn ignored(name: &str) -> bool {
     name.starts_with("fc.") || name == "fc" || name.ends_with(".num_batches_tracked")
@@ -97,10 +103,7 @@ pub fn load_backbone(model: &SiameseModel, path: &Path) -> Result<PretrainedLoad
         .data()
         .lock()
         .map_err(|_| ModelError::Config("var map poisoned".into()))?;
-    let mut wanted: Vec<&String> = data
-        .keys()
-        .filter(|k| k.starts_with("encoder.") && !k.starts_with("encoder.head."))
-        .collect();
+    let mut wanted: Vec<&String> = data.keys().filter(|k| is_backbone(k)).collect();
     wanted.sort();
     // Missing and unexpected tensors first (the layout differs), then shape mismatches.
     let mut problems = Vec::new();

@@ -25,6 +25,16 @@ pub enum Stem {
     Small,
 }
 
+impl Stem {
+    /// The stem convolution's kernel side and stride (padded by half the kernel).
+    fn conv(self) -> (usize, usize) {
+        match self {
+            Self::Imagenet => (7, 2),
+            Self::Small => (3, 1),
+        }
+    }
+}
+
 /// The settings of a ResNet encoder (`kind = "resnet18"` or `"resnet34"`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -96,11 +106,8 @@ impl ResnetConfig {
         let bn = |c: u64| c.checked_mul(4);
         let conv = |i: u64, o: u64, k: u64| i.checked_mul(o)?.checked_mul(k * k);
         let w0 = self.widths[0] as u64;
-        let k = match self.stem {
-            Stem::Imagenet => 7,
-            Stem::Small => 3,
-        };
-        let mut total = conv(channels as u64, w0, k)?.checked_add(bn(w0)?)?;
+        let (k, _) = self.stem.conv();
+        let mut total = conv(channels as u64, w0, k as u64)?.checked_add(bn(w0)?)?;
         let mut cin = w0;
         for (s, (&w, &n)) in self.widths.iter().zip(&depths).enumerate() {
             let w = w as u64;
@@ -249,17 +256,14 @@ impl ResNet {
             candle_core::bail!("no ResNet of depth {depth} (18 or 34)")
         };
         let w0 = cfg.widths[0];
-        let stem_cfg = match cfg.stem {
-            Stem::Imagenet => (7, 2, 3),
-            Stem::Small => (3, 1, 1),
-        };
+        let (k, stride) = cfg.stem.conv();
         let conv1 = candle_nn::conv2d_no_bias(
             channels,
             w0,
-            stem_cfg.0,
+            k,
             Conv2dConfig {
-                padding: stem_cfg.2,
-                stride: stem_cfg.1,
+                padding: k / 2,
+                stride,
                 ..Default::default()
             },
             vb.pp("conv1"),
@@ -297,10 +301,7 @@ impl ResNet {
     }
 
     fn stem_forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let (k, stride) = match self.stem {
-            Stem::Imagenet => (7, 2),
-            Stem::Small => (3, 1),
-        };
+        let (k, stride) = self.stem.conv();
         let y = crate::kernels::conv2d_strided(x, self.conv1.weight(), None, k / 2, stride, false)?;
         let y = bn_relu(&self.bn1, &y, train)?;
         match self.stem {

@@ -87,6 +87,7 @@ fn composed(x: &Tensor, k: usize, s: usize, p: usize) -> Result<Tensor> {
     out.ok_or_else(|| candle_core::Error::Msg("empty pooling window".into()))
 }
 
+#[derive(Clone, Copy)]
 struct MaxPool {
     k: usize,
     s: usize,
@@ -145,20 +146,13 @@ impl CustomOp1 for MaxPool {
         Ok(Some(x.apply_op3_no_bwd(
             res,
             &gy.contiguous()?,
-            &MaxPoolGrad {
-                k: self.k,
-                s: self.s,
-                p: self.p,
-            },
+            &MaxPoolGrad(*self),
         )?))
     }
 }
 
-struct MaxPoolGrad {
-    k: usize,
-    s: usize,
-    p: usize,
-}
+/// The gradient of a [`MaxPool`], with its geometry.
+struct MaxPoolGrad(MaxPool);
 
 impl CustomOp3 for MaxPoolGrad {
     fn name(&self) -> &'static str {
@@ -175,11 +169,7 @@ impl CustomOp3 for MaxPoolGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let pool = MaxPool {
-            k: self.k,
-            s: self.s,
-            p: self.p,
-        };
+        let pool = self.0;
         let (n, c, h, w) = l1.shape().dims4()?;
         let (ho, wo) = pool.sides(h, w)?;
         let (x, y, gy) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);

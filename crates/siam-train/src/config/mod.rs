@@ -94,7 +94,7 @@ fn unit_scale() -> f64 {
 impl Finetune {
     /// True for the backbone's variables (named as the model names them).
     pub fn is_backbone(name: &str) -> bool {
-        name.starts_with("encoder.") && !name.starts_with("encoder.head.")
+        siam_model::pretrained::is_backbone(name)
     }
 }
 
