@@ -4,8 +4,9 @@
 //! The variables carry torchvision's names under the encoder's prefix (`conv1`, `bn1`,
 //! `layer1.0.conv1`, `layer2.0.downsample.0`, …), so a torchvision or timm state dict maps onto
 //! them one to one ([`crate::pretrained`]); the head (`head.hidden`, `head.out`) replaces
-//! torchvision's classifier `fc`. Every convolution runs on `kernels::conv2d_strided` (im2col
-//! and gemm, forward and backward) on the CPU, the 3×3/2 max-pooling on `kernels::max_pool2d`.
+//! torchvision's classifier `fc`. On the CPU the 3×3 stride-1 convolutions run by Winograd
+//! (`kernels::conv3x3`), the others on `kernels::conv2d_strided` (im2col and gemm), the 3×3/2
+//! max-pooling on `kernels::max_pool2d`.
 
 use candle_core::{D, Module, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, VarBuilder};
@@ -147,10 +148,13 @@ fn bn_plain(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
     Ok(y)
 }
 
-/// A convolution without bias at `stride`, padded by half its kernel (siam's kernel on the
-/// CPU, candle's elsewhere).
+/// A convolution without bias at `stride`, padded by half its kernel (siam's kernels on the
+/// CPU: Winograd for 3×3 at stride 1, im2col otherwise; candle's elsewhere).
 fn conv(c: &Conv2d, x: &Tensor, stride: usize, input_grad: bool) -> Result<Tensor> {
     let k = c.weight().dim(2)?;
+    if k == 3 && stride == 1 {
+        return crate::kernels::conv3x3(x, c.weight(), 1, input_grad);
+    }
     crate::kernels::conv2d_strided(x, c.weight(), None, k / 2, stride, input_grad)
 }
 

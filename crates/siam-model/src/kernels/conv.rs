@@ -75,14 +75,27 @@ pub(super) fn im2col(g: &Geom, x: &[f32], col: &mut [f32]) {
 /// [`im2col`] into columns `off..off + HO·WO` of a matrix whose rows are `ld` long (a part
 /// of images packed side by side).
 fn im2col_ld(g: &Geom, x: &[f32], col: &mut [f32], ld: usize, off: usize) {
+    im2col_rows(g, x, col, ld, off, 0..g.c)
+}
+
+/// [`im2col_ld`] of input channels `chans` only, into a matrix whose first row is channel
+/// `chans.start`'s first tap.
+fn im2col_rows(
+    g: &Geom,
+    x: &[f32],
+    col: &mut [f32],
+    ld: usize,
+    off: usize,
+    chans: std::ops::Range<usize>,
+) {
     if g.stride != 1 {
-        return im2col_strided(g, x, col, ld, off);
+        return im2col_strided(g, x, col, ld, off, chans);
     }
-    let (p, pad) = (g.p(), g.pad as isize);
-    for c in 0..g.c {
+    let (p, pad, c0) = (g.p(), g.pad as isize, chans.start);
+    for c in chans {
         for i in 0..g.kh {
             for j in 0..g.kw {
-                let row = &mut col[((c * g.kh + i) * g.kw + j) * ld + off..][..p];
+                let row = &mut col[(((c - c0) * g.kh + i) * g.kw + j) * ld + off..][..p];
                 for oh in 0..g.ho {
                     let dst = &mut row[oh * g.wo..][..g.wo];
                     let ih = oh as isize + i as isize - pad;
@@ -108,12 +121,19 @@ fn im2col_ld(g: &Geom, x: &[f32], col: &mut [f32], ld: usize, off: usize) {
 
 /// [`im2col`] at a stride above 1: output column `ow` of tap `j` reads input column
 /// `ow·stride + j − pad`, gathered one value at a time.
-fn im2col_strided(g: &Geom, x: &[f32], col: &mut [f32], ld: usize, off: usize) {
-    let (p, pad, s) = (g.p(), g.pad as isize, g.stride as isize);
-    for c in 0..g.c {
+fn im2col_strided(
+    g: &Geom,
+    x: &[f32],
+    col: &mut [f32],
+    ld: usize,
+    off: usize,
+    chans: std::ops::Range<usize>,
+) {
+    let (p, pad, s, c0) = (g.p(), g.pad as isize, g.stride as isize, chans.start);
+    for c in chans {
         for i in 0..g.kh {
             for j in 0..g.kw {
-                let row = &mut col[((c * g.kh + i) * g.kw + j) * ld + off..][..p];
+                let row = &mut col[(((c - c0) * g.kh + i) * g.kw + j) * ld + off..][..p];
                 for oh in 0..g.ho {
                     let dst = &mut row[oh * g.wo..][..g.wo];
                     let ih = oh as isize * s + i as isize - pad;
@@ -289,8 +309,63 @@ fn conv_forward_batched(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) ->
     y
 }
 
+/// Values of the whole batch's column matrix up to which [`conv_weight_grad_whole`] packs it
+/// (256 MB).
+const WHOLE_COL: usize = 1 << 26;
+
+/// The product depth (a part's images × positions) up to which [`conv_weight_grad_whole`] is
+/// faster: a part's partial gradient costs a write of every weight for that many products
+/// each. Measured on ResNet-18's last stages (2×2 maps: 34 → 18 ms for 32 images and 512
+/// channels); deeper products lose to the per-part ones (16×16 maps: 17 → 29 ms).
+const WHOLE_DEPTH: usize = 128;
+
+/// Output channels per product of [`conv_weight_grad_whole`]: a constant, so the values do not
+/// depend on the thread count.
+const ROWS_PER_TASK: usize = 32;
+
+/// dW (O, C·KH·KW) = dY (O, N·P) · colᵀ (N·P, C·KH·KW) for small maps: the whole batch's
+/// columns packed once (input channels in parallel), then one product per block of output
+/// channels over every image at once — each dW value is one dot product over the batch, so
+/// the sum has a fixed order, and no per-part partial gradients are written and added (what
+/// makes [`conv_weight_grad_batched`] slow when the weights are large and the maps small: a
+/// ResNet's last stage).
+fn conv_weight_grad_whole(g: &Geom, x: &[f32], gy: &[f32]) -> Vec<f32> {
+    let (ck, p, img, taps) = (g.ck(), g.p(), g.c * g.h * g.w, g.kh * g.kw);
+    let ld = g.n * p;
+    let mut col = vec![0f32; ck * ld];
+    col.par_chunks_mut(taps * ld)
+        .enumerate()
+        .for_each(|(c, rows)| {
+            for i in 0..g.n {
+                im2col_rows(g, &x[i * img..][..img], rows, ld, i * p, c..c + 1);
+            }
+        });
+    let dy = gather_part(g, gy, 0, g.n);
+    let mut dw = vec![0f32; g.o * ck];
+    dw.par_chunks_mut(ROWS_PER_TASK * ck)
+        .enumerate()
+        .for_each(|(t, out)| {
+            let rows = out.len() / ck;
+            let a = Mat {
+                data: &dy[t * ROWS_PER_TASK * ld..][..rows * ld],
+                rs: ld,
+                cs: 1,
+            };
+            let b = Mat {
+                data: &col,
+                rs: 1,
+                cs: ld,
+            };
+            gemm_into(out, rows, ck, ld, a, b, false);
+        });
+    dw
+}
+
 /// dW, a part of images per product (k = images·P), the parts added in order.
 fn conv_weight_grad_batched(g: &Geom, x: &[f32], gy: &[f32]) -> Vec<f32> {
+    if g.p() * super::part_len() <= WHOLE_DEPTH && g.ck() * g.n * g.p() <= WHOLE_COL {
+        return conv_weight_grad_whole(g, x, gy);
+    }
     let (ck, p, img) = (g.ck(), g.p(), g.c * g.h * g.w);
     let partial: Vec<Vec<f32>> = super::parts(g.n)
         .map(|images| {
@@ -618,6 +693,9 @@ mod tests {
             (1, 1, 5, 6, 2, 1, 0),
             (5, 4, 6, 5, 3, 3, 1),
             (2, 2, 4, 4, 3, 5, 2),
+            // Small maps: the weight gradient over the whole batch (two parts of images), in
+            // two blocks of output channels, the second partial.
+            (11, 5, 3, 3, 40, 3, 1),
         ]
         .iter()
         .enumerate()

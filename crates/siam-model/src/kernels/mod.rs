@@ -6,6 +6,7 @@
 //! - [`gemm`]: the one matrix product (the only `unsafe`, behind a bounds check);
 //! - [`ops`]: candle plumbing shared by every op (storage views, the conv op traits);
 //! - [`conv`]: im2col convolution, forward and backward;
+//! - [`conv3x3`]: 3×3 stride-1 convolution of channel-first tensors by Winograd (ResNet's);
 //! - [`pool`]: ReLU + 2×2 max-pooling, and the per-plane pool/unpool helpers;
 //! - [`maxpool`]: max-pooling with any window, stride and padding (ResNet's 3×3/2);
 //! - [`conv_pool`]: the seed CNN's convolution + bias + ReLU + pooling stage as one op;
@@ -54,6 +55,7 @@ macro_rules! simd_kernel {
 mod batchnorm;
 mod block;
 mod conv;
+mod conv3x3;
 mod conv_pool;
 pub(crate) mod gemm;
 mod lane;
@@ -69,6 +71,7 @@ use candle_core::{DType, Result, Tensor};
 pub use batchnorm::{batch_norm_relu_train, batch_norm_train};
 pub use conv::{conv2d, conv2d_strided};
 pub use conv_pool::conv2d_relu_max_pool2;
+pub use conv3x3::{conv3x3, conv3x3_winograd};
 pub use maxpool::max_pool2d;
 pub use pool::relu_max_pool2;
 

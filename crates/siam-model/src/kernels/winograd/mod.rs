@@ -637,6 +637,14 @@ pub(super) fn forward(g: &Wino, x: &[f32], u: &[f32], y: &mut [f32], keep: bool)
     }
 }
 
+/// The backward pass's state for channel-last `x` and the weights' transform `u`, without the
+/// forward pass's products (for an op that keeps nothing between its passes).
+pub(super) fn saved(g: &Wino, x: &[f32], u: Vec<f32>) -> Saved {
+    let mut v = Buf::scratch(g.v_len());
+    input_transform(g, x, &mut v);
+    Saved { u, v }
+}
+
 /// (dX, channel-last, when asked for; dW) from the output's gradient (N, HO, WO, O).
 pub(super) fn backward(
     g: &Wino,

@@ -1,0 +1,52 @@
+//! ResNet-18's 3×3 stride-1 convolutions (32 images, the map sides of 64×64 and 112×112 inputs)
+//! by im2col and by Winograd, forward and backward: the measurements behind
+//! `kernels::conv3x3`'s choice between them (docs/BENCHMARKS.md).
+//!
+//! `cargo bench -p siam-model --bench conv3x3`
+
+use candle_core::{Device, Tensor, Var};
+use criterion::{Criterion, criterion_main};
+use siam_model::kernels::{conv2d, conv3x3_winograd};
+
+/// (images, channels, side).
+const SHAPES: [(usize, usize, usize); 8] = [
+    (32, 64, 28),
+    (32, 64, 16),
+    (32, 128, 14),
+    (32, 128, 8),
+    (32, 256, 7),
+    (32, 256, 4),
+    (32, 512, 4),
+    (32, 512, 2),
+];
+
+fn bench(c: &mut Criterion) {
+    let dev = Device::Cpu;
+    let mut group = c.benchmark_group("conv3x3 forward+backward");
+    group.sample_size(10);
+    for (n, ch, side) in SHAPES {
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (n, ch, side, side), &dev).unwrap())
+            .unwrap();
+        let w =
+            Var::from_tensor(&Tensor::randn(0f32, 0.05, (ch, ch, 3, 3), &dev).unwrap()).unwrap();
+        for (name, winograd) in [("im2col", false), ("winograd", true)] {
+            group.bench_function(format!("{name} n{n} c{ch} {side}x{side}"), |b| {
+                b.iter(|| {
+                    let y = if winograd {
+                        conv3x3_winograd(&x, &w, 1, true).unwrap()
+                    } else {
+                        conv2d(&x, &w, None, 1, true).unwrap()
+                    };
+                    y.sum_all().unwrap().backward().unwrap()
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+#[allow(missing_docs)]
+mod group {
+    criterion::criterion_group!(benches, super::bench);
+}
+criterion_main!(group::benches);

@@ -1,0 +1,264 @@
+//! 3×3 stride-1 convolution of channel-first (N, C, H, W) tensors by Winograd F(4×4, 3×3): the
+//! channel-last kernels of [`super::winograd`] between a transpose in and a transpose out. This
+//! is most of ResNet's work (every 3×3 convolution but the first of stages 2–4); the transposes
+//! cost a copy of the input and the output, the multiply stage a quarter of im2col's products.
+//!
+//! The op keeps nothing between its forward and backward passes: the backward pass transforms
+//! its input again (a pass over the input, small beside the products), so evaluation and frozen
+//! layers hold no Winograd state.
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::ops::{cpu_values, hold, slice};
+use super::scratch::Buf;
+use super::winograd::{self, MIN_CHANNELS, Wino};
+
+/// Side of the square blocks a transpose copies (cache-friendly reads and writes).
+const BLOCK: usize = 16;
+
+/// `dst (rows, cols) = srcᵀ` for `src (cols, rows)`, one image; both row-major.
+fn transpose(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
+    for r0 in (0..rows).step_by(BLOCK) {
+        for c0 in (0..cols).step_by(BLOCK) {
+            for c in c0..(c0 + BLOCK).min(cols) {
+                let s = &src[c * rows..][..rows];
+                for r in r0..(r0 + BLOCK).min(rows) {
+                    dst[r * cols + c] = s[r];
+                }
+            }
+        }
+    }
+}
+
+/// (N, C, P) → (N, P, C), images in parallel.
+fn to_channel_last(x: &[f32], n: usize, c: usize, p: usize) -> Buf {
+    let mut y = Buf::scratch(n * c * p);
+    if n * c * p > 0 {
+        y.par_chunks_exact_mut(c * p)
+            .zip(x.par_chunks_exact(c * p))
+            .for_each(|(d, s)| transpose(s, d, p, c));
+    }
+    y
+}
+
+/// (N, P, C) → (N, C, P), images in parallel.
+fn to_channel_first(x: &[f32], n: usize, c: usize, p: usize) -> Vec<f32> {
+    let mut y = vec![0f32; n * c * p];
+    if n * c * p > 0 {
+        y.par_chunks_exact_mut(c * p)
+            .zip(x.par_chunks_exact(c * p))
+            .for_each(|(d, s)| transpose(s, d, c, p));
+    }
+    y
+}
+
+/// The op: zero padding, and whether the input's gradient is wanted.
+struct Conv3x3 {
+    pad: usize,
+    input_grad: bool,
+}
+
+impl Conv3x3 {
+    fn geometry(&self, x: &[usize], w: &[usize]) -> Result<Wino> {
+        let (&[n, c, h, wd], &[o, wc, 3, 3]) = (x, w) else {
+            candle_core::bail!(
+                "winograd conv3x3 takes (N, C, H, W) and (O, C, 3, 3), got {x:?} and {w:?}"
+            )
+        };
+        if c != wc {
+            candle_core::bail!("winograd conv3x3: the input has {c} channels, the weights {wc}")
+        }
+        Wino::new(n, c, o, h, wd, self.pad)
+    }
+}
+
+impl CustomOp2 for Conv3x3 {
+    fn name(&self) -> &'static str {
+        "siam-winograd-conv3x3"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = self.geometry(l1.dims(), l2.dims())?;
+        let x = to_channel_last(slice(s1, l1)?, g.n, g.c, g.h * g.w);
+        let u = winograd::kernel_transform(slice(s2, l2)?, g.o, g.c);
+        let mut y = Buf::scratch(g.n * g.ho * g.wo * g.o);
+        winograd::forward(&g, &x, &u, &mut y, false);
+        let y = to_channel_first(&y, g.n, g.o, g.ho * g.wo);
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.ho, g.wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let gy = gy.contiguous()?;
+        let g = self.geometry(x.dims(), w.dims())?;
+        if gy.dims() != [g.n, g.o, g.ho, g.wo] {
+            candle_core::bail!("winograd conv3x3 backward: dY has shape {:?}", gy.dims())
+        }
+        let (gx, gw) = {
+            let held = hold([x, w, &gy]);
+            let [xv, wv, gv] = cpu_values(&held, "the winograd conv3x3 backward")?;
+            let xt = to_channel_last(xv, g.n, g.c, g.h * g.w);
+            let saved = winograd::saved(&g, &xt, winograd::kernel_transform(wv, g.o, g.c));
+            drop(xt);
+            let gyt = to_channel_last(gv, g.n, g.o, g.ho * g.wo);
+            let (gx, gw) = winograd::backward(&g, &saved, &gyt, self.input_grad);
+            (gx.map(|gx| to_channel_first(&gx, g.n, g.c, g.h * g.w)), gw)
+        };
+        let gx = gx
+            .map(|v| Tensor::from_vec(v, x.dims(), x.device()))
+            .transpose()?;
+        let gw = Tensor::from_vec(gw, w.dims(), w.device())?;
+        Ok((gx, Some(gw)))
+    }
+}
+
+/// Whether Winograd beats im2col on this convolution. Its multiply stage reads the weights'
+/// transform, 4× the weights, once per batch: with few tiles in the batch (a ResNet's last
+/// stages: 2×2 or 4×4 maps, 512 channels) that read, the transform and its gradient cost more
+/// than the products saved, and a 2×2 map fills a quarter of its one 4×4 tile. Measured on
+/// ResNet-18's shapes (`cargo bench -p siam-model --bench conv3x3`, figures in
+/// docs/BENCHMARKS.md): Winograd wins when the batch has at least a quarter
+/// as many tiles as there are input channels and the tiles are at least half filled.
+fn worth_it(g: &Wino) -> bool {
+    let tiles = g.ho.div_ceil(4) * g.wo.div_ceil(4);
+    let filled = 2 * g.ho * g.wo >= 16 * tiles;
+    filled && 4 * g.n * tiles >= g.c
+}
+
+/// A 3×3 convolution without bias, stride 1, zero `padding`, of (N, C, H, W) by (O, C, 3, 3):
+/// Winograd F(4×4, 3×3) on the CPU in f32 with at least four input channels where it is faster
+/// ([`worth_it`]), siam's im2col convolution ([`super::conv2d`]) otherwise.
+/// `input_grad = false` skips the input's gradient.
+pub fn conv3x3(x: &Tensor, w: &Tensor, padding: usize, input_grad: bool) -> Result<Tensor> {
+    let op = Conv3x3 {
+        pad: padding,
+        input_grad,
+    };
+    let winograd = super::fast_path(&[x, w])
+        && w.dims().len() == 4
+        && w.dims()[1] >= MIN_CHANNELS
+        && op.geometry(x.dims(), w.dims()).is_ok_and(|g| worth_it(&g));
+    if !winograd {
+        return super::conv2d(x, w, None, padding, input_grad);
+    }
+    x.contiguous()?.apply_op2(&w.contiguous()?, op)
+}
+
+/// [`conv3x3`] by Winograd whatever the shape (CPU, f32, at least four input channels; an
+/// error otherwise): for benchmarks and tests that compare it with im2col.
+pub fn conv3x3_winograd(
+    x: &Tensor,
+    w: &Tensor,
+    padding: usize,
+    input_grad: bool,
+) -> Result<Tensor> {
+    if !super::fast_path(&[x, w]) || w.dims().get(1).is_none_or(|&c| c < MIN_CHANNELS) {
+        candle_core::bail!(
+            "winograd conv3x3 takes f32 CPU tensors with at least {MIN_CHANNELS} input channels"
+        )
+    }
+    x.contiguous()?.apply_op2(
+        &w.contiguous()?,
+        Conv3x3 {
+            pad: padding,
+            input_grad,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::tests::{max_diff, rand};
+    use candle_core::Var;
+
+    /// Forward and both gradients against candle's conv2d, on square, odd, oblong and
+    /// one-tile maps, with padding 1 and 0.
+    #[test]
+    fn conv3x3_matches_candle_with_gradients() {
+        for (k, &(n, c, o, h, wd, pad)) in [
+            (2, 4, 8, 8, 8, 1),
+            (3, 8, 5, 7, 7, 1),
+            (2, 6, 4, 5, 9, 1),
+            (1, 16, 16, 4, 4, 1),
+            (2, 5, 3, 6, 11, 0),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let x = Var::from_tensor(&rand(&[n, c, h, wd], 10 + k as u64)).unwrap();
+            let w = Var::from_tensor(&rand(&[o, c, 3, 3], 20 + k as u64)).unwrap();
+            let r = rand(&[n, o, h + 2 * pad - 2, wd + 2 * pad - 2], 30 + k as u64);
+            let ours = conv3x3(&x, &w, pad, true).unwrap();
+            let theirs = x.conv2d(&w, pad, 1, 1, 1).unwrap();
+            assert_eq!(ours.dims(), theirs.dims());
+            let scale = (c * 9) as f32 * 0.25;
+            assert!(
+                max_diff(&ours, &theirs) < 1e-5 * scale,
+                "forward {k}: {}",
+                max_diff(&ours, &theirs)
+            );
+            let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (theirs * &r)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for v in [&x, &w] {
+                let (a, b) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+                let bound = 1e-5 * (n * o * 9) as f32 * 0.25;
+                assert!(max_diff(a, b) < bound, "gradient {k}: {}", max_diff(a, b));
+            }
+        }
+    }
+
+    /// Without the input's gradient only the weights get one; the result is the same.
+    #[test]
+    fn conv3x3_without_the_input_gradient() {
+        let x = Var::from_tensor(&rand(&[2, 4, 6, 6], 1)).unwrap();
+        let w = Var::from_tensor(&rand(&[4, 4, 3, 3], 2)).unwrap();
+        let y = conv3x3(&x, &w, 1, false).unwrap();
+        let g = y.sum_all().unwrap().backward().unwrap();
+        assert!(g.get(&x).is_none());
+        let full = conv3x3(&x, &w, 1, true).unwrap();
+        let gf = full.sum_all().unwrap().backward().unwrap();
+        assert_eq!(
+            max_diff(g.get(&w).unwrap(), gf.get(&w).unwrap()),
+            0.0,
+            "the weight gradient does not depend on the input gradient"
+        );
+    }
+
+    /// Fewer than four input channels go to the im2col convolution: still candle's values.
+    #[test]
+    fn few_channels_fall_back() {
+        let x = rand(&[2, 3, 7, 7], 3);
+        let w = rand(&[4, 3, 3, 3], 4);
+        let ours = conv3x3(&x, &w, 1, true).unwrap();
+        let theirs = x.conv2d(&w, 1, 1, 1, 1).unwrap();
+        assert!(max_diff(&ours, &theirs) < 1e-5);
+    }
+
+    #[test]
+    fn transposes_invert_each_other() {
+        let (n, c, p) = (3, 19, 37);
+        let v: Vec<f32> = (0..n * c * p).map(|i| i as f32).collect();
+        let t = to_channel_last(&v, n, c, p);
+        assert_eq!(t[1], v[p], "channel 1 of pixel 0");
+        assert_eq!(t[c], v[1], "channel 0 of pixel 1");
+        assert_eq!(to_channel_first(&t, n, c, p), v);
+    }
+}
