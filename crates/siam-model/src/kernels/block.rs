@@ -37,11 +37,13 @@ enum ConvSaved {
 
 /// A convolution's weights as its forward pass uses them: Winograd's transform `U`, or as
 /// they are for a direct convolution.
-fn prepare(w: &[f32], c: usize, o: usize) -> Vec<f32> {
+fn prepare(w: &[f32], c: usize, o: usize) -> Buf {
     if c >= MIN_CHANNELS {
         winograd::kernel_transform(w, o, c)
     } else {
-        w.to_vec()
+        let mut b = Buf::scratch(w.len());
+        b.copy_from_slice(w);
+        b
     }
 }
 
@@ -186,7 +188,7 @@ impl BlockOp {
         &self,
         x: &[f32],
         params: Params<'_>,
-        prepared: &(Vec<f32>, Vec<f32>),
+        prepared: &(Buf, Buf),
         (g1, g2): (Wino, Wino),
         keep: bool,
     ) -> (Buf, Saved) {
@@ -220,7 +222,7 @@ impl BlockOp {
         (out, saved)
     }
 
-    fn prepare(&self, (w1, _, _, w2, _, _): Params<'_>) -> (Vec<f32>, Vec<f32>) {
+    fn prepare(&self, (w1, _, _, w2, _, _): Params<'_>) -> (Buf, Buf) {
         (
             prepare(w1, self.cin, self.cout),
             prepare(w2, self.cout, self.cout),

@@ -9,6 +9,7 @@ use rayon::prelude::*;
 
 use super::gemm::{Mat, gemm_into};
 use super::ops::{conv_ops, slice};
+use super::scratch::Buf;
 
 /// Geometry of one convolution.
 #[derive(Debug, Clone, Copy)]
@@ -260,9 +261,9 @@ fn batched(g: &Geom) -> bool {
 }
 
 /// dY of a part's images `(O, images·P)` gathered from (N, O, P).
-fn gather_part(g: &Geom, gy: &[f32], first: usize, images: usize) -> Vec<f32> {
+fn gather_part(g: &Geom, gy: &[f32], first: usize, images: usize) -> Buf {
     let (o, p, ld) = (g.o, g.p(), images * g.p());
-    let mut d = vec![0f32; o * ld];
+    let mut d = Buf::scratch(o * ld);
     for i in 0..images {
         for oo in 0..o {
             d[oo * ld + i * p..][..p].copy_from_slice(&gy[((first + i) * o + oo) * p..][..p]);
@@ -280,11 +281,11 @@ fn conv_forward_batched(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) ->
         .for_each(|(k, yk)| {
             let images = yk.len() / (g.o * p);
             let ld = images * p;
-            let mut col = vec![0f32; ck * ld];
+            let mut col = Buf::scratch(ck * ld);
             for i in 0..images {
                 im2col_ld(g, &x[(k * per + i) * img..][..img], &mut col, ld, i * p);
             }
-            let mut out = vec![0f32; g.o * ld];
+            let mut out = Buf::scratch(g.o * ld);
             let a = Mat {
                 data: w,
                 rs: ck,
@@ -332,7 +333,7 @@ const ROWS_PER_TASK: usize = 32;
 fn conv_weight_grad_whole(g: &Geom, x: &[f32], gy: &[f32]) -> Vec<f32> {
     let (ck, p, img, taps) = (g.ck(), g.p(), g.c * g.h * g.w, g.kh * g.kw);
     let ld = g.n * p;
-    let mut col = vec![0f32; ck * ld];
+    let mut col = Buf::scratch(ck * ld);
     col.par_chunks_mut(taps * ld)
         .enumerate()
         .for_each(|(c, rows)| {
@@ -367,16 +368,16 @@ fn conv_weight_grad_batched(g: &Geom, x: &[f32], gy: &[f32]) -> Vec<f32> {
         return conv_weight_grad_whole(g, x, gy);
     }
     let (ck, p, img) = (g.ck(), g.p(), g.c * g.h * g.w);
-    let partial: Vec<Vec<f32>> = super::parts(g.n)
+    let partial: Vec<Buf> = super::parts(g.n)
         .map(|images| {
             let (first, count) = (images.start, images.len());
             let ld = count * p;
-            let mut col = vec![0f32; ck * ld];
+            let mut col = Buf::scratch(ck * ld);
             for i in 0..count {
                 im2col_ld(g, &x[(first + i) * img..][..img], &mut col, ld, i * p);
             }
             let dy = gather_part(g, gy, first, count);
-            let mut acc = vec![0f32; g.o * ck];
+            let mut acc = Buf::scratch(g.o * ck);
             let a = Mat {
                 data: &dy,
                 rs: ld,
@@ -404,7 +405,7 @@ fn conv_input_grad_batched(g: &Geom, gy: &[f32], w: &[f32]) -> Vec<f32> {
             let images = gxk.len() / img;
             let ld = images * p;
             let dy = gather_part(g, gy, k * per, images);
-            let mut col = vec![0f32; ck * ld];
+            let mut col = Buf::scratch(ck * ld);
             let a = Mat {
                 data: w,
                 rs: 1,
@@ -432,7 +433,7 @@ fn conv_forward(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32
     let mut y = vec![0f32; g.n * g.o * p];
     let img = g.c * g.h * g.w;
     y.par_chunks_mut(g.o * p).enumerate().for_each_init(
-        || vec![0f32; ck * p],
+        || Buf::scratch(ck * p),
         |col, (n, yn)| conv_image(g, &x[n * img..][..img], w, bias, col, yn),
     );
     y
@@ -446,9 +447,9 @@ fn conv_weight_grad(g: &Geom, x: &[f32], gy: &[f32]) -> Vec<f32> {
     }
     let (ck, p) = (g.ck(), g.p());
     let img = g.c * g.h * g.w;
-    let partial: Vec<Vec<f32>> = super::parts(g.n)
+    let partial: Vec<Buf> = super::parts(g.n)
         .map(|images| {
-            let (mut acc, mut col) = (vec![0f32; g.o * ck], vec![0f32; ck * p]);
+            let (mut acc, mut col) = (Buf::zeroed(g.o * ck), Buf::scratch(ck * p));
             for n in images {
                 im2col(g, &x[n * img..][..img], &mut col);
                 let dy = Mat {
@@ -478,7 +479,7 @@ fn conv_input_grad(g: &Geom, gy: &[f32], w: &[f32]) -> Vec<f32> {
     let img = g.c * g.h * g.w;
     let mut gx = vec![0f32; g.n * img];
     gx.par_chunks_mut(img).enumerate().for_each_init(
-        || vec![0f32; ck * p],
+        || Buf::scratch(ck * p),
         |col, (n, gxn)| {
             gemm_into(
                 col,

@@ -118,10 +118,13 @@ fn parts(n: usize) -> impl rayon::iter::IndexedParallelIterator<Item = std::ops:
 }
 
 /// Adds per-part vectors in part order (the deterministic half of a reduction).
-fn add_in_order<T: Copy + std::ops::AddAssign + Default>(parts: Vec<Vec<T>>, len: usize) -> Vec<T> {
+fn add_in_order<T: Copy + std::ops::AddAssign + Default, V: std::ops::Deref<Target = [T]>>(
+    parts: Vec<V>,
+    len: usize,
+) -> Vec<T> {
     let mut total = vec![T::default(); len];
     for p in parts {
-        total.iter_mut().zip(p).for_each(|(t, v)| *t += v);
+        total.iter_mut().zip(p.iter()).for_each(|(t, &v)| *t += v);
     }
     total
 }

@@ -369,14 +369,15 @@ fn position_offsets(nt: usize, width: usize) -> [usize; P] {
 }
 
 /// `U [36][C][O]` from weights (O, C, 3, 3): `G g Gᵀ` per kernel, one input channel per task.
-pub(super) fn kernel_transform(w: &[f32], o: usize, c: usize) -> Vec<f32> {
-    // By input channel ([C][36][O]) in parallel, then laid out by position.
-    let mut by_channel = vec![0f32; c * P * o];
+pub(super) fn kernel_transform(w: &[f32], o: usize, c: usize) -> Buf {
+    // By input channel ([C][36][O]) in parallel, then laid out by position; both buffers are
+    // written whole.
+    let mut by_channel = Buf::scratch(c * P * o);
     by_channel
         .par_chunks_exact_mut(P * o)
         .enumerate()
         .for_each(|(cc, part)| kernel_transform_channel(w, o, c, cc, part));
-    let mut u = vec![0f32; P * c * o];
+    let mut u = Buf::scratch(P * c * o);
     u.par_chunks_exact_mut(c * o)
         .enumerate()
         .for_each(|(pos, up)| {
@@ -616,7 +617,7 @@ simd_kernel! {
 #[derive(Debug, Default)]
 pub(super) struct Saved {
     /// `U [36][C][O]`.
-    u: Vec<f32>,
+    u: Buf,
     /// `V [36][N·T][C]`.
     v: Buf,
 }
@@ -631,7 +632,9 @@ pub(super) fn forward(g: &Wino, x: &[f32], u: &[f32], y: &mut [f32], keep: bool)
     multiply(g, u, &v, &mut m);
     output_transform(g, &m, y);
     if keep {
-        Saved { u: u.to_vec(), v }
+        let mut kept = Buf::scratch(u.len());
+        kept.copy_from_slice(u);
+        Saved { u: kept, v }
     } else {
         Saved::default()
     }
@@ -639,7 +642,7 @@ pub(super) fn forward(g: &Wino, x: &[f32], u: &[f32], y: &mut [f32], keep: bool)
 
 /// The backward pass's state for channel-last `x` and the weights' transform `u`, without the
 /// forward pass's products (for an op that keeps nothing between its passes).
-pub(super) fn saved(g: &Wino, x: &[f32], u: Vec<f32>) -> Saved {
+pub(super) fn saved(g: &Wino, x: &[f32], u: Buf) -> Saved {
     let mut v = Buf::scratch(g.v_len());
     input_transform(g, x, &mut v);
     Saved { u, v }
@@ -660,7 +663,7 @@ pub(super) fn backward(
     let (nt, c, o) = (g.nt(), g.c, g.o);
     let mut dy = Buf::scratch(P * nt * o);
     grad_output_transform(g, gy, &mut dy);
-    let mut du = vec![0f32; P * c * o];
+    let mut du = Buf::scratch(P * c * o);
     per_position(
         &mut du,
         (c, o, nt),
