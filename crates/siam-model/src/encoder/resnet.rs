@@ -6,7 +6,7 @@
 //! them one to one ([`crate::pretrained`]); the head (`head.hidden`, `head.out`) replaces
 //! torchvision's classifier `fc`. On the CPU the 3×3 stride-1 convolutions run by Winograd
 //! (`kernels::conv3x3`), the others on `kernels::conv2d_strided` (im2col and gemm), the 3×3/2
-//! max-pooling on `kernels::max_pool2d`.
+//! max-pooling on `kernels::max_pool2d`, the residual add and ReLU on `kernels::add_relu`.
 
 use candle_core::{D, Module, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, VarBuilder};
@@ -216,7 +216,7 @@ impl BasicBlock {
             Some((c, bn)) => bn_plain(bn, &conv(c, x, self.stride, true)?, train)?,
             None => x.clone(),
         };
-        (y + identity)?.relu()
+        crate::kernels::add_relu(&y, &identity)
     }
 
     /// The block's ReLU outputs in evaluation (`bn1`'s and the block's own), for the probe.

@@ -11,6 +11,7 @@
 //! - [`maxpool`]: max-pooling with any window, stride and padding (ResNet's 3×3/2);
 //! - [`conv_pool`]: the seed CNN's convolution + bias + ReLU + pooling stage as one op;
 //! - [`batchnorm`]: training-mode BatchNorm + ReLU;
+//! - [`residual`]: a residual block's `relu(y + identity)`;
 //! - [`winograd`]: 3×3 convolution by Winograd F(4×4, 3×3) on channel-last activations,
 //!   forward and backward;
 //! - [`nhwc`]: channel-last direct convolution (few input channels), BatchNorm + ReLU and
@@ -63,6 +64,7 @@ mod maxpool;
 mod nhwc;
 mod ops;
 mod pool;
+mod residual;
 mod scratch;
 mod winograd;
 
@@ -74,6 +76,7 @@ pub use conv_pool::conv2d_relu_max_pool2;
 pub use conv3x3::{conv3x3, conv3x3_winograd};
 pub use maxpool::max_pool2d;
 pub use pool::relu_max_pool2;
+pub use residual::add_relu;
 
 pub(crate) use block::BatchStats;
 
