@@ -257,3 +257,78 @@ fn frozen_backbone_epochs_leave_the_backbone_unchanged() {
     let e = bad.validate().unwrap_err().to_string();
     assert!(e.contains("finetune.freeze-backbone-epochs"), "{e}");
 }
+
+/// Standard base64 (the report's data URIs), for the test only.
+fn unbase64(s: &str) -> Vec<u8> {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut n = 0;
+    let mut out = Vec::new();
+    for c in s.bytes().take_while(|&c| c != b'=') {
+        let v = A.iter().position(|&a| a == c).expect("base64 character") as u32;
+        bits = (bits << 6) | v;
+        n += 6;
+        if n >= 8 {
+            n -= 8;
+            out.push((bits >> n) as u8);
+        }
+    }
+    out
+}
+
+/// `siam diagnose` on a colour folder with the ResNet trained on it: a planted copy is found,
+/// and the report shows it as a colour thumbnail (3 channels, the tint kept).
+#[test]
+fn diagnose_shows_colour_images_in_its_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("colour");
+    colour_folder(&root);
+    let mut classes: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    classes.sort();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&classes[0])
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    std::fs::copy(&files[0], classes[0].join("zz-copy.png")).unwrap();
+    let cfg = resnet_run(&root, None);
+    let s = train(
+        &cfg,
+        &dir.path().join("run"),
+        &Default::default(),
+        &mut |_| {},
+    )
+    .unwrap();
+    let opts = siam_train::diagnose::DiagnoseOptions {
+        data: root.display().to_string(),
+        baselines: false,
+        pairs: 200,
+        ..Default::default()
+    };
+    let (diagnosis, _, _) =
+        siam_train::diagnose::diagnose(&s.model, &candle_core::Device::Cpu, &opts).unwrap();
+    let q = diagnosis.measurements.data_quality.as_ref().unwrap();
+    assert!(q.duplicates_same_class >= 1, "{:?}", q.duplicate_list);
+    let copy = q
+        .duplicate_list
+        .iter()
+        .find(|d| d.a.contains("zz-copy") || d.b.contains("zz-copy"))
+        .expect("the planted copy is listed");
+    let html = siam_eval::report::html(&diagnosis, &[]);
+    for name in [&copy.a, &copy.b] {
+        let uri = &q.thumbnails[name];
+        assert!(html.contains(uri.as_str()), "the report shows {name}");
+        let png = unbase64(uri.strip_prefix("data:image/png;base64,").unwrap());
+        let img = image::load_from_memory(&png).unwrap();
+        assert_eq!(img.color(), image::ColorType::Rgb8, "{name}");
+        let rgb = img.to_rgb8();
+        assert_eq!((rgb.width(), rgb.height()), (28, 28));
+        assert!(
+            rgb.pixels().any(|p| p.0[0] != p.0[1] || p.0[1] != p.0[2]),
+            "{name} lost its colour"
+        );
+    }
+}
