@@ -43,5 +43,5 @@ pub use error::{Result, TrainError};
 pub use evaluate::{EvalReport, evaluate};
 pub use trainer::{
     Event, LrFind, LrFindOptions, StepRecord, Summary, TrainOptions, ValidationRecord, lr_find,
-    resume, train, write_lr_find,
+    pretrained_file, resume, train, write_lr_find,
 };

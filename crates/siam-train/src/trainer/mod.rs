@@ -308,6 +308,25 @@ pub fn train(
     run.go(on)
 }
 
+/// The file `model.encoder.pretrained` names: a path, or `timm:NAME` — timm's weights from the
+/// Hugging Face hub's cache, downloaded into it when missing (the `hub` feature).
+pub fn pretrained_file(spec: &str) -> Result<PathBuf> {
+    let Some(name) = spec.strip_prefix("timm:") else {
+        return Ok(PathBuf::from(spec));
+    };
+    #[cfg(feature = "hub")]
+    {
+        siam_data::hub::timm_weights(name)
+            .map_err(|e| TrainError::Config(format!("model.encoder.pretrained = \"{spec}\": {e}")))
+    }
+    #[cfg(not(feature = "hub"))]
+    {
+        Err(TrainError::Config(format!(
+            "model.encoder.pretrained = \"{spec}\" downloads timm's {name} from the Hugging Face hub, which needs siam built with the `hub` feature (cargo install --path crates/siam-cli --features hub); offline, save the weights as safetensors and give the file's path"
+        )))
+    }
+}
+
 /// The model a run starts from: weights drawn from the run's seed, then, for a ResNet with
 /// `pretrained` set, the backbone loaded from that file (the head keeps its drawn weights).
 pub(crate) fn initial_model(
@@ -322,9 +341,15 @@ pub(crate) fn initial_model(
         .resnet()
         .and_then(|(_, r)| r.pretrained.as_deref())
     {
-        let load = siam_model::pretrained::load_backbone(&model, Path::new(path))?;
+        let file = pretrained_file(path)?;
+        let load = siam_model::pretrained::load_backbone(&model, &file)?;
+        let from = if Path::new(path) == file {
+            path.to_string()
+        } else {
+            format!("{path} ({})", file.display())
+        };
         on(Event::Note(&format!(
-            "pretrained backbone from {path}: {} tensors loaded{}, {} ignored ({})",
+            "pretrained backbone from {from}: {} tensors loaded{}, {} ignored ({})",
             load.loaded,
             load.stripped_prefix
                 .map(|p| format!(" (prefix {p} removed)"))

@@ -174,6 +174,23 @@ fn a_pretrained_file_that_does_not_fit_fails_before_the_run_folder_exists() {
         .to_string();
     assert!(e.contains("absent.safetensors"), "{e}");
     assert!(!run.exists());
+    // A timm name: without the `hub` feature, an error that says how to get it; with it, an
+    // absent name is not in the cache (and, offline, not downloadable).
+    if let EncoderConfig::Resnet18(r) = &mut cfg.model.encoder {
+        r.pretrained = Some("timm:resnet18.no_such_weights".into());
+    }
+    let e = train(&cfg, &run, &Default::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("timm:resnet18.no_such_weights"), "{e}");
+    if cfg!(not(feature = "hub")) {
+        assert!(e.contains("`hub` feature"), "{e}");
+    }
+    assert!(!run.exists());
+    assert_eq!(
+        siam_train::pretrained_file("w/resnet18.safetensors").unwrap(),
+        PathBuf::from("w/resnet18.safetensors")
+    );
     // --pretrained on an encoder that is not a ResNet is a config error naming the encoder.
     let mut c = TrainConfig::preset("quick").unwrap();
     let e = c.set_pretrained("x.safetensors").unwrap_err().to_string();
