@@ -339,7 +339,7 @@ impl CustomOp2 for BlockOp {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::tests::{max_diff, rand};
+    use crate::kernels::tests::{grads_of, max_diff, rand};
     use candle_core::{D, Device, Var};
 
     /// The block with candle's own ops, on (N, C, H, W): conv2d, BatchNorm from the batch
@@ -467,18 +467,8 @@ mod tests {
                     "case {i}: statistics only in training"
                 );
                 let up = rand(ours.dims(), s + 50);
-                let g1 = (&ours * &up)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-                let g2 = (&theirs * &up)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
+                let g1 = grads_of(&ours, &up);
+                let g2 = grads_of(&theirs, &up);
                 let d = max_diff(g1.get(&x).unwrap(), g2.get(&x).unwrap());
                 assert!(d < 1e-3, "case {i}, batch {batch}: dx differs by {d}");
                 for (k, v) in p.iter().enumerate() {
@@ -537,7 +527,7 @@ mod tests {
                 .to_scalar::<f64>()
                 .unwrap()
         };
-        let g = (&y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let g = grads_of(&y, &up);
         let gx = g
             .get(&xt)
             .unwrap()

@@ -680,7 +680,7 @@ pub fn conv2d_strided(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::tests::{max_diff, rand};
+    use crate::kernels::tests::{grads_of, max_diff, rand};
     use candle_core::Var;
 
     /// Forward and every gradient against candle's own conv2d + broadcast bias.
@@ -715,18 +715,8 @@ mod tests {
                 .broadcast_add(&b.reshape((1, o, 1, 1)).unwrap())
                 .unwrap();
             assert!(max_diff(&ours, &theirs) < 1e-5, "case {i}: forward");
-            let g1 = (&ours * &up)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g2 = (&theirs * &up)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g1 = grads_of(&ours, &up);
+            let g2 = grads_of(&theirs, &up);
             for (name, v) in [
                 ("x", x.as_tensor()),
                 ("w", wt.as_tensor()),
@@ -800,22 +790,12 @@ mod tests {
             assert_eq!(ours.dims(), theirs.dims(), "case {i}");
             assert!(max_diff(&ours, &theirs) < 1e-5, "case {i}: forward");
             let up = rand(ours.dims(), 250 + i as u64);
-            let g1 = (&ours * &up)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g1 = grads_of(&ours, &up);
             // candle's own backward fails when the height and width differ in parity (it
             // sizes the transposed convolution's output padding from the height alone): there
             // only the differences below check the gradient.
             if h % 2 == w % 2 {
-                let g2 = (&theirs * &up)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
+                let g2 = grads_of(&theirs, &up);
                 for (name, v) in [("x", x.as_tensor()), ("w", wt.as_tensor())] {
                     let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
                     assert!(d < 1e-4, "case {i}: d{name} differs by {d}");

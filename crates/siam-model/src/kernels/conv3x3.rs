@@ -181,7 +181,7 @@ pub fn conv3x3_winograd(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::tests::{max_diff, rand};
+    use crate::kernels::tests::{grads_of, max_diff, rand};
     use candle_core::Var;
 
     /// Forward and both gradients against candle's conv2d, on square, odd, oblong and
@@ -210,13 +210,8 @@ mod tests {
                 "forward {k}: {}",
                 max_diff(&ours, &theirs)
             );
-            let g1 = (ours * &r).unwrap().sum_all().unwrap().backward().unwrap();
-            let g2 = (theirs * &r)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let g1 = grads_of(&ours, &r);
+            let g2 = grads_of(&theirs, &r);
             for v in [&x, &w] {
                 let (a, b) = (g1.get(v).unwrap(), g2.get(v).unwrap());
                 let bound = 1e-5 * (n * o * 9) as f32 * 0.25;

@@ -155,6 +155,11 @@ pub(crate) mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
+    /// The gradients of `Σ up · y`: a backward pass with `up` as the output's gradient.
+    pub(crate) fn grads_of(y: &Tensor, up: &Tensor) -> candle_core::backprop::GradStore {
+        (y * up).unwrap().sum_all().unwrap().backward().unwrap()
+    }
+
     /// The largest absolute difference between two tensors of one shape.
     pub(crate) fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
         (a - b)

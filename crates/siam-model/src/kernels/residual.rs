@@ -78,7 +78,7 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::tests::{distinct, max_diff, rand};
+    use crate::kernels::tests::{distinct, grads_of, max_diff, rand};
     use candle_core::Var;
 
     /// Forward and both gradients equal candle's add + ReLU (exactly: the same f32 sums).
@@ -90,18 +90,8 @@ mod tests {
         let ours = add_relu(&a, &b).unwrap();
         let theirs = (a.as_tensor() + b.as_tensor()).unwrap().relu().unwrap();
         assert_eq!(max_diff(&ours, &theirs), 0.0);
-        let g1 = (&ours * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g2 = (&theirs * &up)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let g1 = grads_of(&ours, &up);
+        let g2 = grads_of(&theirs, &up);
         for v in [&a, &b] {
             assert_eq!(max_diff(g1.get(v).unwrap(), g2.get(v).unwrap()), 0.0);
         }
@@ -128,7 +118,7 @@ mod tests {
         };
         let av = Var::from_tensor(&a).unwrap();
         let y = add_relu(&av, &b).unwrap();
-        let grads = (y * &up).unwrap().sum_all().unwrap().backward().unwrap();
+        let grads = grads_of(&y, &up);
         let ga: Vec<f32> = grads
             .get(&av)
             .unwrap()
