@@ -77,7 +77,7 @@ pub struct ConfigSourceArgs {
     /// preset. --set and the flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// A built-in recipe: default, seed, quick, convnet.
+    /// A built-in recipe: default, fast, seed, quick, convnet, resnet.
     #[arg(long)]
     pub preset: Option<String>,
     /// Override any config key, dotted for nested tables (--set loss.margin=0.5 --set
@@ -115,7 +115,7 @@ pub struct TrainArgs {
     pub steps_per_epoch: Option<usize>,
     #[arg(long)]
     pub batch_size: Option<usize>,
-    /// Margin of the contrastive or triplet loss.
+    /// Margin of the loss (contrastive, triplet, CosFace or ArcFace).
     #[arg(long)]
     pub margin: Option<f64>,
     /// Peak learning rate.

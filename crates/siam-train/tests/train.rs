@@ -107,7 +107,7 @@ fn config_errors_name_the_key() {
         TrainConfig::preset("nope")
             .unwrap_err()
             .to_string()
-            .contains("known: default, seed, quick, convnet")
+            .contains("known: default, fast, seed, quick, convnet, resnet")
     );
     // A class split leaving one training class is an error; a P×K batch asking for more
     // classes than the data has is capped, and the run says so and records it.
@@ -572,12 +572,12 @@ fn the_contrastive_term_adds_to_a_batch_loss() {
     assert!(e.contains("contrastive-term"), "{e}");
 }
 
-/// `lr_find` on the fixtures with the default recipe suggests a rate within a factor of ten of
+/// `lr_find` on the fixtures with the `fast` recipe suggests a rate within a factor of ten of
 /// the recipe's own (1e-3), over a loss that falls; `write_lr_find` writes the three files and
 /// refuses a folder that holds anything (a run folder), leaving it as it was.
 #[test]
-fn lr_find_suggests_a_rate_near_the_default_and_writes_only_a_new_folder() {
-    let cfg = TrainConfig::preset("default").unwrap();
+fn lr_find_suggests_a_rate_near_the_recipes_own_and_writes_only_a_new_folder() {
+    let cfg = TrainConfig::preset("fast").unwrap();
     let opts = siam_train::LrFindOptions {
         steps: 60,
         ..Default::default()

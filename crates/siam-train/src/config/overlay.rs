@@ -225,7 +225,7 @@ mod tests {
     #[test]
     fn sets_reach_nested_keys_and_parse_values() {
         let c = resolve_sets(
-            "default",
+            "fast",
             &[
                 "loss.margin=0.5",
                 "epochs=3",
@@ -241,14 +241,14 @@ mod tests {
         assert!(!c.augment.hflip);
         assert!(c.data.class_split.is_some());
         // Everything else is the preset's.
-        let d = TrainConfig::preset("default").unwrap();
+        let d = TrainConfig::preset("fast").unwrap();
         assert_eq!(c.optimizer, d.optimizer);
         assert_eq!(c.model, d.model);
     }
 
     #[test]
     fn a_changed_kind_starts_from_the_new_kinds_defaults() {
-        let c = resolve_sets("default", &["loss.kind=cosface", "loss.scale=20"]).unwrap();
+        let c = resolve_sets("fast", &["loss.kind=cosface", "loss.scale=20"]).unwrap();
         assert_eq!(
             c.loss,
             super::super::LossConfig::Cosface {
@@ -257,8 +257,20 @@ mod tests {
             }
         );
         // The same kind keeps its other keys.
-        let c = resolve_sets("default", &["loss.kind=contrastive", "loss.margin=0.7"]).unwrap();
+        let c = resolve_sets("fast", &["loss.kind=contrastive", "loss.margin=0.7"]).unwrap();
         assert_eq!(c.loss.margin(), Some(0.7));
+        // The default's contrastive term only adds to a batch loss: turning its loss into a
+        // pair loss is refused, and the error says where a contrastive recipe starts.
+        let e = resolve_sets(
+            "default",
+            &["loss={ kind = \"contrastive\", margin = 1.0 }"],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("contrastive-term") && e.contains("--preset fast"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -182,7 +182,7 @@ impl TrainConfig {
                 return bad(
                     "contrastive-term",
                     format!(
-                        "adds to a batch loss (cosface, arcface, multi-similarity, supcon, nt-xent), not to {}",
+                        "adds to a batch loss (cosface, arcface, multi-similarity, supcon, nt-xent), not to {} (remove [contrastive-term], or start from a contrastive recipe: --preset fast)",
                         self.loss.kind()
                     ),
                 );
@@ -282,7 +282,7 @@ impl TrainConfig {
             return bad(
                 "loss.kind",
                 format!(
-                    "the pair-list sampler gives listed pairs, for the contrastive or bce loss; {} needs classes",
+                    "the pair-list sampler gives listed pairs, for the contrastive or bce loss; {} needs classes (start from the contrastive recipe: --preset fast)",
                     self.loss.kind()
                 ),
             );
