@@ -13,7 +13,7 @@ pub const PRESETS: [&str; 6] = ["default", "fast", "seed", "quick", "convnet", "
 impl TrainConfig {
     /// A preset by name: `default` (the recommended recipe: the convnet encoder with CosFace
     /// and a contrastive term over the batch's pairs, 6 epochs; test P@1 0.906 and ROC-AUC
-    /// 0.991 on Fashion-MNIST in 9 minutes on two cores, docs/BENCHMARKS.md), `fast` (the
+    /// 0.991 on Fashion-MNIST in 7.5 minutes on two cores, docs/BENCHMARKS.md), `fast` (the
     /// seed CNN with the default's batches and augmentation and the contrastive loss: the
     /// default until 2026-12-03, a sixth of its time), `seed` (the recipe the project grew
     /// from: seed CNN, contrastive m = 2, random balanced pairs, Adam 1e-3, 5 epochs of 60k
