@@ -755,7 +755,7 @@ impl Encoder {
                         Pooling::GlobalAverage => y.mean(D::Minus1)?.mean(D::Minus1)?,
                         Pooling::Flatten => y.flatten_from(1)?,
                     };
-                    out.push(("head.hidden".to_string(), h.forward(&f)?.relu()?));
+                    out.push(("head.hidden".to_string(), linear(h, &f)?.relu()?));
                 }
             }
             Self::Resnet(m) => out = m.relu_layers(&x)?,

@@ -26,12 +26,10 @@ impl CustomOp2 for LinearOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (&[n, k], &[o, k2]) = (l1.dims(), l2.dims()) else {
-            candle_core::bail!("linear of shapes {:?} and {:?}", l1.dims(), l2.dims())
+        let (n, k, o) = match (l1.dims(), l2.dims()) {
+            (&[n, k], &[o, k2]) if k == k2 => (n, k, o),
+            (a, b) => candle_core::bail!("linear of shapes {a:?} and {b:?}"),
         };
-        if k != k2 {
-            candle_core::bail!("linear of shapes {:?} and {:?}", l1.dims(), l2.dims())
-        }
         let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
         let mut y = vec![0f32; n * o];
         // y (n×o) = x (n×k) · wᵀ (k×o): wᵀ is w read with rows and columns swapped.
@@ -64,7 +62,7 @@ impl CustomOp2 for LinearOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let gy = gy.contiguous()?;
         let gx = gy.matmul(w)?;
-        let gw = gy.t()?.matmul(x)?.contiguous()?;
+        let gw = gy.t()?.matmul(x)?;
         Ok((Some(gx), Some(gw)))
     }
 }
