@@ -577,12 +577,13 @@ impl ConvNet {
         let last = self.blocks.len() - 1;
         let x = if crate::kernels::fast_path(&[x, self.blocks[0].c1.weight()]) {
             // The CPU path: each block one fused operation on channel-last activations; the
-            // last map goes back to (N, C, H, W), so the head sees the same order everywhere.
-            let mut x = x.permute((0, 2, 3, 1))?.contiguous()?;
+            // last map goes back to (N, C, H, W), so the head sees the same order everywhere
+            // (both copies with contiguous gradients).
+            let mut x = crate::kernels::channels_last(x)?;
             for (i, b) in self.blocks.iter().enumerate() {
                 x = b.forward_fused(&x, train, i < last)?;
             }
-            x.permute((0, 3, 1, 2))?.contiguous()?
+            crate::kernels::channels_first(&x)?
         } else {
             self.forward_blocks(x, train)?
         };

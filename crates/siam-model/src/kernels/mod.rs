@@ -16,6 +16,7 @@
 //!   forward and backward;
 //! - [`nhwc`]: channel-last direct convolution (few input channels), BatchNorm + ReLU and
 //!   pooling, with reductions in a fixed order;
+//! - [`layout`]: channel-last ⇄ channel-first copies with contiguous gradients;
 //! - [`lane`]: the 16- and 8-lane vectors the tile transforms compute with;
 //! - [`scratch`]: reused buffers for the large temporaries;
 //! - [`block`]: the convnet's block (two convolutions with BatchNorm and ReLU, optional
@@ -60,6 +61,7 @@ mod conv3x3;
 mod conv_pool;
 pub(crate) mod gemm;
 mod lane;
+mod layout;
 mod linear;
 mod maxpool;
 mod nhwc;
@@ -75,6 +77,7 @@ pub use batchnorm::{batch_norm_relu_train, batch_norm_train};
 pub use conv::{conv2d, conv2d_strided};
 pub use conv_pool::conv2d_relu_max_pool2;
 pub use conv3x3::{conv3x3, conv3x3_winograd};
+pub use layout::{channels_first, channels_last};
 pub use linear::linear;
 pub use maxpool::max_pool2d;
 pub use pool::relu_max_pool2;
