@@ -5,6 +5,7 @@
 //!
 //! - [`config`]: `TrainConfig` and presets (`default`, `seed`, `quick`).
 //! - [`data`]: data sources (embedded fixtures, downloaded datasets, IDX dirs, image folders).
+//! - [`denormals`]: flushing denormal floats to zero while training on the CPU.
 //! - [`optim`]: AdamW and SGD with momentum with saveable state; LR schedules with warmup.
 //! - [`evaluate`]: verification, retrieval and distance statistics of a model on a set.
 //! - [`calibrate`]: a new threshold, quantiles and input check for a trained model.
@@ -29,6 +30,7 @@
 pub mod calibrate;
 pub mod config;
 pub mod data;
+pub mod denormals;
 pub mod diagnose;
 pub mod error;
 pub mod evaluate;

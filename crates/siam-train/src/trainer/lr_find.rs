@@ -119,6 +119,7 @@ pub fn lr_find(cfg: &TrainConfig, opts: &LrFindOptions) -> Result<LrFind> {
             opts.steps
         )));
     }
+    let _flush = crate::denormals::flush_denormals();
     let data = data::load(&cfg.data, cfg.seed)?;
     let (sampler, _) = cfg.sampler.fit(&data.train);
     let mut cfg = cfg.clone();

@@ -288,6 +288,7 @@ impl<'a> Run<'a> {
 
     pub(super) fn go(mut self, on: &mut dyn FnMut(Event<'_>)) -> Result<Summary> {
         let started = Instant::now();
+        let _flush = crate::denormals::flush_denormals();
         let cfg = self.cfg.clone();
         let spe = cfg.steps_per_epoch as u64;
         let total = cfg.total_steps();
