@@ -75,11 +75,15 @@ pub struct TrainConfig {
 /// `freeze-backbone-epochs` epochs: not updated, its BatchNorm in evaluation mode (running
 /// statistics kept), only the head (and a loss's proxies) learning. The usual recipe for a
 /// pretrained backbone: a few frozen epochs so the new head stops sending noise into it, then
-/// the backbone at a tenth of the head's rate.
+/// the backbone at a tenth of the head's rate. A factor above 1 does the converse: the head and
+/// the proxies learn slower than the encoder. The `default` recipe uses 4 with `lr = 2.5e-4`
+/// (the encoder at 1e-3, the head at 2.5e-4): at the encoder's rate its flattened head, 6,272
+/// non-negative inputs per unit, lost about 30 % of its hidden units for good in the first
+/// epoch (docs/BENCHMARKS.md).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Finetune {
-    /// The backbone's learning-rate factor, in (0, 1] (default 1).
+    /// The backbone's learning-rate factor, in (0, 16] (default 1).
     #[serde(default = "unit_scale")]
     pub backbone_lr_scale: f64,
     /// Epochs at the start with the backbone frozen (default 0), fewer than `epochs`.

@@ -189,10 +189,10 @@ impl TrainConfig {
             }
         }
         if let Some(f) = &self.finetune {
-            if !(f.backbone_lr_scale > 0.0 && f.backbone_lr_scale <= 1.0) {
+            if !(f.backbone_lr_scale > 0.0 && f.backbone_lr_scale <= 16.0) {
                 return bad(
                     "finetune.backbone-lr-scale",
-                    format!("{} must be in (0, 1]", f.backbone_lr_scale),
+                    format!("{} must be in (0, 16]", f.backbone_lr_scale),
                 );
             }
             if f.freeze_backbone_epochs >= self.epochs {
