@@ -1698,9 +1698,9 @@ fn broken_model_files_are_named() {
     ));
     let mut t = tensors.clone();
     t.insert(
-        "encoder.fc.weight".into(),
+        "encoder.head.out.weight".into(),
         candle_core::Tensor::zeros(
-            (128, 1024),
+            (128, 200),
             candle_core::DType::F32,
             &candle_core::Device::Cpu,
         )
@@ -1708,15 +1708,15 @@ fn broken_model_files_are_named() {
     );
     cases.push((
         write("shape.safetensors", &t, Some(meta.clone())),
-        "the model needs [128, 1600]",
+        "the model needs [128, 256]",
     ));
     let mut m = meta.clone();
     m["format-version"] = 7.into();
     cases.push((write("newer.safetensors", &tensors, Some(m)), "newer"));
     let mut t = tensors.clone();
-    let b = t["encoder.fc.bias"].clone();
+    let b = t["encoder.head.out.bias"].clone();
     t.insert(
-        "encoder.fc.bias".into(),
+        "encoder.head.out.bias".into(),
         (b.ones_like().unwrap() * f64::NAN).unwrap(),
     );
     cases.push((write("nan.safetensors", &t, Some(meta.clone())), "NaN"));

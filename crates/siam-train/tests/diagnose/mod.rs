@@ -61,8 +61,8 @@ fn the_shipped_model_is_healthy() {
     assert!(m.retrieval.precision_at_1 > m.pixels_precision_at_1.unwrap() + 0.03);
     assert!(m.consistency.alone_vs_batch < 1e-5 && m.consistency.asymmetry < 1e-6);
     // The context comes from the model file's training record.
-    assert_eq!(m.context.loss.as_deref(), Some("contrastive"));
-    assert_eq!(m.context.margin, Some(1.0));
+    assert_eq!(m.context.loss.as_deref(), Some("cosface"));
+    assert_eq!(m.context.margin, Some(0.35));
 }
 
 /// A hand-written loop with the most common Siamese bug: the contrastive loss is written for
@@ -256,7 +256,9 @@ fn nan_weights_are_diagnosed_not_refused() {
     let model = SiameseModel::load(Path::new(SHIPPED), &Device::Cpu).unwrap();
     {
         let data = model.varmap().data().lock().unwrap();
-        let v = data.get("encoder.fc.bias").expect("seed CNN has fc.bias");
+        let v = data
+            .get("encoder.head.out.bias")
+            .expect("the convnet has head.out.bias");
         let mut vals: Vec<f32> = v.as_tensor().to_vec1().unwrap();
         vals[0] = f32::NAN;
         v.set(&Tensor::from_vec(vals.clone(), vals.len(), &Device::Cpu).unwrap())
@@ -267,7 +269,7 @@ fn nan_weights_are_diagnosed_not_refused() {
     assert!(SiameseModel::load(&p, &Device::Cpu).is_err());
     let (k, d) = kinds(&p, None);
     assert_eq!(k.first(), Some(&Kind::NonFinite), "{:#?}", d.findings);
-    assert_eq!(d.measurements.non_finite_weights, ["encoder.fc.bias"]);
+    assert_eq!(d.measurements.non_finite_weights, ["encoder.head.out.bias"]);
     assert_eq!(d.measurements.non_finite_embeddings, 1000);
 }
 
