@@ -10,7 +10,7 @@ use crate::project_root;
 /// Options of `cargo xtask train`; anything after `--` goes to `siam train`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The recipe: default (the convnet with CosFace and a contrastive term, about 8 minutes on
+    /// The recipe: default (the convnet with CosFace and a contrastive term, about 7 minutes on
     /// the full Fashion-MNIST), fast (the seed CNN, about 1.5 minutes), seed, quick, convnet or
     /// resnet (docs/BENCHMARKS.md).
     #[arg(long, default_value = "default")]

@@ -1,9 +1,9 @@
 //! Flushing denormal floats to zero while training on the CPU.
 //!
-//! As a run goes on, some gradients and AdamW's second moments fall below f32's smallest normal
-//! number (about 1.2e-38). x86 CPUs compute with such denormals through a microcode assist that
-//! costs tens to hundreds of cycles per instruction: on the default recipe the steps slowed
-//! by a tenth within three epochs (docs/BENCHMARKS.md). Setting the MXCSR bits FTZ (results
+//! As a run goes on, some values (gradients and AdamW's second moments, typically) fall below
+//! f32's smallest normal number (about 1.2e-38). x86 CPUs compute with such denormals through a
+//! microcode assist that costs tens to hundreds of cycles per instruction: on the default recipe
+//! the steps slowed by a tenth within three epochs (docs/BENCHMARKS.md). Setting the MXCSR bits FTZ (results
 //! that would be denormal become zero) and DAZ (denormal inputs read as zero) keeps the speed
 //! flat; it changes only values below 1.2e-38, which no loss, metric or weight here depends on.
 //! TensorFlow sets the same bits on its CPU threads; PyTorch offers
