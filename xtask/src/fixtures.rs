@@ -98,8 +98,15 @@ pub fn run(a: &Args) -> Result<()> {
 /// Trains the `default` recipe on the full data in `run` through the `siam` CLI (seed 42, the
 /// preset's) and copies its best model to `fixtures/models/fashion-mnist.safetensors`.
 fn ship_model(src: &std::path::Path, run: &std::path::Path) -> Result<()> {
-    // The run folder is this command's own (under target/ by default): a previous one goes.
+    // The run folder is this command's own (under target/ by default): a previous run there
+    // goes, anything else is left alone.
     if run.exists() {
+        if !run.join("config.toml").is_file() {
+            anyhow::bail!(
+                "{} exists and is not a siam run folder; pass another --model-run",
+                run.display()
+            );
+        }
         std::fs::remove_dir_all(run).with_context(|| format!("removing {}", run.display()))?;
     }
     let status =
