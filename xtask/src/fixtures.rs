@@ -109,26 +109,14 @@ fn ship_model(src: &std::path::Path, run: &std::path::Path) -> Result<()> {
         }
         std::fs::remove_dir_all(run).with_context(|| format!("removing {}", run.display()))?;
     }
-    let status =
-        std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(project_root())
-            .args([
-                "run",
-                "--release",
-                "-q",
-                "-p",
-                "siam-cli",
-                "--",
-                "train",
-                "--preset",
-                "default",
-            ])
-            .arg("--data")
-            .arg(src)
-            .arg("--out")
-            .arg(run)
-            .status()
-            .context("cannot run cargo")?;
+    let status = crate::train::siam_train()
+        .args(["--preset", "default"])
+        .arg("--data")
+        .arg(src)
+        .arg("--out")
+        .arg(run)
+        .status()
+        .context("cannot run cargo")?;
     if !status.success() {
         anyhow::bail!("training the shipped model failed ({status})");
     }

@@ -20,7 +20,8 @@ pub struct Args {
     pub extra: Vec<String>,
 }
 
-pub fn run(a: &Args) -> Result<()> {
+/// `cargo run --release -q -p siam-cli -- train` from the project root, flags still to add.
+pub fn siam_train() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(project_root()).args([
         "run",
@@ -31,6 +32,11 @@ pub fn run(a: &Args) -> Result<()> {
         "--",
         "train",
     ]);
+    cmd
+}
+
+pub fn run(a: &Args) -> Result<()> {
+    let mut cmd = siam_train();
     // A config file or preset given after `--` wins.
     if !a.extra.iter().any(|x| x == "--config" || x == "--preset") {
         cmd.args(["--preset", &a.preset]);
