@@ -2,9 +2,10 @@
 //! restored exactly, and learning-rate schedules with warmup.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 
 use candle_core::backprop::GradStore;
-use candle_core::{Result, Tensor, Var};
+use candle_core::{DType, Result, Tensor, Var};
 
 use crate::config::{OptimizerConfig, ScheduleConfig, ScheduleKind};
 
@@ -16,6 +17,9 @@ pub struct Optimizer {
     m: BTreeMap<String, Tensor>,
     /// Second moment (AdamW).
     v: BTreeMap<String, Tensor>,
+    /// AdamW's moments (m, v) as plain vectors, for variables the fused CPU pass updates in
+    /// place; a variable's moments live here or in `m`/`v`, never in both.
+    fused: BTreeMap<String, (Vec<f32>, Vec<f32>)>,
     /// Steps taken.
     t: u64,
     /// Per variable (in `vars` order): learning-rate factor, and the step after which it
@@ -34,6 +38,7 @@ impl Optimizer {
             vars,
             m: BTreeMap::new(),
             v: BTreeMap::new(),
+            fused: BTreeMap::new(),
             t: 0,
             groups,
         }
@@ -89,12 +94,37 @@ impl Optimizer {
                         eps,
                         t,
                     };
-                    let (m, v) = (self.m.get(name), self.v.get(name));
-                    if let Some((theta, m, v)) = h.fused(var.as_tensor(), g, m, v)? {
-                        var.set(&theta)?;
-                        self.m.insert(name.clone(), m);
-                        self.v.insert(name.clone(), v);
+                    if fusable(var.as_tensor()) && fusable(g) {
+                        let n = var.elem_count();
+                        let moments = match self.fused.entry(name.clone()) {
+                            Entry::Occupied(e) => e.into_mut(),
+                            Entry::Vacant(e) => {
+                                // First step, or moments restored from a checkpoint.
+                                let take = |s: Option<Tensor>| match s {
+                                    Some(t) if t.elem_count() == n => {
+                                        t.flatten_all()?.to_dtype(DType::F32)?.to_vec1()
+                                    }
+                                    Some(t) => candle_core::bail!(
+                                        "optimizer state of {} values for {name} ({n} values)",
+                                        t.elem_count()
+                                    ),
+                                    None => Ok(vec![0f32; n]),
+                                };
+                                let (m, v) =
+                                    (take(self.m.remove(name))?, take(self.v.remove(name))?);
+                                e.insert((m, v))
+                            }
+                        };
+                        h.fused(var.as_tensor(), g, moments)?;
                         continue;
+                    }
+                    if let Some((m, v)) = self.fused.remove(name) {
+                        let shape = var.shape();
+                        let dev = var.device();
+                        self.m
+                            .insert(name.clone(), Tensor::from_vec(m, shape, dev)?);
+                        self.v
+                            .insert(name.clone(), Tensor::from_vec(v, shape, dev)?);
                     }
                     let m = match self.m.get(name) {
                         Some(m) => ((m * beta1)? + (g * (1.0 - beta1))?)?,
@@ -152,6 +182,15 @@ impl Optimizer {
         for (k, t) in &self.v {
             s.insert(format!("v.{k}"), t.clone());
         }
+        for (name, var) in &self.vars {
+            if let Some((m, v)) = self.fused.get(name) {
+                for (p, x) in [("m", m), ("v", v)] {
+                    if let Ok(t) = Tensor::from_slice(x, var.shape(), var.device()) {
+                        s.insert(format!("{p}.{name}"), t);
+                    }
+                }
+            }
+        }
         (s, self.t)
     }
 
@@ -159,6 +198,7 @@ impl Optimizer {
     pub fn load_state(&mut self, state: &BTreeMap<String, Tensor>, steps: u64) -> Result<()> {
         self.m.clear();
         self.v.clear();
+        self.fused.clear();
         for (k, t) in state {
             let t = t.to_device(self.vars.first().map_or(t.device(), |v| v.1.device()))?;
             if let Some(name) = k.strip_prefix("m.") {
@@ -185,17 +225,9 @@ struct AdamwStep {
     t: i32,
 }
 
-/// Calls `f` with the contiguous f32 values of a CPU tensor (read in place), or returns `None`.
-fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
-    if !t.device().is_cpu() || t.dtype() != candle_core::DType::F32 || !t.is_contiguous() {
-        return None;
-    }
-    let (s, l) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(s) = &*s else {
-        return None;
-    };
-    let (a, b) = l.contiguous_offsets()?;
-    Some(f(&s.as_slice::<f32>().ok()?[a..b]))
+/// Whether the fused pass can use `t` in place: f32, contiguous, on the CPU.
+fn fusable(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous()
 }
 
 /// Values per parallel chunk of the fused update: element-wise, so the result does not depend
@@ -203,76 +235,80 @@ fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
 const CHUNK: usize = 1 << 14;
 
 impl AdamwStep {
-    /// The update in one pass over θ, g, m and v on the CPU (f32, contiguous), read in place and
-    /// spread over rayon in fixed chunks: new (θ, m, v). `None` elsewhere; the caller then uses
-    /// tensor operations with the same formula.
-    fn fused(
-        &self,
-        theta: &Tensor,
-        g: &Tensor,
-        m: Option<&Tensor>,
-        v: Option<&Tensor>,
-    ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
-        use rayon::prelude::*;
+    /// The update in one pass over θ, g, m and v on the CPU, spread over rayon in fixed chunks:
+    /// θ is written in place (no new buffer, no copy into the variable), and so are the
+    /// moments, held as plain vectors.
+    fn fused(&self, theta: &Tensor, g: &Tensor, moments: &mut (Vec<f32>, Vec<f32>)) -> Result<()> {
         let n = theta.elem_count();
-        if g.elem_count() != n {
-            candle_core::bail!("gradient of {} values for {n} parameters", g.elem_count())
+        if g.elem_count() != n || moments.0.len() != n || moments.1.len() != n {
+            candle_core::bail!(
+                "gradient of {} values and moments of {} for {n} parameters",
+                g.elem_count(),
+                moments.0.len()
+            )
         }
-        let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
-        let (c1, c2) = ((1.0 - self.beta1) as f32, (1.0 - self.beta2) as f32);
-        let h1 = (1.0 / (1.0 - self.beta1.powi(self.t))) as f32;
-        let h2 = (1.0 / (1.0 - self.beta2.powi(self.t))) as f32;
-        let decay = (1.0 - self.lr * self.weight_decay) as f32;
-        let (lr, eps) = (self.lr as f32, self.eps as f32);
-        let zeros = vec![0f32; if m.is_none() || v.is_none() { n } else { 0 }];
-        let state = |s: Option<&Tensor>, f: &mut dyn FnMut(&[f32])| -> Option<()> {
-            match s {
-                Some(s) if s.elem_count() == n => with_values(s, |x| f(x)),
-                Some(_) => None,
-                None => {
-                    f(&zeros);
-                    Some(())
+        theta.inplace_op2(
+            g,
+            &InPlace {
+                step: self,
+                moments: std::cell::RefCell::new(moments),
+            },
+        )
+    }
+}
+
+/// The fused AdamW update as candle's in-place operation on θ, with g as its source.
+struct InPlace<'a> {
+    step: &'a AdamwStep,
+    moments: std::cell::RefCell<&'a mut (Vec<f32>, Vec<f32>)>,
+}
+
+impl candle_core::InplaceOp2 for InPlace<'_> {
+    fn name(&self) -> &'static str {
+        "fused-adamw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut candle_core::CpuStorage,
+        l1: &candle_core::Layout,
+        s2: &candle_core::CpuStorage,
+        l2: &candle_core::Layout,
+    ) -> Result<()> {
+        use rayon::prelude::*;
+        let (Some((a1, b1)), Some((a2, b2))) = (l1.contiguous_offsets(), l2.contiguous_offsets())
+        else {
+            candle_core::bail!("fused AdamW needs contiguous parameters and gradients")
+        };
+        let candle_core::CpuStorage::F32(th) = s1 else {
+            candle_core::bail!("fused AdamW needs f32 parameters")
+        };
+        let gv = &s2.as_slice::<f32>()?[a2..b2];
+        let th = &mut th[a1..b1];
+        let mut moments = self.moments.borrow_mut();
+        let (mv, vv) = &mut **moments;
+        let h = self.step;
+        let (be1, be2) = (h.beta1 as f32, h.beta2 as f32);
+        let (c1, c2) = ((1.0 - h.beta1) as f32, (1.0 - h.beta2) as f32);
+        let h1 = (1.0 / (1.0 - h.beta1.powi(h.t))) as f32;
+        let h2 = (1.0 / (1.0 - h.beta2.powi(h.t))) as f32;
+        let decay = (1.0 - h.lr * h.weight_decay) as f32;
+        let (lr, eps) = (h.lr as f32, h.eps as f32);
+        th.par_chunks_mut(CHUNK)
+            .zip(mv.par_chunks_mut(CHUNK))
+            .zip(vv.par_chunks_mut(CHUNK))
+            .zip(gv.par_chunks(CHUNK))
+            .for_each(|(((to, mo), vo), gv)| {
+                for i in 0..to.len() {
+                    let mi = mo[i] * be1 + gv[i] * c1;
+                    let vi = vo[i] * be2 + gv[i] * gv[i] * c2;
+                    let update = (mi * h1) / ((vi * h2).sqrt() + eps);
+                    mo[i] = mi;
+                    vo[i] = vi;
+                    to[i] = to[i] * decay - update * lr;
                 }
-            }
-        };
-        let mut out = None;
-        let done = with_values(theta, |th| {
-            with_values(g, |gv| {
-                state(m, &mut |mv| {
-                    let _ = state(v, &mut |vv| {
-                        let (mut t2, mut m2, mut v2) =
-                            (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
-                        t2.par_chunks_mut(CHUNK)
-                            .zip(m2.par_chunks_mut(CHUNK))
-                            .zip(v2.par_chunks_mut(CHUNK))
-                            .enumerate()
-                            .for_each(|(k, ((to, mo), vo))| {
-                                let r = k * CHUNK..k * CHUNK + to.len();
-                                let (th, gv, mv, vv) =
-                                    (&th[r.clone()], &gv[r.clone()], &mv[r.clone()], &vv[r]);
-                                for i in 0..to.len() {
-                                    let mi = mv[i] * b1 + gv[i] * c1;
-                                    let vi = vv[i] * b2 + gv[i] * gv[i] * c2;
-                                    let update = (mi * h1) / ((vi * h2).sqrt() + eps);
-                                    mo[i] = mi;
-                                    vo[i] = vi;
-                                    to[i] = th[i] * decay - update * lr;
-                                }
-                            });
-                        out = Some((t2, m2, v2));
-                    });
-                })
-            })
-        });
-        let (Some(Some(Some(()))), Some((th, mv, vv))) = (done, out) else {
-            return Ok(None);
-        };
-        let (shape, dev) = (theta.shape(), theta.device());
-        Ok(Some((
-            Tensor::from_vec(th, shape, dev)?,
-            Tensor::from_vec(mv, shape, dev)?,
-            Tensor::from_vec(vv, shape, dev)?,
-        )))
+            });
+        Ok(())
     }
 }
 
@@ -532,6 +568,68 @@ mod tests {
             assert!(
                 (f64::from(*a) - b).abs() < 1e-5,
                 "parameter {i}: {a} vs {b}"
+            );
+        }
+    }
+
+    /// Saving the state after fused in-place steps and restoring it into a fresh optimizer
+    /// continues bit for bit like the uninterrupted optimizer.
+    #[test]
+    fn fused_state_round_trips_exactly() {
+        let cfg = OptimizerConfig::Adamw {
+            lr: 0.01,
+            weight_decay: 0.05,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+        };
+        let x0: Vec<f32> = (0..5000)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        let var = || Var::from_tensor(&Tensor::new(x0.as_slice(), &Device::Cpu).unwrap()).unwrap();
+        let grad = |x: &Var, step: usize| {
+            (x.as_tensor() - step as f64 / 5.0)
+                .unwrap()
+                .powf(3.0)
+                .unwrap()
+                .affine(1.0 / 3.0, 0.0)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap()
+        };
+        let (a, b) = (var(), var());
+        let mut oa = Optimizer::new(cfg.clone(), vec![("x".into(), a.clone())]);
+        let mut ob = Optimizer::new(cfg.clone(), vec![("x".into(), b.clone())]);
+        for step in 1..=3 {
+            oa.step(&grad(&a, step), 0.01).unwrap();
+            ob.step(&grad(&b, step), 0.01).unwrap();
+        }
+        let (state, steps) = ob.state();
+        assert_eq!(state.len(), 2, "{:?}", state.keys());
+        let mut oc = Optimizer::new(cfg, vec![("x".into(), b.clone())]);
+        oc.load_state(&state, steps).unwrap();
+        for step in 4..=6 {
+            oa.step(&grad(&a, step), 0.01).unwrap();
+            oc.step(&grad(&b, step), 0.01).unwrap();
+        }
+        let (va, vb): (Vec<f32>, Vec<f32>) = (
+            a.as_tensor().to_vec1().unwrap(),
+            b.as_tensor().to_vec1().unwrap(),
+        );
+        assert!(va.iter().zip(&x0).any(|(a, x)| a != x));
+        assert_eq!(va, vb);
+        assert_eq!(
+            oa.state().0.keys().collect::<Vec<_>>(),
+            oc.state().0.keys().collect::<Vec<_>>()
+        );
+        for (k, t) in oa.state().0 {
+            let u = &oc.state().0[&k];
+            assert_eq!(
+                t.to_vec1::<f32>().unwrap(),
+                u.to_vec1::<f32>().unwrap(),
+                "{k}"
             );
         }
     }
