@@ -48,23 +48,53 @@ pub(super) fn sampler_for(
 
 /// The L2 norm of the weights, and `‖θ − before‖ / ‖θ‖` when `before` holds the weights
 /// before this step (`None` when it is empty or the weights are all zero).
+/// Σ x² of a tensor. On the CPU (f32, contiguous) in one parallel pass over fixed chunks of
+/// the values read in place, each summed in f32 lanes and the chunks combined in order in f64,
+/// so the result is the same for any thread count; elsewhere candle's `sqr().sum_all()`.
+/// Called on every gradient every step: candle's version is a single-threaded pass writing a
+/// squared copy first.
+pub(crate) fn sum_of_squares(t: &Tensor) -> Result<f64> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 14;
+    if t.device().is_cpu() && t.dtype() == DType::F32 && t.is_contiguous() {
+        let (s, l) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((a, b))) =
+            (&*s, l.contiguous_offsets())
+        {
+            let parts: Vec<f64> = v[a..b]
+                .par_chunks(CHUNK)
+                .map(|c| {
+                    let mut lanes = [0f32; 16];
+                    let mut it = c.chunks_exact(16);
+                    for x in &mut it {
+                        for (acc, x) in lanes.iter_mut().zip(x) {
+                            *acc += x * x;
+                        }
+                    }
+                    let rest: f32 = it.remainder().iter().map(|x| x * x).sum();
+                    lanes.iter().map(|&x| f64::from(x)).sum::<f64>() + f64::from(rest)
+                })
+                .collect();
+            return Ok(parts.iter().sum());
+        }
+    }
+    Ok(f64::from(
+        t.sqr()?
+            .sum_all()?
+            .to_dtype(DType::F32)?
+            .to_scalar::<f32>()?,
+    ))
+}
+
 fn weight_and_update_norms(
     vars: &[candle_core::Var],
     before: &[Tensor],
 ) -> Result<(f64, Option<f64>)> {
-    let sum_sq = |t: &Tensor| -> Result<f64> {
-        Ok(f64::from(
-            t.sqr()?
-                .sum_all()?
-                .to_dtype(DType::F32)?
-                .to_scalar::<f32>()?,
-        ))
-    };
     let (mut w, mut d) = (0f64, 0f64);
     for (i, v) in vars.iter().enumerate() {
-        w += sum_sq(v.as_tensor())?;
+        w += sum_of_squares(v.as_tensor())?;
         if let Some(b) = before.get(i) {
-            d += sum_sq(&(v.as_tensor() - b)?)?;
+            d += sum_of_squares(&(v.as_tensor() - b)?)?;
         }
     }
     let ratio = (!before.is_empty() && w > 0.0).then(|| (d / w).sqrt());
@@ -364,12 +394,7 @@ impl<'a> Run<'a> {
                 let mut sq = 0f64;
                 for v in &trainable {
                     if let Some(g) = grads.get(v.as_tensor()) {
-                        sq += f64::from(
-                            g.sqr()?
-                                .sum_all()?
-                                .to_dtype(DType::F32)?
-                                .to_scalar::<f32>()?,
-                        );
+                        sq += sum_of_squares(g)?;
                     }
                 }
                 if !sq.is_finite() {
@@ -519,5 +544,46 @@ impl<'a> Run<'a> {
             .map_err(|e| TrainError::run(&sp, e.to_string()))?;
         write_atomic(&sp, text.as_bytes()).map_err(|e| TrainError::run(&sp, e.to_string()))?;
         Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    /// The parallel Σ x² against candle's `sqr().sum_all()` in f64, on lengths around the lane
+    /// width and the chunk size, and on a strided view (candle's path).
+    #[test]
+    fn sum_of_squares_matches_candle() {
+        for n in [
+            0usize,
+            1,
+            15,
+            16,
+            17,
+            1000,
+            (1 << 14) + 3,
+            3 * (1 << 14) + 100,
+        ] {
+            let v: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 97.0)
+                .collect();
+            let t = Tensor::from_vec(v.clone(), n, &Device::Cpu).unwrap();
+            let want: f64 = v.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+            let got = super::sum_of_squares(&t).unwrap();
+            assert!(
+                (got - want).abs() <= 1e-6 * want.max(1.0),
+                "n {n}: {got} vs {want}"
+            );
+        }
+        let t = Tensor::arange(0f32, 12.0, &Device::Cpu)
+            .unwrap()
+            .reshape((3, 4))
+            .unwrap()
+            .t()
+            .unwrap();
+        assert!(!t.is_contiguous());
+        let want: f64 = (0..12).map(|i| f64::from(i * i)).sum();
+        assert_eq!(super::sum_of_squares(&t).unwrap(), want);
     }
 }
