@@ -8,9 +8,13 @@
 //! `gyᵀ · x`, each written contiguously.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
 
 use super::gemm::{Mat, gemm_into};
 use super::ops::slice;
+
+/// Rows of the weight per parallel block of the forward product.
+const ROWS: usize = 64;
 
 struct LinearOp;
 
@@ -31,25 +35,39 @@ impl CustomOp2 for LinearOp {
             (a, b) => candle_core::bail!("linear of shapes {a:?} and {b:?}"),
         };
         let (x, w) = (slice(s1, l1)?, slice(s2, l2)?);
+        // yᵀ (o×n) = w (o×k) · xᵀ (k×n), in fixed blocks of w's rows spread over rayon (each
+        // block packs only its own rows of w; the same blocks for any thread count, so the
+        // same result), then y = (yᵀ)ᵀ.
+        let mut yt = vec![0f32; o * n];
+        yt.par_chunks_mut(ROWS * n.max(1))
+            .enumerate()
+            .for_each(|(i, dst)| {
+                let r0 = i * ROWS;
+                let rows = dst.len() / n.max(1);
+                gemm_into(
+                    dst,
+                    rows,
+                    n,
+                    k,
+                    Mat {
+                        data: &w[r0 * k..(r0 + rows) * k],
+                        rs: k,
+                        cs: 1,
+                    },
+                    Mat {
+                        data: x,
+                        rs: 1,
+                        cs: k,
+                    },
+                    false,
+                );
+            });
         let mut y = vec![0f32; n * o];
-        // y (n×o) = x (n×k) · wᵀ (k×o): wᵀ is w read with rows and columns swapped.
-        gemm_into(
-            &mut y,
-            n,
-            o,
-            k,
-            Mat {
-                data: x,
-                rs: k,
-                cs: 1,
-            },
-            Mat {
-                data: w,
-                rs: 1,
-                cs: k,
-            },
-            false,
-        );
+        for (j, col) in yt.chunks_exact(n.max(1)).enumerate() {
+            for (i, v) in col.iter().enumerate() {
+                y[i * o + j] = *v;
+            }
+        }
         Ok((CpuStorage::F32(y), Shape::from((n, o))))
     }
 
@@ -111,6 +129,11 @@ mod tests {
         // The weight's gradient is contiguous (the point of the op).
         assert!(g1.get(&w).unwrap().is_contiguous());
         assert!(linear(&x, &rand(&[9, 36], 5), None).is_err());
+        // More weight rows than one parallel block (64 + 64 + 22): the blocks join in place.
+        let (x, w) = (rand(&[5, 40], 11), rand(&[150, 40], 12));
+        let theirs = x.matmul(&w.t().unwrap()).unwrap();
+        let d = max_diff(&linear(&x, &w, None).unwrap(), &theirs);
+        assert!(d < 1e-5, "{d}");
     }
 
     /// Central differences of `Σ u · (x · wᵀ)` in f64 terms of the f32 op.
