@@ -216,7 +216,9 @@ pub struct ModelSection {
 pub enum LossConfig {
     /// `mean(same·d² + (1−same)·max(0, m−d)²)`; with P×K batches, over all pairs of the batch.
     Contrastive {
-        /// The margin m.
+        /// The margin m (default 1.0, a start for normalised embeddings, whose distances lie
+        /// in [0, 2]).
+        #[serde(default = "contrastive_margin")]
         margin: f64,
         /// Same pairs are only pulled in beyond this distance.
         #[serde(default)]
@@ -224,7 +226,8 @@ pub enum LossConfig {
     },
     /// `max(0, d(a,p) − d(a,n) + m)`; with P×K batches, mined online.
     Triplet {
-        /// The margin m.
+        /// The margin m (default 0.2, for normalised embeddings).
+        #[serde(default = "triplet_margin")]
         margin: f64,
         /// Mining over P×K batches.
         #[serde(default)]
@@ -294,6 +297,12 @@ fn ms_epsilon() -> f64 {
 }
 fn temperature() -> f64 {
     0.1
+}
+fn contrastive_margin() -> f64 {
+    1.0
+}
+fn triplet_margin() -> f64 {
+    0.2
 }
 fn cosface_margin() -> f64 {
     0.35

@@ -271,6 +271,19 @@ mod tests {
             e.contains("contrastive-term") && e.contains("--preset fast"),
             "{e}"
         );
+        // The kind alone is enough: the margins have defaults, so the error is that one, not
+        // a missing field.
+        let e = resolve_sets("default", &["loss.kind=contrastive"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("contrastive-term") && !e.contains("missing"),
+            "{e}"
+        );
+        let c = resolve_sets("fast", &["loss.kind=cosface", "loss.kind=contrastive"]).unwrap();
+        assert_eq!(c.loss.margin(), Some(1.0));
+        let c = resolve_sets("fast", &["loss.kind=triplet"]).unwrap();
+        assert_eq!(c.loss.margin(), Some(0.2));
     }
 
     #[test]
