@@ -131,8 +131,8 @@ fn train(a: TrainArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         println!(
-            "test metrics of the best model (step {}, {} steps run, {:.0}s):",
-            summary.best_step, summary.steps, summary.wall_s
+            "test metrics of the best model (step {}, {} steps run, {:.0}s of training, {:.0}s in all):",
+            summary.best_step, summary.steps, summary.train_s, summary.wall_s
         );
         print!("{}", render::table(&summary.test));
         println!("model: {}", summary.model.display());

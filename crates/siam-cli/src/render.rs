@@ -68,8 +68,9 @@ impl Progress {
             Event::Validation(v) => {
                 let r = &v.report;
                 self.line(format!(
-                    "validation @ step {}: ROC-AUC {:.4}  EER {:.4}  P@1 {:.4}  MAP@R {:.4}  threshold {:.4}{}",
+                    "validation @ step {} ({:.0}s of training): ROC-AUC {:.4}  EER {:.4}  P@1 {:.4}  MAP@R {:.4}  threshold {:.4}{}",
                     v.step,
+                    v.train_s,
                     r.verification.roc_auc,
                     r.verification.eer,
                     r.retrieval.precision_at_1,

@@ -40,6 +40,7 @@ fn metrics(dir: &Path) -> Vec<serde_json::Value> {
             let o = v.as_object_mut().unwrap();
             o.remove("pairs_per_s");
             o.remove("eta_s");
+            o.remove("train_s");
             v
         })
         .collect()
@@ -208,7 +209,13 @@ fn same_seed_same_metrics_and_exact_resume() {
         dir.path().join("b"),
         dir.path().join("c"),
     );
-    train(&cfg, &a, &TrainOptions::default(), &mut quiet()).unwrap();
+    let sa = train(&cfg, &a, &TrainOptions::default(), &mut quiet()).unwrap();
+    assert!(
+        sa.train_s > 0.0 && sa.train_s <= sa.wall_s,
+        "{} {}",
+        sa.train_s,
+        sa.wall_s
+    );
     train(&cfg, &b, &TrainOptions::default(), &mut quiet()).unwrap();
     assert_eq!(metrics(&a), metrics(&b));
     assert_eq!(
@@ -225,6 +232,19 @@ fn same_seed_same_metrics_and_exact_resume() {
     let s = resume(&c, &TrainOptions::default(), &mut quiet()).unwrap();
     assert_eq!(s.steps, 8);
     assert_eq!(metrics(&a), metrics(&c));
+    // The training clock runs on across the resume: validation records carry it, rising, and
+    // the summary's is at least the first epoch's (four steps, where the resumed process ran
+    // two).
+    let clocks: Vec<f64> = std::fs::read_to_string(c.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "validation")
+        .map(|v| v["train_s"].as_f64().unwrap())
+        .collect();
+    assert_eq!(clocks.len(), 2, "{clocks:?}");
+    assert!(clocks[0] > 0.0 && clocks[1] >= clocks[0], "{clocks:?}");
+    assert!(s.train_s >= clocks[1], "{} {clocks:?}", s.train_s);
     assert_eq!(
         weights(&a.join("model.safetensors")),
         weights(&c.join("model.safetensors"))

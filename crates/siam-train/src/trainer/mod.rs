@@ -97,6 +97,11 @@ pub struct ValidationRecord {
     pub metric: f64,
     /// True when this validation is the best so far (the model was saved).
     pub best: bool,
+    /// Seconds of training before this validation: the steps only (validations, checkpoints
+    /// and the test excluded), counted across resumes — the clock to put beside another
+    /// framework's training time.
+    #[serde(default)]
+    pub train_s: f64,
 }
 
 /// What the trainer reports while it runs.
@@ -175,6 +180,10 @@ pub struct Summary {
     pub input_check: Option<crate::evaluate::InputCheck>,
     /// Wall time of this invocation, seconds.
     pub wall_s: f64,
+    /// Seconds of training steps alone (validations, checkpoints and the test excluded),
+    /// across resumes.
+    #[serde(default)]
+    pub train_s: f64,
     /// With a class split: the class names of each role (training classes are the only ones
     /// seen; the test figures are on `test` classes alone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -230,6 +239,10 @@ struct Progress {
     #[serde(default)]
     window_grad_max: f64,
     stopped_early: bool,
+    /// Seconds spent on training steps so far (validations, checkpoints and the test
+    /// excluded), across resumes.
+    #[serde(default)]
+    train_s: f64,
 }
 
 const CHECKPOINT_KEY: &str = "siam-checkpoint";

@@ -306,6 +306,7 @@ impl<'a> Run<'a> {
             report,
             metric: value,
             best: better,
+            train_s: self.progress.train_s,
         };
         append_record(&self.dir, "validation", &rec)?;
         on(Event::Validation(&rec));
@@ -377,6 +378,8 @@ impl<'a> Run<'a> {
             let mut window_steps_timed = 0u64;
             let run_start_step = self.progress.step;
             let frozen = super::frozen_steps(&cfg);
+            // The training clock: stopped for validations and checkpoints (`train_s`).
+            let mut clock = Instant::now();
             for item in loader {
                 let b = item?;
                 self.progress.step += 1;
@@ -453,6 +456,7 @@ impl<'a> Run<'a> {
                     window_steps_timed = 0;
                 }
                 let mut checkpointed = false;
+                self.progress.train_s += clock.elapsed().as_secs_f64();
                 if end_of_epoch {
                     let epoch = step / spe;
                     if epoch.is_multiple_of(cfg.validation.every_epochs as u64) || step == total {
@@ -473,6 +477,7 @@ impl<'a> Run<'a> {
                     self.save_checkpoint(on)?;
                     checkpointed = true;
                 }
+                clock = Instant::now();
                 if self.progress.stopped_early {
                     break;
                 }
@@ -533,6 +538,7 @@ impl<'a> Run<'a> {
             test,
             input_check,
             wall_s: started.elapsed().as_secs_f64(),
+            train_s: self.progress.train_s,
             classes: self
                 .data
                 .roles
