@@ -1254,6 +1254,7 @@ fn metrics_without_timing(run: &Path) -> Vec<serde_json::Value> {
             let o = v.as_object_mut().unwrap();
             o.remove("pairs_per_s");
             o.remove("eta_s");
+            o.remove("train_s");
             v
         })
         .collect()
