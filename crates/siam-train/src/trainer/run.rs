@@ -46,8 +46,6 @@ pub(super) fn sampler_for(
     })
 }
 
-/// The L2 norm of the weights, and `‖θ − before‖ / ‖θ‖` when `before` holds the weights
-/// before this step (`None` when it is empty or the weights are all zero).
 /// Σ x² of a tensor. On the CPU (f32, contiguous) in one parallel pass over fixed chunks of
 /// the values read in place, each summed in f32 lanes and the chunks combined in order in f64,
 /// so the result is the same for any thread count; elsewhere candle's `sqr().sum_all()`.
@@ -86,6 +84,8 @@ pub(crate) fn sum_of_squares(t: &Tensor) -> Result<f64> {
     ))
 }
 
+/// The L2 norm of the weights, and `‖θ − before‖ / ‖θ‖` when `before` holds the weights
+/// before this step (`None` when it is empty or the weights are all zero).
 fn weight_and_update_norms(
     vars: &[candle_core::Var],
     before: &[Tensor],
