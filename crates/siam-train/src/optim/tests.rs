@@ -172,6 +172,20 @@ fn a_held_group_at_a_lower_rate_matches_pytorch_groups() {
     }
 }
 
+/// The gradients of loss = Σ (x − step/5)³ / 3: (x − step/5)², changing with the step.
+fn cubic_grads(x: &Var, step: usize) -> candle_core::backprop::GradStore {
+    (x.as_tensor() - step as f64 / 5.0)
+        .unwrap()
+        .powf(3.0)
+        .unwrap()
+        .affine(1.0 / 3.0, 0.0)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap()
+}
+
 /// The fused f32 AdamW pass against the tensor-operation path (f64) on 1,000 parameters
 /// over five steps with weight decay and changing gradients.
 #[test]
@@ -200,19 +214,8 @@ fn fused_adamw_matches_the_tensor_path() {
     let (x32, mut o32) = mk(candle_core::DType::F32);
     let (x64, mut o64) = mk(candle_core::DType::F64);
     for step in 1..=5 {
-        // loss = Σ (x − step/5)³ / 3: gradient (x − step/5)².
         for (x, o) in [(&x32, &mut o32), (&x64, &mut o64)] {
-            let g = (x.as_tensor() - step as f64 / 5.0)
-                .unwrap()
-                .powf(3.0)
-                .unwrap()
-                .affine(1.0 / 3.0, 0.0)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            o.step(&g, 0.01).unwrap();
+            o.step(&cubic_grads(x, step), 0.01).unwrap();
         }
     }
     let a: Vec<f32> = x32.as_tensor().to_vec1().unwrap();
@@ -246,32 +249,20 @@ fn fused_state_round_trips_exactly() {
         .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
         .collect();
     let var = || Var::from_tensor(&Tensor::new(x0.as_slice(), &Device::Cpu).unwrap()).unwrap();
-    let grad = |x: &Var, step: usize| {
-        (x.as_tensor() - step as f64 / 5.0)
-            .unwrap()
-            .powf(3.0)
-            .unwrap()
-            .affine(1.0 / 3.0, 0.0)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap()
-    };
     let (a, b) = (var(), var());
     let mut oa = Optimizer::new(cfg.clone(), vec![("x".into(), a.clone())]);
     let mut ob = Optimizer::new(cfg.clone(), vec![("x".into(), b.clone())]);
     for step in 1..=3 {
-        oa.step(&grad(&a, step), 0.01).unwrap();
-        ob.step(&grad(&b, step), 0.01).unwrap();
+        oa.step(&cubic_grads(&a, step), 0.01).unwrap();
+        ob.step(&cubic_grads(&b, step), 0.01).unwrap();
     }
     let (state, steps) = ob.state();
     assert_eq!(state.len(), 2, "{:?}", state.keys());
     let mut oc = Optimizer::new(cfg, vec![("x".into(), b.clone())]);
     oc.load_state(&state, steps).unwrap();
     for step in 4..=6 {
-        oa.step(&grad(&a, step), 0.01).unwrap();
-        oc.step(&grad(&b, step), 0.01).unwrap();
+        oa.step(&cubic_grads(&a, step), 0.01).unwrap();
+        oc.step(&cubic_grads(&b, step), 0.01).unwrap();
     }
     let (va, vb): (Vec<f32>, Vec<f32>) = (
         a.as_tensor().to_vec1().unwrap(),
