@@ -269,13 +269,17 @@ pub fn run(a: &Args) -> Result<()> {
         let mut train_pairs_per_s = f64::NAN;
         if wants(Part::Training) {
             let train = time(a.reps, || {
-                for _ in 0..steps {
-                    let e = model.forward_t(&Tensor::cat(&[&xa, &xb], 0)?, true)?;
-                    let d = model.distance(&e.narrow(0, 0, n)?, &e.narrow(0, n, n)?)?;
-                    let l = loss::contrastive(&d, &same, 2.0)?;
-                    let g = l.backward()?;
-                    opt.step(&g, 1e-3)?;
-                }
+                // On a pool worker, as the trainer runs its steps (`kernels::on_pool`).
+                siam_model::kernels::on_pool(|| -> Result<()> {
+                    for _ in 0..steps {
+                        let e = model.forward_t(&Tensor::cat(&[&xa, &xb], 0)?, true)?;
+                        let d = model.distance(&e.narrow(0, 0, n)?, &e.narrow(0, n, n)?)?;
+                        let l = loss::contrastive(&d, &same, 2.0)?;
+                        let g = l.backward()?;
+                        opt.step(&g, 1e-3)?;
+                    }
+                    Ok(())
+                })?;
                 sync(&xa)
             })?;
             train_pairs_per_s = (steps * n) as f64 / median(train);

@@ -315,6 +315,10 @@ impl SiameseModel {
     /// The encoder's eval-mode output, detached, before normalisation: with
     /// [`ModelConfig::test_time_flip`], the mean of the image's and its mirror image's.
     fn encode_eval(&self, x: &Tensor) -> Result<Tensor> {
+        crate::kernels::on_pool(|| self.encode_eval_here(x))
+    }
+
+    fn encode_eval_here(&self, x: &Tensor) -> Result<Tensor> {
         let e = self.encoder.forward_t(x, false)?.detach();
         if !self.meta.config.test_time_flip {
             return Ok(e);

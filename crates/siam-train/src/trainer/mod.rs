@@ -11,12 +11,15 @@
 //! - [`losses`]: the loss of a batch for every loss kind (mining, all pairs, the batch losses,
 //!   the two-view self-supervised term) and the loss's own variables (class proxies);
 //! - [`run`]: one run's loop — steps, logging, validation and model selection, the final test;
+//! - [`step`]: one step (loss, backward, gradient norm, update) on a rayon worker, and the
+//!   parallel norms of gradients and weights;
 //! - [`lr_find`]: the learning-rate range test, a short run that writes nothing.
 
 mod folder;
 mod losses;
 mod lr_find;
 mod run;
+mod step;
 
 pub use lr_find::{
     LrFind, LrFindOptions, LrFindPoint, chart as lr_find_chart, lr_find, range_lr, suggest,
@@ -50,6 +53,7 @@ use folder::{RunLock, append_record, checkpoint_dir, load_checkpoint, remove_sta
 pub(crate) use losses::class_batch_loss;
 use losses::{frozen_steps, loss_state};
 use run::model_config;
+use step::{StepOutcome, weight_and_update_norms};
 
 /// A training-step record (also a line of `metrics.jsonl`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
