@@ -90,9 +90,9 @@ pub(crate) use block::BatchStats;
 /// thread outside the pool, each one is injected into the pool and the caller sleeps on a lock
 /// until it ends (a futex wake-up each way), while from a worker it is pushed onto the
 /// worker's own queue and the worker takes part. Wrapping a whole step cut a training step's
-/// context switches from about 730 to 220 and made the default recipe's steps 7 % faster on 2
-/// cores (docs/BENCHMARKS.md). Results do not change: the kernels split work the same way on
-/// any thread.
+/// context switches from about 730 to about 200 and made the default recipe's steps 8 %
+/// faster on 2 cores (docs/BENCHMARKS.md). Results do not change: the kernels split work the
+/// same way on any thread.
 pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
 }
