@@ -167,7 +167,8 @@ pub fn lr_find(cfg: &TrainConfig, opts: &LrFindOptions) -> Result<LrFind> {
         let lr = range_lr(opts, i);
         run.model
             .reseed_dropout(derive_seed(cfg.seed, &[stream::DROPOUT, i as u64 + 1]));
-        let (l, _) = run.batch_loss(&b.batch)?;
+        // On a pool worker, as the training loop's steps (`siam_model::kernels::on_pool`).
+        let (l, _) = siam_model::kernels::on_pool(|| run.batch_loss(&b.batch))?;
         let loss = f64::from(l.to_dtype(DType::F32)?.to_scalar::<f32>()?);
         if !loss.is_finite() {
             stopped = Some(format!("the loss was not finite at lr {lr:.2e}"));
@@ -188,8 +189,12 @@ pub fn lr_find(cfg: &TrainConfig, opts: &LrFindOptions) -> Result<LrFind> {
             ));
             break;
         }
-        let grads = l.backward()?;
-        run.opt.step(&grads, lr)?;
+        let opt = &mut run.opt;
+        siam_model::kernels::on_pool(|| -> Result<()> {
+            let grads = l.backward()?;
+            opt.step(&grads, lr)?;
+            Ok(())
+        })?;
     }
     let raw: Vec<f64> = points.iter().map(|p| p.loss).collect();
     for (p, s) in points
