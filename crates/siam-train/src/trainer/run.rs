@@ -337,9 +337,8 @@ impl<'a> Run<'a> {
                 let log_now = step.is_multiple_of(cfg.log_every as u64) || end_of_epoch;
                 // The step itself (forward, backward, norms, update) on a pool worker: see
                 // `siam_model::kernels::on_pool`.
-                let this = &mut self;
                 let outcome = siam_model::kernels::on_pool(|| {
-                    this.step_on_pool(&b.batch, &trainable, lr, log_now)
+                    self.step_on_pool(&b.batch, &trainable, lr, log_now)
                 })?;
                 let (lv, active, sq, before) = match outcome {
                     StepOutcome::Done {
