@@ -13,7 +13,7 @@ pub const PRESETS: [&str; 6] = ["default", "fast", "seed", "quick", "convnet", "
 impl TrainConfig {
     /// A preset by name: `default` (the recommended recipe: the convnet encoder with CosFace
     /// and a contrastive term over the batch's pairs, 11 epochs, test-time flip; test P@1
-    /// 0.92 and ROC-AUC 0.99 on Fashion-MNIST in under 10 minutes on two cores,
+    /// 0.918–0.921 and ROC-AUC 0.992 on Fashion-MNIST in under 10 minutes on two cores,
     /// docs/BENCHMARKS.md), `fast` (the
     /// seed CNN with the default's batches and augmentation and the contrastive loss: the
     /// default until 2026-12-03, a sixth of its time), `seed` (the recipe the project grew
