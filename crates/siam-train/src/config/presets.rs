@@ -14,10 +14,9 @@ impl TrainConfig {
     /// A preset by name: `default` (the recommended recipe: the convnet encoder with CosFace
     /// and a contrastive term over the batch's pairs, batches of 8 × 16, 12 epochs, test-time
     /// flip; test P@1 0.921–0.924 and ROC-AUC 0.992 on Fashion-MNIST in under 10 minutes on two
-    /// cores,
-    /// docs/BENCHMARKS.md), `fast` (the
-    /// seed CNN with the default's batches and augmentation and the contrastive loss: the
-    /// default until 2026-12-03, a sixth of its time), `seed` (the recipe the project grew
+    /// cores, docs/BENCHMARKS.md), `fast` (the seed CNN with batches of 8 × 8, the default's
+    /// augmentation and the contrastive loss: the default until 2026-12-03, a sixth of its
+    /// time), `seed` (the recipe the project grew
     /// from: seed CNN, contrastive m = 2, random balanced pairs, Adam 1e-3, 5 epochs of 60k
     /// pairs), `quick` (a minute on the fixtures, for smoke tests), `convnet` (`fast` with the
     /// deeper BatchNorm encoder, a flattened head and 12 epochs of the contrastive loss alone),
