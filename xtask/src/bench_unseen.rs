@@ -29,6 +29,13 @@ pub struct Args {
     /// Overrides, as `siam train --set key=value`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
+    /// Also keep a checkpoint per epoch and print every epoch's figures on the test classes
+    /// after the run (a diagnostic of what selection could have chosen: never used for it).
+    #[arg(long)]
+    trace: bool,
+    /// Where the runs go (`seed-N/` each) and `unseen.json`.
+    #[arg(long, default_value = "target/bench/unseen")]
+    out: PathBuf,
 }
 
 /// P@1 and ROC-AUC of one embedding on the test classes.
@@ -66,7 +73,11 @@ pub fn run(a: &Args) -> Result<()> {
     for &seed in &a.seeds {
         let mut cfg = base.clone();
         cfg.seed = seed;
-        let dir = root.join(format!("target/bench/unseen/seed-{seed}"));
+        if a.trace {
+            cfg.checkpoint.every_steps = cfg.steps_per_epoch;
+            cfg.checkpoint.keep_last = cfg.epochs.max(1);
+        }
+        let dir = root.join(&a.out).join(format!("seed-{seed}"));
         if dir.exists() {
             std::fs::remove_dir_all(&dir).with_context(|| format!("{}", dir.display()))?;
         }
@@ -106,6 +117,29 @@ pub fn run(a: &Args) -> Result<()> {
             })
         };
         let (t, u) = (figures(&trained)?, figures(&untrained)?);
+        if a.trace {
+            let m = SiameseModel::new(trained.config(), 0, &Device::Cpu)?;
+            for ck in siam_train::trainer::checkpoints(&dir) {
+                let tensors = candle_core::safetensors::load(&ck, &Device::Cpu)?;
+                for (name, var) in m.varmap().data().lock().expect("var map").iter() {
+                    let t = tensors
+                        .get(&format!("model.{name}"))
+                        .with_context(|| format!("{}: no model.{name}", ck.display()))?;
+                    var.set(t)?;
+                }
+                let f = figures(&m)?;
+                eprintln!(
+                    "  {}: test classes P@1 {:.4}, ROC-AUC {:.4}",
+                    ck.file_name().unwrap_or_default().to_string_lossy(),
+                    f.precision_at_1,
+                    f.roc_auc
+                );
+            }
+            eprintln!(
+                "  chosen: P@1 {:.4}, ROC-AUC {:.4}; untrained P@1 {:.4}, ROC-AUC {:.4}",
+                t.precision_at_1, t.roc_auc, u.precision_at_1, u.roc_auc
+            );
+        }
         // Raw pixels in [0, 1], Euclidean.
         let idx: Vec<usize> = (0..ds.test.len()).collect();
         let px = ds.test.to_tensor(&idx, &Device::Cpu)?.flatten_from(1)?;
@@ -162,7 +196,7 @@ pub fn run(a: &Args) -> Result<()> {
         "trained beats untrained on both figures on every draw: {}",
         if beats { "yes" } else { "no" }
     );
-    let out = root.join("target/bench/unseen.json");
+    let out = root.join(&a.out).join("unseen.json");
     std::fs::create_dir_all(out.parent().expect("a parent"))?;
     siam_data::write_atomic(&out, serde_json::to_string_pretty(&draws)?.as_bytes())
         .with_context(|| format!("{}: cannot write", out.display()))?;
