@@ -444,13 +444,19 @@ fn two_view_self_supervised_runs_train_and_resume_exactly() {
     plain.model.normalize = true;
     let one = dir.path().join("one-view");
     train(&plain, &one, &TrainOptions::default(), &mut quiet()).unwrap();
-    for weight in [0.5, 1.0] {
+    for (weight, both) in [(0.5, false), (1.0, false), (0.5, true)] {
         let mut cfg = plain.clone();
         cfg.self_supervised = Some(siam_train::config::SelfSupervised {
             weight,
             temperature: 0.2,
             augment: None,
+            supervise_both_views: both,
         });
+        let weight = if both {
+            format!("{weight}-both")
+        } else {
+            weight.to_string()
+        };
         let full = dir.path().join(format!("ssl-{weight}"));
         let s = train(&cfg, &full, &TrainOptions::default(), &mut quiet()).unwrap();
         assert!(s.test.verification.roc_auc.is_finite());
@@ -479,6 +485,12 @@ fn two_view_self_supervised_runs_train_and_resume_exactly() {
             weights(&cut.join("model.safetensors")),
         );
     }
+    // Labelled second views train the classes too: another model than the first views alone.
+    assert_ne!(
+        weights(&dir.path().join("ssl-0.5/model.safetensors")),
+        weights(&dir.path().join("ssl-0.5-both/model.safetensors")),
+        "supervise-both-views changed nothing"
+    );
     // Bad settings name the key.
     for (edit, key) in [
         (
@@ -492,6 +504,10 @@ fn two_view_self_supervised_runs_train_and_resume_exactly() {
         (
             "[self-supervised]\nweight = 0.5\n[self-supervised.augment]\nnoise-std = 3.0\n",
             "self-supervised.augment.noise-std",
+        ),
+        (
+            "[self-supervised]\nweight = 1.0\nsupervise-both-views = true\n",
+            "self-supervised.supervise-both-views",
         ),
         ("[self-supervised]\nweight = 0.5\nwieght = 1.0\n", "wieght"),
     ] {

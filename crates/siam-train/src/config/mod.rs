@@ -132,6 +132,11 @@ pub struct SelfSupervised {
     /// NT-Xent's τ (default 0.1).
     #[serde(default = "temperature")]
     pub temperature: f64,
+    /// The supervised loss also over the second views (with their images' labels): the batch's
+    /// 2·P·K embeddings all train the classes, so a P×K batch of half the size costs what a
+    /// full one without the term did (default false: the first views alone).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub supervise_both_views: bool,
     /// The second view's augmentation (default: the run's `[augment]` plus a resized crop of
     /// 35–100 % of the area, noise σ = 0.05 and erasing with probability 0.25).
     #[serde(default, skip_serializing_if = "Option::is_none")]

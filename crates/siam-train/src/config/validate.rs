@@ -154,6 +154,12 @@ impl TrainConfig {
                     format!("{} must be positive", ss.temperature),
                 );
             }
+            if ss.supervise_both_views && ss.weight >= 1.0 {
+                return bad(
+                    "self-supervised.supervise-both-views",
+                    "needs a supervised term: weight below 1".into(),
+                );
+            }
             if let Some(a) = &ss.augment {
                 a.validate()
                     .map_err(|e| TrainError::Config(format!("self-supervised.{e}")))?;

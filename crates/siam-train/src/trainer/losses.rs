@@ -179,6 +179,16 @@ impl Run<'_> {
                 };
                 let (sup, active) = match ss {
                     Some(s) if s.weight >= 1.0 => (None, None),
+                    Some(s) if s.supervise_both_views => {
+                        let both = second.as_ref().ok_or_else(|| {
+                            TrainError::Config(
+                                "two-view training needs the batch's second views".into(),
+                            )
+                        })?;
+                        let twice: Vec<u32> = labels.iter().chain(&labels).copied().collect();
+                        let (l, a) = self.supervised_class_loss(both, &twice)?;
+                        (Some(l), a)
+                    }
                     _ => {
                         let (l, a) = self.supervised_class_loss(&e, &labels)?;
                         (Some(l), a)
