@@ -25,6 +25,8 @@ pub mod stream {
     pub const PROXIES: u64 = 7;
     /// The second augmented view of two-view self-supervised training.
     pub const SECOND_VIEW: u64 = 8;
+    /// The self-supervised term's projection head.
+    pub const SSL_PROJECTION: u64 = 9;
 }
 
 /// SplitMix64 finaliser: a bijective 64-bit mix with good avalanche.

@@ -444,18 +444,24 @@ fn two_view_self_supervised_runs_train_and_resume_exactly() {
     plain.model.normalize = true;
     let one = dir.path().join("one-view");
     train(&plain, &one, &TrainOptions::default(), &mut quiet()).unwrap();
-    for (weight, both) in [(0.5, false), (1.0, false), (0.5, true)] {
+    for (weight, both, projection_dim) in [
+        (0.5, false, 0),
+        (1.0, false, 0),
+        (0.5, true, 0),
+        (0.5, false, 8),
+    ] {
         let mut cfg = plain.clone();
         cfg.self_supervised = Some(siam_train::config::SelfSupervised {
             weight,
             temperature: 0.2,
             augment: None,
             supervise_both_views: both,
+            projection_dim,
         });
-        let weight = if both {
-            format!("{weight}-both")
-        } else {
-            weight.to_string()
+        let weight = match (both, projection_dim) {
+            (true, _) => format!("{weight}-both"),
+            (_, 0) => weight.to_string(),
+            (_, p) => format!("{weight}-projection-{p}"),
         };
         let full = dir.path().join(format!("ssl-{weight}"));
         let s = train(&cfg, &full, &TrainOptions::default(), &mut quiet()).unwrap();
@@ -490,6 +496,12 @@ fn two_view_self_supervised_runs_train_and_resume_exactly() {
         weights(&dir.path().join("ssl-0.5/model.safetensors")),
         weights(&dir.path().join("ssl-0.5-both/model.safetensors")),
         "supervise-both-views changed nothing"
+    );
+    // The projection head trains, resumes exactly (the loop above) and changes the model.
+    assert_ne!(
+        weights(&dir.path().join("ssl-0.5/model.safetensors")),
+        weights(&dir.path().join("ssl-0.5-projection-8/model.safetensors")),
+        "projection-dim changed nothing"
     );
     // Bad settings name the key.
     for (edit, key) in [

@@ -137,10 +137,20 @@ pub struct SelfSupervised {
     /// full one without the term did (default false: the first views alone).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub supervise_both_views: bool,
+    /// The NT-Xent term on a projection of its own (SimCLR's head: embedding → ReLU layer of the
+    /// embedding's width → this many outputs), trained with the run and kept in checkpoints
+    /// like CosFace's proxies, not in the model file; the embedding itself then takes only the
+    /// supervised loss directly (default 0: NT-Xent on the embedding).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub projection_dim: usize,
     /// The second view's augmentation (default: the run's `[augment]` plus a resized crop of
     /// 35–100 % of the area, noise σ = 0.05 and erasing with probability 0.25).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub augment: Option<AugmentConfig>,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 impl SelfSupervised {

@@ -73,6 +73,24 @@ pub(super) fn loss_state(
             .expect("var map lock")
             .insert("proxies".into(), candle_core::Var::from_tensor(&init)?);
     }
+    if let Some(p) = cfg.self_supervised.as_ref().map(|s| s.projection_dim)
+        && p > 0
+    {
+        // Gaussian weights scaled by 1/√fan-in, zero biases, from the run's own stream.
+        let seed = derive_seed(cfg.seed, &[stream::SSL_PROJECTION]);
+        let layer = |rows: usize, cols: usize, s: u64| -> Result<Tensor> {
+            Ok((loss::init_proxies(rows, cols, s, device)? / (cols as f64).sqrt())?)
+        };
+        let mut data = vars.data().lock().expect("var map lock");
+        let mut put = |name: &str, t: Tensor| -> Result<()> {
+            data.insert(name.into(), candle_core::Var::from_tensor(&t)?);
+            Ok(())
+        };
+        put("ssl-projection.w1", layer(dim, dim, seed)?)?;
+        put("ssl-projection.b1", Tensor::zeros(dim, DType::F32, device)?)?;
+        put("ssl-projection.w2", layer(p, dim, seed ^ 1)?)?;
+        put("ssl-projection.b2", Tensor::zeros(p, DType::F32, device)?)?;
+    }
     Ok(vars)
 }
 
@@ -202,7 +220,12 @@ impl Run<'_> {
                 })?;
                 let n = labels.len() as u32;
                 let ids: Vec<u32> = (0..n).chain(0..n).collect();
-                let selfsup = (loss::nt_xent(&both, &ids, s.temperature)? * s.weight)?;
+                let z = if s.projection_dim > 0 {
+                    self.ssl_projection(&both)?
+                } else {
+                    both
+                };
+                let selfsup = (loss::nt_xent(&z, &ids, s.temperature)? * s.weight)?;
                 let total = match sup {
                     Some(l) => ((l * (1.0 - s.weight))? + selfsup)?,
                     None => selfsup,
@@ -210,6 +233,22 @@ impl Run<'_> {
                 (total, active)
             }
         })
+    }
+
+    /// The self-supervised term's projection head over embeddings (N, D).
+    fn ssl_projection(&self, e: &Tensor) -> Result<Tensor> {
+        let data = self.loss_vars.data().lock().expect("var map lock");
+        let get = |n: &str| -> Result<Tensor> {
+            data.get(n).map(|v| v.as_tensor().clone()).ok_or_else(|| {
+                TrainError::Config(format!("the self-supervised projection has no {n}"))
+            })
+        };
+        let h = e
+            .matmul(&get("ssl-projection.w1")?.t()?)?
+            .broadcast_add(&get("ssl-projection.b1")?)?
+            .relu()?;
+        Ok(h.matmul(&get("ssl-projection.w2")?.t()?)?
+            .broadcast_add(&get("ssl-projection.b2")?)?)
     }
 
     /// The supervised loss over a P×K batch's embeddings, with the miner's active fraction.
