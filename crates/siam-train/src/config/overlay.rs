@@ -62,9 +62,22 @@ pub fn resolve(src: &ConfigSource<'_>) -> Result<(TrainConfig, String)> {
             base
         }
     };
+    // Each override is checked as it applies, so an error names it; a missing field is only
+    // an error if no later override fills it (`self-supervised.projection-dim=64` may come
+    // before `self-supervised.weight=0.5` in a table the base config lacks).
+    let mut missing: Option<String> = None;
     for s in src.sets {
         apply_set(&mut table, s)?;
-        parse(&table).map_err(|m| TrainError::Config(format!("--set {s}: {m}")))?;
+        match parse(&table) {
+            Ok(_) => missing = None,
+            Err(m) if m.contains("missing field") => {
+                missing.get_or_insert(format!("--set {s}: {m}"));
+            }
+            Err(m) => return Err(TrainError::Config(format!("--set {s}: {m}"))),
+        }
+    }
+    if let Some(m) = missing {
+        return Err(TrainError::Config(m));
     }
     let cfg = parse(&table).map_err(TrainError::Config)?;
     cfg.validate()?;
@@ -309,6 +322,40 @@ mod tests {
         // Values that parse but cannot work get validate()'s key-naming errors.
         let e = err("loss.margin=-1");
         assert!(e.contains("loss.margin"), "{e}");
+    }
+
+    #[test]
+    fn a_new_tables_keys_may_come_in_any_order() {
+        let a = resolve_sets(
+            "default",
+            &[
+                "self-supervised.weight=0.5",
+                "self-supervised.projection-dim=64",
+            ],
+        )
+        .unwrap();
+        let b = resolve_sets(
+            "default",
+            &[
+                "self-supervised.projection-dim=64",
+                "self-supervised.weight=0.5",
+            ],
+        )
+        .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.self_supervised.as_ref().unwrap().projection_dim, 64);
+        // A field that no later override fills is still an error, naming the override.
+        let e = resolve_sets(
+            "default",
+            &["self-supervised.projection-dim=64", "epochs=3"],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("--set self-supervised.projection-dim=64")
+                && e.contains("missing field `weight`"),
+            "{e}"
+        );
     }
 
     #[test]
