@@ -120,13 +120,7 @@ pub fn run(a: &Args) -> Result<()> {
         if a.trace {
             let m = SiameseModel::new(trained.config(), 0, &Device::Cpu)?;
             for ck in siam_train::trainer::checkpoints(&dir) {
-                let tensors = candle_core::safetensors::load(&ck, &Device::Cpu)?;
-                for (name, var) in m.varmap().data().lock().expect("var map").iter() {
-                    let t = tensors
-                        .get(&format!("model.{name}"))
-                        .with_context(|| format!("{}: no model.{name}", ck.display()))?;
-                    var.set(t)?;
-                }
+                siam_train::trainer::load_checkpoint_weights(&ck, &m)?;
                 let f = figures(&m)?;
                 eprintln!(
                     "  {}: test classes P@1 {:.4}, ROC-AUC {:.4}",

@@ -108,6 +108,28 @@ pub(super) fn remove_stale_temp_files(dir: &Path) {
     }
 }
 
+/// Sets `model`'s weights to those a checkpoint holds (its `model.*` tensors; the loss's
+/// variables and the optimizer's state are left out), for looking at a run epoch by epoch.
+pub fn load_checkpoint_weights(path: &Path, model: &SiameseModel) -> Result<()> {
+    let tensors = candle_core::safetensors::load(path, model.device())
+        .map_err(|e| TrainError::run(path, e.to_string()))?;
+    set_model_weights(path, &tensors, model)
+}
+
+fn set_model_weights(
+    path: &Path,
+    tensors: &std::collections::HashMap<String, candle_core::Tensor>,
+    model: &SiameseModel,
+) -> Result<()> {
+    for (name, var) in model.varmap().data().lock().expect("var map lock").iter() {
+        let t = tensors
+            .get(&format!("model.{name}"))
+            .ok_or_else(|| TrainError::run(path, format!("missing tensor model.{name}")))?;
+        var.set(t)?;
+    }
+    Ok(())
+}
+
 pub(super) fn load_checkpoint(
     path: &Path,
     model: &SiameseModel,
@@ -127,20 +149,12 @@ pub(super) fn load_checkpoint(
     let tensors = candle_core::safetensors::load_buffer(&bytes, model.device())
         .map_err(|e| TrainError::run(path, e.to_string()))?;
     let mut opt_state = BTreeMap::new();
-    {
-        let vars = model.varmap().data().lock().expect("var map lock");
-        for (name, var) in vars.iter() {
-            let t = tensors
-                .get(&format!("model.{name}"))
-                .ok_or_else(|| TrainError::run(path, format!("missing tensor model.{name}")))?;
-            var.set(t)?;
-        }
-        for (name, var) in loss_vars.data().lock().expect("var map lock").iter() {
-            let t = tensors
-                .get(&format!("loss.{name}"))
-                .ok_or_else(|| TrainError::run(path, format!("missing tensor loss.{name}")))?;
-            var.set(t)?;
-        }
+    set_model_weights(path, &tensors, model)?;
+    for (name, var) in loss_vars.data().lock().expect("var map lock").iter() {
+        let t = tensors
+            .get(&format!("loss.{name}"))
+            .ok_or_else(|| TrainError::run(path, format!("missing tensor loss.{name}")))?;
+        var.set(t)?;
     }
     for (k, t) in tensors {
         if let Some(rest) = k.strip_prefix("opt.") {

@@ -48,8 +48,8 @@ use crate::error::{Result, TrainError};
 use crate::evaluate::{EvalReport, EvalSpec, eval_pairs, evaluate, fit_input_profile, input_check};
 use crate::optim::{Optimizer, learning_rate};
 
-pub use folder::checkpoints;
 use folder::{RunLock, append_record, checkpoint_dir, load_checkpoint, remove_stale_temp_files};
+pub use folder::{checkpoints, load_checkpoint_weights};
 pub(crate) use losses::class_batch_loss;
 use losses::{frozen_steps, loss_state};
 use run::model_config;
