@@ -8,6 +8,7 @@ mod cuda;
 mod download;
 mod fixtures;
 mod fuzz;
+mod photo_crops;
 #[path = "../../crates/siam-cli/src/runtime.rs"]
 mod runtime;
 mod train;
@@ -44,6 +45,8 @@ enum Cmd {
     CheckCuda(cuda::Args),
     /// Fuzz a parser (idx, model-file, config) with cargo-fuzz on a nightly toolchain.
     Fuzz(fuzz::Args),
+    /// An instance-matching colour folder: random crops of each photograph as its class.
+    PhotoCrops(photo_crops::Args),
 }
 
 /// The workspace root, found from this crate's manifest directory.
@@ -71,6 +74,7 @@ fn main() {
         Cmd::Fixtures(a) => fixtures::run(&a),
         Cmd::CheckCuda(a) => cuda::run(&a),
         Cmd::Fuzz(a) => fuzz::run(&a),
+        Cmd::PhotoCrops(a) => photo_crops::run(&a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

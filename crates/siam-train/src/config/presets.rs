@@ -230,6 +230,27 @@ mod tests {
         measured.validate().unwrap();
     }
 
+    /// The colour-photo recipe docs/BENCHMARKS.md runs (`docs/recipes/resnet-photos-split.toml`)
+    /// is the `resnet` preset at 64×64 trained from scratch (no frozen epoch, the backbone at
+    /// the head's rate: no pretrained weights at hand), 40 steps an epoch, with a class split.
+    #[test]
+    fn the_photo_recipe_is_the_resnet_preset_from_scratch() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/recipes");
+        let mut photos = TrainConfig::from_file(&dir.join("resnet-photos-split.toml")).unwrap();
+        assert!(photos.data.class_split.is_some());
+        photos.data.class_split = None;
+        let mut resnet = TrainConfig::preset("resnet").unwrap();
+        resnet.data.source = photos.data.source.clone();
+        resnet.data.size = Some([64, 64]);
+        resnet.steps_per_epoch = 40;
+        resnet.schedule.warmup_steps = 40;
+        resnet.finetune = Some(super::super::Finetune {
+            backbone_lr_scale: 1.0,
+            freeze_backbone_epochs: 0,
+        });
+        assert_eq!(photos, resnet);
+    }
+
     /// `fast` keeps the seed CNN recipe that was the default, and `quick` and `resnet` still
     /// start from it (contrastive, no class proxies).
     #[test]
