@@ -293,6 +293,9 @@ pub fn train(
     if let Some(n) = &note {
         on(Event::Note(n));
     }
+    if let Some(n) = frozen_from_scratch(cfg) {
+        on(Event::Note(&n));
+    }
     resolved.data.mean = Some(mcfg.input.mean.clone());
     resolved.data.std = Some(mcfg.input.std.clone());
     write_atomic(&dir.join("config.toml"), resolved.to_toml().as_bytes())
@@ -342,6 +345,24 @@ pub fn pretrained_file(spec: &str) -> Result<PathBuf> {
             "model.encoder.pretrained = \"{spec}\" downloads timm's {name} from the Hugging Face hub, which needs siam built with the `hub` feature (cargo install --path crates/siam-cli --features hub); offline, save the weights as safetensors and give the file's path"
         )))
     }
+}
+
+/// A note when `[finetune]` freezes a backbone that no pretrained file fills: its frozen
+/// epochs train the head on features drawn at random, and the slower backbone rate afterwards
+/// slows a network that has everything to learn (docs/BENCHMARKS.md, "Colour photographs").
+fn frozen_from_scratch(cfg: &TrainConfig) -> Option<String> {
+    let f = cfg.finetune.as_ref()?;
+    let pretrained = cfg
+        .model
+        .encoder
+        .resnet()
+        .is_some_and(|(_, r)| r.pretrained.is_some());
+    (f.freeze_backbone_epochs > 0 && !pretrained).then(|| {
+        format!(
+            "finetune.freeze-backbone-epochs = {} freezes a backbone drawn at random (no model.encoder.pretrained): only the head learns until then; to train from scratch, set finetune.freeze-backbone-epochs = 0 and finetune.backbone-lr-scale = 1",
+            f.freeze_backbone_epochs
+        )
+    })
 }
 
 /// The model a run starts from: weights drawn from the run's seed, then, for a ResNet with

@@ -200,6 +200,47 @@ fn a_pretrained_file_that_does_not_fit_fails_before_the_run_folder_exists() {
 /// `[finetune]` with one frozen epoch of two: the checkpoint at the end of epoch 1 holds the
 /// pretrained backbone exactly — weights and BatchNorm running statistics — while the head has
 /// learnt; epoch 2 then trains the backbone (at a tenth of the rate).
+/// Freezing a backbone that no pretrained file filled is noted in the log, with the settings
+/// that train from scratch; with a pretrained file, or without the freeze, there is no note.
+#[test]
+fn a_frozen_backbone_without_pretrained_weights_is_noted() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("colour");
+    colour_folder(&root);
+    let weights = repo("fixtures/models/resnet/resnet18.safetensors");
+    let freeze = |epochs| siam_train::config::Finetune {
+        backbone_lr_scale: 0.1,
+        freeze_backbone_epochs: epochs,
+    };
+    for (name, pretrained, epochs, noted) in [
+        ("scratch-frozen", None, 1, true),
+        ("pretrained-frozen", Some(weights.as_path()), 1, false),
+        ("scratch-unfrozen", None, 0, false),
+    ] {
+        let mut cfg = resnet_run(&root, pretrained);
+        cfg.epochs = 2;
+        cfg.steps_per_epoch = 1;
+        cfg.finetune = Some(freeze(epochs));
+        let mut notes = Vec::new();
+        train(
+            &cfg,
+            &dir.path().join(name),
+            &Default::default(),
+            &mut |e| {
+                if let Event::Note(n) = e {
+                    notes.push(n.to_string());
+                }
+            },
+        )
+        .unwrap();
+        let found = notes.iter().any(|n| {
+            n.contains("freezes a backbone drawn at random")
+                && n.contains("finetune.freeze-backbone-epochs = 0")
+        });
+        assert_eq!(found, noted, "{name}: {notes:?}");
+    }
+}
+
 #[test]
 fn frozen_backbone_epochs_leave_the_backbone_unchanged() {
     let dir = tempfile::tempdir().unwrap();
