@@ -42,11 +42,7 @@ fn photo_paths(from: &Path) -> Result<Vec<PathBuf>> {
         let mut v = Vec::new();
         for e in std::fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
             let p = e?.path();
-            let ext = p
-                .extension()
-                .and_then(|e| e.to_str())
-                .map(str::to_lowercase);
-            if matches!(ext.as_deref(), Some("png" | "jpg" | "jpeg")) {
+            if siam_data::folder::is_image_file(&p) {
                 v.push(p);
             }
         }
@@ -158,9 +154,10 @@ pub fn run(a: &Args) -> Result<()> {
                 .with_context(|| format!("writing {}", file.display()))?;
         }
     }
-    let tmp = tmp.keep();
-    std::fs::rename(&tmp, &a.out)
-        .with_context(|| format!("moving {} to {}", tmp.display(), a.out.display()))?;
+    std::fs::rename(tmp.path(), &a.out)
+        .with_context(|| format!("moving {} to {}", tmp.path().display(), a.out.display()))?;
+    // Renamed into place: nothing left for the guard to remove.
+    let _ = tmp.keep();
     println!(
         "{} classes × {} crops of {}×{} in {}",
         paths.len(),

@@ -197,9 +197,6 @@ fn a_pretrained_file_that_does_not_fit_fails_before_the_run_folder_exists() {
     assert!(e.contains("seed-cnn") || e.contains("convnet"), "{e}");
 }
 
-/// `[finetune]` with one frozen epoch of two: the checkpoint at the end of epoch 1 holds the
-/// pretrained backbone exactly — weights and BatchNorm running statistics — while the head has
-/// learnt; epoch 2 then trains the backbone (at a tenth of the rate).
 /// Freezing a backbone that no pretrained file filled is noted in the log, with the settings
 /// that train from scratch; with a pretrained file, or without the freeze, there is no note.
 #[test]
@@ -241,6 +238,9 @@ fn a_frozen_backbone_without_pretrained_weights_is_noted() {
     }
 }
 
+/// `[finetune]` with one frozen epoch of two: the checkpoint at the end of epoch 1 holds the
+/// pretrained backbone exactly — weights and BatchNorm running statistics — while the head has
+/// learnt; epoch 2 then trains the backbone (at a tenth of the rate).
 #[test]
 fn frozen_backbone_epochs_leave_the_backbone_unchanged() {
     let dir = tempfile::tempdir().unwrap();
