@@ -11,8 +11,9 @@ use crate::project_root;
 #[derive(clap::Args)]
 pub struct Args {
     /// The recipe: default (the convnet with CosFace and a contrastive term, about 7 minutes on
-    /// the full Fashion-MNIST), fast (the seed CNN, about 1.5 minutes), seed, quick, convnet or
-    /// resnet (docs/BENCHMARKS.md).
+    /// the full Fashion-MNIST), unseen (the default with a two-view term, for classes never seen
+    /// in training), fast (the seed CNN, about 1.5 minutes), seed, quick, convnet or resnet
+    /// (docs/BENCHMARKS.md).
     #[arg(long, default_value = "default")]
     pub preset: String,
     /// Extra `siam train` flags, e.g. `-- --epochs 2 --out runs/mine`.

@@ -77,7 +77,7 @@ pub struct ConfigSourceArgs {
     /// preset. --set and the flags override it.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// A built-in recipe: default, fast, seed, quick, convnet, resnet.
+    /// A built-in recipe: default, unseen, fast, seed, quick, convnet, resnet.
     #[arg(long)]
     pub preset: Option<String>,
     /// Override any config key, dotted for nested tables (--set loss.margin=0.5 --set

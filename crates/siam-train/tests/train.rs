@@ -108,7 +108,7 @@ fn config_errors_name_the_key() {
         TrainConfig::preset("nope")
             .unwrap_err()
             .to_string()
-            .contains("known: default, fast, seed, quick, convnet, resnet")
+            .contains("known: default, unseen, fast, seed, quick, convnet, resnet")
     );
     // A class split leaving one training class is an error; a P×K batch asking for more
     // classes than the data has is capped, and the run says so and records it.
