@@ -220,6 +220,15 @@ impl TrainConfig {
 mod tests {
     use super::*;
 
+    /// A `docs/recipes/*-split.toml` file, which must hold a class split, without it.
+    fn recipe_without_split(file: &str) -> TrainConfig {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/recipes");
+        let mut c = TrainConfig::from_file(&dir.join(file)).unwrap();
+        assert!(c.data.class_split.is_some(), "{file} has no class split");
+        c.data.class_split = None;
+        c
+    }
+
     /// The `default` preset is the recipe docs/BENCHMARKS.md measured, the file
     /// `docs/recipes/default.toml`, on whatever data is given; it is
     /// `docs/recipes/cosface-contrastive.toml` with batches of 8 × 16 for 12 epochs (469 steps
@@ -244,9 +253,7 @@ mod tests {
         before.data.source = "fixtures".into();
         assert_eq!(before, measured);
         // The unseen-class recipe (cargo xtask bench-unseen's) is the default with a class split.
-        let mut split = TrainConfig::from_file(&dir.join("default-split.toml")).unwrap();
-        assert!(split.data.class_split.is_some());
-        split.data.class_split = None;
+        let mut split = recipe_without_split("default-split.toml");
         split.data.source = "fixtures".into();
         assert_eq!(split, measured);
         assert_eq!(TrainConfig::preset("default").unwrap(), measured);
@@ -258,10 +265,7 @@ mod tests {
     /// both views at 8 × 8) without its class split.
     #[test]
     fn the_unseen_preset_is_the_measured_recipe() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/recipes");
-        let mut split = TrainConfig::from_file(&dir.join("unseen-split.toml")).unwrap();
-        assert!(split.data.class_split.is_some());
-        split.data.class_split = None;
+        let mut split = recipe_without_split("unseen-split.toml");
         split.data.source = "fixtures".into();
         let unseen = TrainConfig::preset("unseen").unwrap();
         assert_eq!(split, unseen);
@@ -281,10 +285,7 @@ mod tests {
     /// the head's rate: no pretrained weights at hand), 40 steps an epoch, with a class split.
     #[test]
     fn the_photo_recipe_is_the_resnet_preset_from_scratch() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/recipes");
-        let mut photos = TrainConfig::from_file(&dir.join("resnet-photos-split.toml")).unwrap();
-        assert!(photos.data.class_split.is_some());
-        photos.data.class_split = None;
+        let photos = recipe_without_split("resnet-photos-split.toml");
         let mut resnet = TrainConfig::preset("resnet").unwrap();
         resnet.data.source = photos.data.source.clone();
         resnet.data.size = Some([64, 64]);
