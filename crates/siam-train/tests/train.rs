@@ -548,8 +548,8 @@ fn the_benchmark_recipes_parse() {
 
 /// `[contrastive-term]` adds `weight ×` the all-pairs contrastive loss to a batch loss: the
 /// first step's logged loss (the initial weights, the same batch in every run) grows linearly
-/// with the weight, by a positive term below margin²; the term changes what is learned; bad
-/// settings name the key.
+/// with the weight, by a positive term below margin²; the term changes what is learned; a
+/// positive margin lowers it; bad settings name the key.
 #[test]
 fn the_contrastive_term_adds_to_a_batch_loss() {
     let dir = tempfile::tempdir().unwrap();
@@ -579,6 +579,7 @@ fn the_contrastive_term_adds_to_a_batch_loss() {
         c.contrastive_term = Some(siam_train::config::ContrastiveTerm {
             weight,
             margin: 1.0,
+            pos_margin: 0.0,
         });
         c
     };
@@ -593,6 +594,22 @@ fn the_contrastive_term_adds_to_a_batch_loss() {
     assert_ne!(w0, w1, "the term changed nothing");
     let text = with(1.0).to_toml();
     assert!(text.contains("[contrastive-term]"), "{text}");
+    assert!(!text.contains("pos-margin"), "{text}");
+    // A positive margin stops pulling same-class pairs that are already close: (d − p)₊² < d²
+    // for every positive pair, so the first step's loss falls, and the key round-trips.
+    let mut loose = with(1.0);
+    loose.contrastive_term.as_mut().unwrap().pos_margin = 0.9;
+    let (lp, _) = first_loss(&loose, "term-loose");
+    assert!(
+        lp < l1 && lp > l0,
+        "pos-margin 0.9: {lp} (plain {l0}, term {l1})"
+    );
+    let text = loose.to_toml();
+    assert!(text.contains("pos-margin = 0.9"), "{text}");
+    assert_eq!(
+        TrainConfig::from_toml(&text, Path::new("x.toml")).unwrap(),
+        loose
+    );
     for (edit, key) in [
         (
             "[contrastive-term]\nweight = 0.0\n",
@@ -601,6 +618,10 @@ fn the_contrastive_term_adds_to_a_batch_loss() {
         (
             "[contrastive-term]\nweight = 1.0\nmargin = -1.0\n",
             "contrastive-term.margin",
+        ),
+        (
+            "[contrastive-term]\nweight = 1.0\nmargin = 1.0\npos-margin = 1.0\n",
+            "contrastive-term.pos-margin",
         ),
     ] {
         let text = format!("{}\n{edit}", base.to_toml());

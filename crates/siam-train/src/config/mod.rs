@@ -115,6 +115,14 @@ pub struct ContrastiveTerm {
     /// The margin m (default 1, for L2-normalised embeddings).
     #[serde(default = "unit_margin")]
     pub margin: f64,
+    /// Same-class pairs are only pulled in beyond this distance (default 0: all the way), so
+    /// that a class keeps some spread instead of collapsing to a point.
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub pos_margin: f64,
+}
+
+fn is_zero_f64(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn unit_margin() -> f64 {

@@ -112,6 +112,7 @@ impl TrainConfig {
                 c.contrastive_term = Some(super::ContrastiveTerm {
                     weight: 2.0,
                     margin: 1.0,
+                    pos_margin: 0.0,
                 });
                 c.optimizer = OptimizerConfig::Adamw {
                     lr: 3.5e-4,

@@ -184,6 +184,12 @@ impl TrainConfig {
                     format!("{} must be positive", ct.margin),
                 );
             }
+            if !(ct.pos_margin >= 0.0 && ct.pos_margin < ct.margin) {
+                return bad(
+                    "contrastive-term.pos-margin",
+                    format!("{} must be in [0, margin)", ct.pos_margin),
+                );
+            }
             if !self.loss.takes_classes() {
                 return bad(
                     "contrastive-term",

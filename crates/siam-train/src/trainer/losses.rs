@@ -279,7 +279,7 @@ impl Run<'_> {
                 let main = class_batch_loss(l, e, labels, proxies.as_ref())?;
                 match &self.cfg.contrastive_term {
                     Some(ct) => {
-                        let term = all_pairs_contrastive(m, e, labels, ct.margin, 0.0)?;
+                        let term = all_pairs_contrastive(m, e, labels, ct.margin, ct.pos_margin)?;
                         ((main + (term * ct.weight)?)?, None)
                     }
                     None => (main, None),
