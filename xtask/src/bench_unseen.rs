@@ -2,10 +2,13 @@
 //! of held-out classes) it trains the recipe with its `data.class-split`, then puts three
 //! embeddings on the same test pairs and the same leave-one-out retrieval over the test
 //! classes' test images, which the run never sees: the trained model, the same network
-//! untrained (the run's own initial weights, from the seed) and raw pixels. Prints a table and
-//! writes `target/bench/unseen.json`.
+//! untrained (the run's own initial weights, from the seed) and raw pixels. With
+//! `--vs-pytorch`, also PyTorch + pytorch-metric-learning's CosFace on the same convnet after
+//! one epoch on the draw's training classes (`xtask/bench/pml_recipe_split.py`), tested on the
+//! same classes. Prints a table and writes `target/bench/unseen.json`.
 
 use std::path::PathBuf;
+use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
@@ -33,6 +36,13 @@ pub struct Args {
     /// after the run (a diagnostic of what selection could have chosen: never used for it).
     #[arg(long)]
     trace: bool,
+    /// Also train PyTorch + pytorch-metric-learning's CosFace on the same convnet for one
+    /// epoch on each draw's training classes (no validation classes, no test classes) and
+    /// test it on the draw's test classes with siam's protocol: needs `python3` (or $PYTHON)
+    /// with torch, pytorch-metric-learning and scikit-learn, and Fashion-MNIST's IDX folder as
+    /// `data.source`.
+    #[arg(long)]
+    vs_pytorch: bool,
     /// Where the runs go (`seed-N/` each) and `unseen.json`.
     #[arg(long, default_value = "target/bench/unseen")]
     out: PathBuf,
@@ -53,6 +63,9 @@ struct Draw {
     trained: Figures,
     untrained: Figures,
     pixels: Figures,
+    /// PyTorch + PML's one-epoch CosFace on the same training classes (`--vs-pytorch`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pytorch: Option<Figures>,
 }
 
 pub fn run(a: &Args) -> Result<()> {
@@ -150,13 +163,24 @@ pub fn run(a: &Args) -> Result<()> {
             precision_at_1: pr.precision_at_1,
             roc_auc: pv.roc_auc,
         };
+        let classes = summary.classes.context("the run reports no class split")?;
+        let pytorch = if a.vs_pytorch {
+            Some(pytorch_cosface(
+                &cfg.data.source,
+                &classes.train,
+                &classes.test,
+            )?)
+        } else {
+            None
+        };
         draws.push(Draw {
             seed,
-            test_classes: summary.classes.map(|c| c.test).unwrap_or_default(),
+            test_classes: classes.test,
             wall_s: summary.wall_s,
             trained: t,
             untrained: u,
             pixels: p,
+            pytorch,
         });
     }
     println!(
@@ -169,8 +193,14 @@ pub fn run(a: &Args) -> Result<()> {
         "seed", "test classes", "wall s", "P@1", "ROC-AUC"
     );
     for d in &draws {
+        let pml = d.pytorch.as_ref().map_or(String::new(), |p| {
+            format!(
+                "  PyTorch + PML CosFace, 1 epoch: {:.3} / {:.3}",
+                p.precision_at_1, p.roc_auc
+            )
+        });
         println!(
-            "{:>5}  {:<34} {:>7.0}  {:.3} · {:.3} · {:.3}  {:.3} · {:.3} · {:.3}",
+            "{:>5}  {:<34} {:>7.0}  {:.3} · {:.3} · {:.3}  {:.3} · {:.3} · {:.3}{pml}",
             d.seed,
             d.test_classes.join(", "),
             d.wall_s,
@@ -182,18 +212,119 @@ pub fn run(a: &Args) -> Result<()> {
             d.pixels.roc_auc
         );
     }
-    let beats = draws.iter().all(|d| {
-        d.trained.precision_at_1 > d.untrained.precision_at_1
-            && d.trained.roc_auc > d.untrained.roc_auc
-    });
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    let beats = draws
+        .iter()
+        .all(|d| at_least(&d.trained, &d.untrained, false));
     println!(
         "trained beats untrained on both figures on every draw: {}",
-        if beats { "yes" } else { "no" }
+        yes(beats)
     );
+    if a.vs_pytorch {
+        let matches = draws.iter().all(|d| {
+            d.pytorch
+                .as_ref()
+                .is_some_and(|p| at_least(&d.trained, p, true))
+        });
+        println!(
+            "trained matches or beats PyTorch + PML on both figures on every draw: {}",
+            yes(matches)
+        );
+    }
     let out = root.join(&a.out).join("unseen.json");
     std::fs::create_dir_all(out.parent().expect("a parent"))?;
     siam_data::write_atomic(&out, serde_json::to_string_pretty(&draws)?.as_bytes())
         .with_context(|| format!("{}: cannot write", out.display()))?;
     eprintln!("written to {}", out.display());
     Ok(())
+}
+
+/// `a` above `b` on P@1 and ROC-AUC (or equal to it, with `or_equal`).
+fn at_least(a: &Figures, b: &Figures, or_equal: bool) -> bool {
+    let ge = |x: f64, y: f64| if or_equal { x >= y } else { x > y };
+    ge(a.precision_at_1, b.precision_at_1) && ge(a.roc_auc, b.roc_auc)
+}
+
+/// PyTorch + pytorch-metric-learning's CosFace (`xtask/bench/pml_recipe_split.py`) on the same
+/// convnet, one epoch on `train` (8 images a class per batch), tested on `test` with siam's
+/// protocol: its last line of output.
+fn pytorch_cosface(source: &str, train: &[String], test: &[String]) -> Result<Figures> {
+    let idx = |names: &[String]| -> Result<String> {
+        let n: Vec<u32> = names
+            .iter()
+            .map(|c| c.parse::<u32>().ok().filter(|&i| i < 10))
+            .collect::<Option<_>>()
+            .with_context(|| {
+                format!(
+                    "--vs-pytorch runs on Fashion-MNIST's IDX folder (classes 0-9); {source} has classes {}",
+                    names.join(", ")
+                )
+            })?;
+        Ok(n.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
+    };
+    let (train_idx, test_idx) = (idx(train)?, idx(test)?);
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = project_root().join("xtask/bench/pml_recipe_split.py");
+    eprintln!("  PyTorch + PML CosFace, one epoch on classes {train_idx}…");
+    let o = Command::new(&python)
+        .arg(&script)
+        .args(["cosface", "1", &(8 * train.len()).to_string()])
+        .args([&test_idx, &train_idx])
+        .env("FASHION_MNIST_DIR", source)
+        .output()
+        .with_context(|| format!("running {python} {}", script.display()))?;
+    if !o.status.success() {
+        bail!(
+            "the PyTorch reference failed (it needs torch, pytorch-metric-learning and scikit-learn): {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let out = String::from_utf8_lossy(&o.stdout);
+    let last = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("the PyTorch reference printed no figures")?;
+    let v: serde_json::Value = serde_json::from_str(last)?;
+    match (v["p_at_1"].as_f64(), v["roc_auc"].as_f64()) {
+        (Some(p), Some(r)) => Ok(Figures {
+            precision_at_1: p,
+            roc_auc: r,
+        }),
+        _ => bail!("the PyTorch reference printed {last}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(p: f64, r: f64) -> Figures {
+        Figures {
+            precision_at_1: p,
+            roc_auc: r,
+        }
+    }
+
+    #[test]
+    fn beating_needs_both_figures_and_matching_allows_ties() {
+        assert!(at_least(&f(0.91, 0.70), &f(0.90, 0.69), false));
+        assert!(!at_least(&f(0.91, 0.68), &f(0.90, 0.69), false));
+        assert!(!at_least(&f(0.89, 0.70), &f(0.90, 0.69), false));
+        assert!(!at_least(&f(0.90, 0.70), &f(0.90, 0.69), false));
+        assert!(at_least(&f(0.90, 0.69), &f(0.90, 0.69), true));
+        assert!(!at_least(&f(0.90, 0.68), &f(0.90, 0.69), true));
+    }
+
+    #[test]
+    fn the_pytorch_reference_refuses_classes_that_are_not_fashion_mnist_labels() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        for train in [names(&["shoe", "bag"]), names(&["3", "12"])] {
+            let e = pytorch_cosface("photos", &train, &names(&["1"]))
+                .err()
+                .expect("refused")
+                .to_string();
+            assert!(e.contains("photos") && e.contains("--vs-pytorch"), "{e}");
+        }
+    }
 }
