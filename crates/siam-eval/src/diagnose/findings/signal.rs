@@ -162,8 +162,10 @@ pub(super) fn signal(m: &Measurements, out: &mut Vec<Finding>) {
                  longer, or a deeper encoder, specialises it further.",
                 "Stop earlier: hold classes out with data.class-split so that validation measures classes the model \
                  never trains on, validate every epoch and keep the best (validation.patience = 1); train on more, or \
-                 more varied, classes. Stronger augmentation (augment.resized-crop-min, augment.erase-probability) or a \
-                 self-supervised term ([self-supervised] weight = 0.3) may help; measure them on held-out classes.",
+                 more varied, classes. With the default recipe, train with --preset unseen (a self-supervised term \
+                 over two views of each image, the supervised loss over both: on Fashion-MNIST it kept three draws of \
+                 held-out classes above the untrained encoder where the default fell below it, for about a point of \
+                 P@1 on the trained classes); measure it on held-out classes.",
             ));
         }
     }
