@@ -433,11 +433,7 @@ fn versus_pytorch(a: &Args, siam: &mut dyn FnMut() -> Result<(f64, f64)>) -> Res
     if a.only.is_some() {
         bail!("--vs-pytorch compares training and inference; drop --only");
     }
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_torch = Command::new(&python)
-        .args(["-c", "import torch"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let (python, has_torch) = crate::python_with("torch");
     if !has_torch {
         println!(
             "skipped: the PyTorch reference needs `{python}` with torch (pip install torch); siam alone: `cargo xtask bench`"

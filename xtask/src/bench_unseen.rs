@@ -84,11 +84,7 @@ pub fn run(a: &Args) -> Result<()> {
     }
     if a.vs_pytorch {
         // Before the first run, not after it: the reference needs these.
-        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        let ok = Command::new(&python)
-            .args(["-c", "import torch, pytorch_metric_learning, sklearn"])
-            .output()
-            .is_ok_and(|o| o.status.success());
+        let (python, ok) = crate::python_with("torch, pytorch_metric_learning, sklearn");
         if !ok {
             bail!(
                 "--vs-pytorch needs `{python}` with torch, pytorch-metric-learning and scikit-learn (pip install torch pytorch-metric-learning scikit-learn)"

@@ -49,6 +49,17 @@ enum Cmd {
     PhotoCrops(photo_crops::Args),
 }
 
+/// The Python the PyTorch references run with (`$PYTHON`, else `python3`), and whether it
+/// can import `modules` (comma-separated, as in `import torch, sklearn`).
+pub fn python_with(modules: &str) -> (String, bool) {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = std::process::Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    (python, ok)
+}
+
 /// The workspace root, found from this crate's manifest directory.
 pub fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
