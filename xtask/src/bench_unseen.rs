@@ -272,7 +272,7 @@ fn pytorch_cosface(source: &str, train: &[String], test: &[String]) -> Result<Fi
         Ok(n.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
     };
     let (train_idx, test_idx) = (idx(train)?, idx(test)?);
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = crate::python();
     let script = project_root().join("xtask/bench/pml_recipe_split.py");
     eprintln!("  PyTorch + PML CosFace, one epoch on classes {train_idx}…");
     let o = Command::new(&python)

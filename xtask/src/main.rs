@@ -49,10 +49,14 @@ enum Cmd {
     PhotoCrops(photo_crops::Args),
 }
 
-/// The Python the PyTorch references run with (`$PYTHON`, else `python3`), and whether it
-/// can import `modules` (comma-separated, as in `import torch, sklearn`).
+/// The Python the PyTorch references run with: `$PYTHON`, else `python3`.
+pub fn python() -> String {
+    std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// [`python`], and whether it can import `modules` (comma-separated, as in `import torch, sklearn`).
 pub fn python_with(modules: &str) -> (String, bool) {
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = python();
     let ok = std::process::Command::new(&python)
         .args(["-c", &format!("import {modules}")])
         .output()

@@ -117,12 +117,8 @@ pub struct ContrastiveTerm {
     pub margin: f64,
     /// Same-class pairs are only pulled in beyond this distance (default 0: all the way), so
     /// that a class keeps some spread instead of collapsing to a point.
-    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub pos_margin: f64,
-}
-
-fn is_zero_f64(x: &f64) -> bool {
-    *x == 0.0
 }
 
 fn unit_margin() -> f64 {
@@ -157,8 +153,9 @@ pub struct SelfSupervised {
     pub augment: Option<AugmentConfig>,
 }
 
-fn is_zero(v: &usize) -> bool {
-    *v == 0
+/// Serde's test for keys left out of a written config when at their default of zero.
+fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 impl SelfSupervised {
