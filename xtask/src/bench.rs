@@ -315,6 +315,7 @@ pub fn run(a: &Args) -> Result<()> {
                 }),
                 seed: 1,
                 second_view: None,
+                second_view_fraction: 1.0,
             };
             let cfg = LoaderConfig {
                 batches_per_epoch: loader_batches,

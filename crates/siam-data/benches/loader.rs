@@ -29,6 +29,7 @@ fn transform(augment: bool) -> Transform {
         }),
         seed: 1,
         second_view: None,
+        second_view_fraction: 1.0,
     }
 }
 

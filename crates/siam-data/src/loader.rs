@@ -27,6 +27,9 @@ pub struct Transform {
     /// For two-view self-supervised training: a second view of every P×K image, drawn with
     /// this augmentation from its own stream (`Batch::Classes::views`). `None`: one view.
     pub second_view: Option<AugmentConfig>,
+    /// The share of each class's images in a P×K batch that get the second view, in (0, 1]
+    /// (1: every image; see [`second_view_rows`]).
+    pub second_view_fraction: f64,
 }
 
 impl Transform {
@@ -37,6 +40,7 @@ impl Transform {
             normalize,
             seed: 0,
             second_view: None,
+            second_view_fraction: 1.0,
         }
     }
 
@@ -90,34 +94,62 @@ impl Transform {
         first_slot: u64,
         device: &Device,
     ) -> Result<Tensor> {
-        self.tensor_view(set, indices, epoch, first_slot, device, None)
+        let items: Vec<(usize, u64)> = (first_slot..)
+            .zip(indices)
+            .map(|(slot, &i)| (i, slot))
+            .collect();
+        self.tensor_view(set, &items, epoch, device, None)
     }
 
+    /// The images of `items` (image index, slot) as an (N, C, H, W) tensor.
     fn tensor_view(
         &self,
         set: &ImageSet,
-        indices: &[usize],
+        items: &[(usize, u64)],
         epoch: u64,
-        first_slot: u64,
         device: &Device,
         view: Option<&AugmentConfig>,
     ) -> Result<Tensor> {
         let s = set.shape();
         let n = s.numel();
-        let mut buf = vec![0f32; indices.len() * n];
-        buf.par_chunks_mut(n)
-            .zip(indices.par_iter())
-            .enumerate()
-            .for_each_init(Vec::new, |scratch, (j, (out, &i))| {
-                let slot = first_slot + j as u64;
+        let mut buf = vec![0f32; items.len() * n];
+        buf.par_chunks_mut(n).zip(items.par_iter()).for_each_init(
+            Vec::new,
+            |scratch, (out, &(i, slot))| {
                 self.write_view(set, i, (epoch, slot), out, scratch, view);
-            });
+            },
+        );
         Ok(Tensor::from_vec(
             buf,
-            (indices.len(), s.channels, s.height, s.width),
+            (items.len(), s.channels, s.height, s.width),
             device,
         )?)
     }
+}
+
+/// The rows of a P×K batch with `labels` that get a second view when a `fraction` of each
+/// class's images does: per class, its first round(fraction · count) images in batch order
+/// (at least one), returned in batch order. A fraction of 1 (or more) gives every row.
+pub fn second_view_rows(labels: &[u32], fraction: f64) -> Vec<usize> {
+    if fraction >= 1.0 {
+        return (0..labels.len()).collect();
+    }
+    let mut count: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+    for &l in labels {
+        *count.entry(l).or_default() += 1;
+    }
+    let mut taken: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+    labels
+        .iter()
+        .enumerate()
+        .filter(|&(_, l)| {
+            let want = ((fraction * count[l] as f64).round() as usize).max(1);
+            let t = taken.entry(*l).or_default();
+            *t += 1;
+            *t <= want
+        })
+        .map(|(r, _)| r)
+        .collect()
 }
 
 /// A batch of model inputs.
@@ -147,8 +179,12 @@ pub enum Batch {
         images: Tensor,
         /// Class labels.
         labels: Tensor,
-        /// A second view of the same images (N, C, H, W), when the transform asks for one.
+        /// A second view (M, C, H, W) of the images at `view_rows`, when the transform asks
+        /// for one.
         views: Option<Tensor>,
+        /// The rows of `images` that `views` shows again, in order (every row at the default
+        /// fraction of 1; empty without views).
+        view_rows: Vec<usize>,
     },
 }
 
@@ -194,16 +230,27 @@ pub fn materialize(
                 negative: t(&tr.negative, 2 * n)?,
             }
         }
-        BatchIndices::Classes(c) => Batch::Classes {
-            images: t(&c.indices, 0)?,
-            labels: Tensor::from_slice(&c.labels, c.labels.len(), device)?,
-            views: match &transform.second_view {
+        BatchIndices::Classes(c) => {
+            let (views, view_rows) = match &transform.second_view {
                 Some(v) => {
-                    Some(transform.tensor_view(set, &c.indices, epoch, base, device, Some(v))?)
+                    // A view keeps its image's slot, on the second view's own stream.
+                    let rows = second_view_rows(&c.labels, transform.second_view_fraction);
+                    let items: Vec<(usize, u64)> = rows
+                        .iter()
+                        .map(|&r| (c.indices[r], base + r as u64))
+                        .collect();
+                    let views = transform.tensor_view(set, &items, epoch, device, Some(v))?;
+                    (Some(views), rows)
                 }
-                None => None,
-            },
-        },
+                None => (None, Vec::new()),
+            };
+            Batch::Classes {
+                images: t(&c.indices, 0)?,
+                labels: Tensor::from_slice(&c.labels, c.labels.len(), device)?,
+                views,
+                view_rows,
+            }
+        }
     })
 }
 
@@ -264,6 +311,12 @@ impl Loader {
         transform.augment.validate()?;
         if let Some(v) = &transform.second_view {
             v.validate()?;
+            let f = transform.second_view_fraction;
+            if !(f > 0.0 && f <= 1.0) {
+                return Err(DataError::Invalid(format!(
+                    "the second view's fraction must be in (0, 1], got {f}"
+                )));
+            }
         }
         let pool = match cfg.threads {
             Some(n) => Some(
@@ -335,5 +388,26 @@ impl Drop for Loader {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::second_view_rows;
+
+    #[test]
+    fn second_view_rows_take_each_class_s_first_images_in_batch_order() {
+        let pk = [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2];
+        assert_eq!(second_view_rows(&pk, 1.0), (0..12).collect::<Vec<_>>());
+        assert_eq!(second_view_rows(&pk, 0.5), [0, 1, 4, 5, 8, 9]);
+        assert_eq!(second_view_rows(&pk, 0.25), [0, 4, 8]);
+        // Rounded to the nearest count, never below one a class.
+        assert_eq!(second_view_rows(&pk, 0.01), [0, 4, 8]);
+        assert_eq!(second_view_rows(&pk, 0.6), [0, 1, 4, 5, 8, 9]);
+        let twelve = [7u32; 12];
+        assert_eq!(second_view_rows(&twelve, 0.33).len(), 4);
+        // Classes interleaved and of unequal counts.
+        assert_eq!(second_view_rows(&[3, 1, 3, 1, 3, 3], 0.5), [0, 1, 2]);
+        assert!(second_view_rows(&[], 0.5).is_empty());
     }
 }

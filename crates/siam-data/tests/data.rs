@@ -492,6 +492,7 @@ fn augmenting(seed: u64) -> Transform {
         }),
         seed,
         second_view: None,
+        second_view_fraction: 1.0,
     }
 }
 
@@ -630,6 +631,48 @@ fn second_views_are_deterministic_and_differ_from_the_first() {
     assert_eq!(a.len(), v.len());
     assert_ne!(a, v);
     assert_ne!(batch(1).1, v);
+    // A fraction of the views: the same views of the chosen rows (a view keeps its slot), and
+    // only those rows.
+    let mut part = t.clone();
+    part.second_view_fraction = 0.5;
+    let idx = sampler.batch(0, 0);
+    match materialize(&set, &idx, &part, 0, 0, 6, &Device::Cpu).unwrap() {
+        Batch::Classes {
+            images,
+            labels,
+            views,
+            view_rows,
+        } => {
+            assert_eq!(images.flatten_all().unwrap().to_vec1::<f32>().unwrap(), a);
+            let labels: Vec<u32> = labels.to_vec1().unwrap();
+            assert_eq!(view_rows, siam_data::loader::second_view_rows(&labels, 0.5));
+            assert_eq!(view_rows.len(), 3, "one of each class's two images");
+            let views = views.unwrap();
+            let per = v.len() / 6;
+            assert_eq!(views.dim(0).unwrap(), 3);
+            let got = views.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            for (j, &r) in view_rows.iter().enumerate() {
+                assert_eq!(
+                    got[j * per..(j + 1) * per],
+                    v[r * per..(r + 1) * per],
+                    "row {r}"
+                );
+            }
+        }
+        _ => unreachable!("pk batches"),
+    }
+    part.second_view_fraction = 0.0;
+    let loader = Loader::spawn(
+        set.clone(),
+        SamplerConfig::Pk { p: 3, k: 2 }.build(&set, 6, 1).unwrap(),
+        part,
+        LoaderConfig::default(),
+    );
+    let err = loader
+        .err()
+        .expect("a fraction of 0 is refused")
+        .to_string();
+    assert!(err.contains("fraction"), "{err}");
     let plain = augmenting(5);
     let idx = sampler.batch(0, 0);
     match materialize(&set, &idx, &plain, 0, 0, 6, &Device::Cpu).unwrap() {

@@ -434,7 +434,7 @@ fn batch_losses_train_and_proxies_resume_exactly() {
 }
 
 /// Two-view self-supervised training on the fixtures: alone (weight 1, labels unused by the
-/// loss) and mixed with a supervised loss. Each run trains (finite losses, a test figure), the
+/// loss), mixed with a supervised loss, and with views of half the images. Each run trains (finite losses, a test figure), the
 /// term changes what is learned, and an interrupted two-view run resumes exactly (the second
 /// view's randomness is a function of the sample, as the first's).
 #[test]
@@ -444,21 +444,24 @@ fn two_view_self_supervised_runs_train_and_resume_exactly() {
     plain.model.normalize = true;
     let one = dir.path().join("one-view");
     train(&plain, &one, &TrainOptions::default(), &mut quiet()).unwrap();
-    for (weight, both, projection_dim) in [
-        (0.5, false, 0),
-        (1.0, false, 0),
-        (0.5, true, 0),
-        (0.5, false, 8),
+    for (weight, both, projection_dim, view_fraction) in [
+        (0.5, false, 0, 1.0),
+        (1.0, false, 0, 1.0),
+        (0.5, true, 0, 1.0),
+        (0.5, false, 8, 1.0),
+        (0.5, true, 0, 0.5),
     ] {
         let mut cfg = plain.clone();
         cfg.self_supervised = Some(siam_train::config::SelfSupervised {
             weight,
             temperature: 0.2,
+            view_fraction,
             augment: None,
             supervise_both_views: both,
             projection_dim,
         });
         let weight = match (both, projection_dim) {
+            (true, _) if view_fraction < 1.0 => format!("{weight}-both-views-{view_fraction}"),
             (true, _) => format!("{weight}-both"),
             (_, 0) => weight.to_string(),
             (_, p) => format!("{weight}-projection-{p}"),
@@ -478,6 +481,12 @@ fn two_view_self_supervised_runs_train_and_resume_exactly() {
         );
         let text = std::fs::read_to_string(full.join("config.toml")).unwrap();
         assert!(text.contains("[self-supervised]"), "{text}");
+        // The fraction is written when it is not the default of 1.
+        assert_eq!(
+            text.contains("view-fraction = 0.5"),
+            view_fraction < 1.0,
+            "{text}"
+        );
         let cut = dir.path().join(format!("ssl-{weight}-cut"));
         let stop = TrainOptions {
             stop_after: Some(3),
@@ -503,6 +512,12 @@ fn two_view_self_supervised_runs_train_and_resume_exactly() {
         weights(&dir.path().join("ssl-0.5-projection-8/model.safetensors")),
         "projection-dim changed nothing"
     );
+    // Views of half the images: another model than views of all of them.
+    assert_ne!(
+        weights(&dir.path().join("ssl-0.5-both/model.safetensors")),
+        weights(&dir.path().join("ssl-0.5-both-views-0.5/model.safetensors")),
+        "view-fraction changed nothing"
+    );
     // Bad settings name the key.
     for (edit, key) in [
         (
@@ -520,6 +535,14 @@ fn two_view_self_supervised_runs_train_and_resume_exactly() {
         (
             "[self-supervised]\nweight = 1.0\nsupervise-both-views = true\n",
             "self-supervised.supervise-both-views",
+        ),
+        (
+            "[self-supervised]\nweight = 0.5\nview-fraction = 0.0\n",
+            "self-supervised.view-fraction",
+        ),
+        (
+            "[self-supervised]\nweight = 0.5\nview-fraction = 1.5\n",
+            "self-supervised.view-fraction",
         ),
         ("[self-supervised]\nweight = 0.5\nwieght = 1.0\n", "wieght"),
     ] {

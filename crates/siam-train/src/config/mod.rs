@@ -141,6 +141,12 @@ pub struct SelfSupervised {
     /// full one without the term did (default false: the first views alone).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub supervise_both_views: bool,
+    /// The share of each class's images in a P×K batch that get a second view, in (0, 1]
+    /// (default 1: every image). Below 1 a batch keeps more distinct images for the same
+    /// embeddings a step: 8 × 12 images with a quarter seen twice embed 128, as 8 × 8 with
+    /// every image twice do. The other images are NT-Xent's negatives only.
+    #[serde(default = "unit_scale", skip_serializing_if = "is_one")]
+    pub view_fraction: f64,
     /// The NT-Xent term on a projection of its own (SimCLR's head: embedding → ReLU layer of the
     /// embedding's width → this many outputs), trained with the run and kept in checkpoints
     /// like CosFace's proxies, not in the model file; the embedding itself then takes only the
@@ -151,6 +157,11 @@ pub struct SelfSupervised {
     /// 35–100 % of the area, noise σ = 0.05 and erasing with probability 0.25).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub augment: Option<AugmentConfig>,
+}
+
+/// Serde's test for fractions left out of a written config when at their default of one.
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
 }
 
 /// Serde's test for keys left out of a written config when at their default of zero.

@@ -142,6 +142,7 @@ impl TrainConfig {
                     temperature: 0.1,
                     supervise_both_views: true,
                     projection_dim: 64,
+                    view_fraction: 1.0,
                     augment: None,
                 });
                 Ok(c)

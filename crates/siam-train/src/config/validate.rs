@@ -160,6 +160,12 @@ impl TrainConfig {
                     "needs a supervised term: weight below 1".into(),
                 );
             }
+            if !(ss.view_fraction > 0.0 && ss.view_fraction <= 1.0) {
+                return bad(
+                    "self-supervised.view-fraction",
+                    format!("{} must be in (0, 1]", ss.view_fraction),
+                );
+            }
             if let Some(a) = &ss.augment {
                 a.validate()
                     .map_err(|e| TrainError::Config(format!("self-supervised.{e}")))?;

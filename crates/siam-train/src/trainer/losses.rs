@@ -183,6 +183,7 @@ impl Run<'_> {
                 images,
                 labels,
                 views,
+                view_rows,
             } => {
                 let labels: Vec<u32> = labels.to_device(&Device::Cpu)?.to_vec1()?;
                 let ss = self.cfg.self_supervised.as_ref();
@@ -195,6 +196,12 @@ impl Run<'_> {
                     }
                     _ => (m.forward_t(images, true)?, None),
                 };
+                // The labels of the N images and then of their M second views.
+                let with_views: Vec<u32> = labels
+                    .iter()
+                    .copied()
+                    .chain(view_rows.iter().map(|&r| labels[r]))
+                    .collect();
                 let (sup, active) = match ss {
                     Some(s) if s.weight >= 1.0 => (None, None),
                     Some(s) if s.supervise_both_views => {
@@ -203,8 +210,7 @@ impl Run<'_> {
                                 "two-view training needs the batch's second views".into(),
                             )
                         })?;
-                        let twice: Vec<u32> = labels.iter().chain(&labels).copied().collect();
-                        let (l, a) = self.supervised_class_loss(both, &twice)?;
+                        let (l, a) = self.supervised_class_loss(both, &with_views)?;
                         (Some(l), a)
                     }
                     _ => {
@@ -218,8 +224,11 @@ impl Run<'_> {
                 let both = second.ok_or_else(|| {
                     TrainError::Config("two-view training needs the batch's second views".into())
                 })?;
-                let n = labels.len() as u32;
-                let ids: Vec<u32> = (0..n).chain(0..n).collect();
+                // NT-Xent's identities: an image and its view share its row; an image without
+                // a view is every other embedding's negative only.
+                let ids: Vec<u32> = (0..labels.len() as u32)
+                    .chain(view_rows.iter().map(|&r| r as u32))
+                    .collect();
                 let z = if s.projection_dim > 0 {
                     self.ssl_projection(&both)?
                 } else {

@@ -60,6 +60,10 @@ pub(super) fn train_transform(cfg: &TrainConfig, input: &InputSpec) -> Transform
             .self_supervised
             .as_ref()
             .map(|s| s.view_augment(&cfg.augment)),
+        second_view_fraction: cfg
+            .self_supervised
+            .as_ref()
+            .map_or(1.0, |s| s.view_fraction),
     }
 }
 
