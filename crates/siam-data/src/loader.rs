@@ -134,11 +134,12 @@ pub fn second_view_rows(labels: &[u32], fraction: f64) -> Vec<usize> {
     if fraction >= 1.0 {
         return (0..labels.len()).collect();
     }
-    let mut count: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+    use std::collections::HashMap;
+    let mut count: HashMap<u32, usize> = HashMap::new();
     for &l in labels {
         *count.entry(l).or_default() += 1;
     }
-    let mut taken: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
+    let mut taken: HashMap<u32, usize> = HashMap::new();
     labels
         .iter()
         .enumerate()
