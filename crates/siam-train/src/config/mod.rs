@@ -143,7 +143,7 @@ pub struct SelfSupervised {
     pub supervise_both_views: bool,
     /// The share of each class's images in a P×K batch that get a second view, in (0, 1]
     /// (default 1: every image). Below 1 a batch keeps more distinct images for the same
-    /// embeddings a step: 8 × 12 images with a quarter seen twice embed 128, as 8 × 8 with
+    /// embeddings a step: 8 × 12 images with a third seen twice embed 128, as 8 × 8 with
     /// every image twice do. The other images are NT-Xent's negatives only.
     #[serde(default = "unit_scale", skip_serializing_if = "is_one")]
     pub view_fraction: f64,
