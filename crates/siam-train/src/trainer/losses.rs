@@ -196,12 +196,6 @@ impl Run<'_> {
                     }
                     _ => (m.forward_t(images, true)?, None),
                 };
-                // The labels of the N images and then of their M second views.
-                let with_views: Vec<u32> = labels
-                    .iter()
-                    .copied()
-                    .chain(view_rows.iter().map(|&r| labels[r]))
-                    .collect();
                 let (sup, active) = match ss {
                     Some(s) if s.weight >= 1.0 => (None, None),
                     Some(s) if s.supervise_both_views => {
@@ -210,6 +204,12 @@ impl Run<'_> {
                                 "two-view training needs the batch's second views".into(),
                             )
                         })?;
+                        // The labels of the N images and then of their M second views.
+                        let with_views: Vec<u32> = labels
+                            .iter()
+                            .copied()
+                            .chain(view_rows.iter().map(|&r| labels[r]))
+                            .collect();
                         let (l, a) = self.supervised_class_loss(both, &with_views)?;
                         (Some(l), a)
                     }
