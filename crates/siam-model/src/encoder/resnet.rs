@@ -11,7 +11,7 @@
 use candle_core::{D, Module, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, VarBuilder};
 
-use super::{bn_relu, update_running};
+use super::update_running;
 
 /// The first layers of a ResNet.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -135,17 +135,44 @@ impl ResnetConfig {
     }
 }
 
-/// BatchNorm without ReLU: candle's in evaluation; in training the batch statistics (siam's
-/// fused kernel on the CPU), with the running statistics updated as PyTorch does (momentum,
-/// unbiased variance).
+/// BatchNorm without ReLU: in training the batch statistics (siam's fused kernel on the CPU),
+/// with the running statistics updated as PyTorch does (momentum, unbiased variance); in
+/// evaluation [`bn_eval`].
 fn bn_plain(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
     let Some((gamma, beta)) = bn.weight_and_bias().filter(|_| train) else {
-        return bn.forward_t(x, false);
+        return bn_eval(bn, x, false, None);
     };
     let (y, mean, var) = crate::kernels::batch_norm_train(x, gamma, beta, bn.eps(), false)?;
     let count = (x.elem_count() / x.dim(1)?) as f64;
     update_running(bn, &mean, &var, count)?;
     Ok(y)
+}
+
+/// BatchNorm in evaluation, `[relu](γ·(x − mean)/√(var + ε) + β [+ residual])` with the running
+/// statistics, folded into a per-channel scale and shift and applied in one pass (with the ReLU
+/// and a residual block's add) instead of candle's four broadcast passes; γ and β keep their
+/// gradients (a frozen backbone's BatchNorm runs in evaluation while the head trains).
+fn bn_eval(bn: &BatchNorm, x: &Tensor, relu: bool, residual: Option<&Tensor>) -> Result<Tensor> {
+    let c = x.dim(1)?;
+    let (gamma, beta) = match bn.weight_and_bias() {
+        Some((g, b)) => (g.clone(), b.clone()),
+        None => {
+            let one = Tensor::ones(c, x.dtype(), x.device())?;
+            (one.clone(), one.zeros_like()?)
+        }
+    };
+    let scale = (gamma / (bn.running_var().detach() + bn.eps())?.sqrt()?)?;
+    let shift = (beta - (bn.running_mean().detach() * &scale)?)?;
+    crate::kernels::scale_shift(x, &scale, &shift, relu, residual)
+}
+
+/// `relu(bn(x))`: siam's fused training kernel, or [`bn_eval`].
+fn bn_relu(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
+    if train {
+        super::bn_relu(bn, x, true)
+    } else {
+        bn_eval(bn, x, true, None)
+    }
 }
 
 /// A convolution without bias at `stride`, padded by half its kernel (siam's kernels on the
@@ -211,12 +238,17 @@ impl BasicBlock {
 
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = bn_relu(&self.bn1, &conv(&self.conv1, x, self.stride, true)?, train)?;
-        let y = bn_plain(&self.bn2, &conv(&self.conv2, &y, 1, true)?, train)?;
+        let y = conv(&self.conv2, &y, 1, true)?;
         let identity = match &self.downsample {
             Some((c, bn)) => bn_plain(bn, &conv(c, x, self.stride, true)?, train)?,
             None => x.clone(),
         };
-        crate::kernels::add_relu(&y, &identity)
+        if train {
+            crate::kernels::add_relu(&bn_plain(&self.bn2, &y, true)?, &identity)
+        } else {
+            // One pass: the second BatchNorm, the add and the ReLU.
+            bn_eval(&self.bn2, &y, true, Some(&identity))
+        }
     }
 
     /// The block's ReLU outputs in evaluation (`bn1`'s and the block's own), for the probe.

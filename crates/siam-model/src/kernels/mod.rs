@@ -11,6 +11,8 @@
 //! - [`maxpool`]: max-pooling with any window, stride and padding (ResNet's 3×3/2);
 //! - [`conv_pool`]: the seed CNN's convolution + bias + ReLU + pooling stage as one op;
 //! - [`batchnorm`]: training-mode BatchNorm + ReLU;
+//! - [`affine`]: BatchNorm in evaluation folded into a per-channel scale and shift, with the
+//!   ReLU and a residual add, one pass each way;
 //! - [`residual`]: a residual block's `relu(y + identity)`;
 //! - [`winograd`]: 3×3 convolution by Winograd F(4×4, 3×3) on channel-last activations,
 //!   forward and backward;
@@ -54,6 +56,7 @@ macro_rules! simd_kernel {
     };
 }
 
+mod affine;
 mod batchnorm;
 mod block;
 mod conv;
@@ -73,6 +76,7 @@ mod winograd;
 
 use candle_core::{DType, Result, Tensor};
 
+pub use affine::scale_shift;
 pub use batchnorm::{batch_norm_relu_train, batch_norm_train};
 pub use conv::{conv2d, conv2d_strided};
 pub use conv_pool::conv2d_relu_max_pool2;

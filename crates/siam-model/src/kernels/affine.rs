@@ -1,0 +1,391 @@
+//! BatchNorm in evaluation, folded: `[relu](x·s[c] + t[c] [+ r])` on channel-first activations
+//! as one pass forward and one backward, where candle's BatchNorm takes four broadcast passes
+//! (each with a fresh tensor), ReLU a fifth and a residual add a sixth. The scale `s` and
+//! shift `t` come from the running statistics (`s = γ/√(var + ε)`, `t = β − mean·s`), so the
+//! gradients of γ and β flow through them.
+
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::ops::{cpu_values, hold, slice};
+use super::pool::planes_per_task;
+
+/// The per-channel affine map with optional ReLU; `params` holds the C scales, then the C
+/// shifts.
+struct Affine {
+    relu: bool,
+}
+
+/// (N, C, H·W) of a channel-first tensor of rank ≥ 2.
+fn dims(d: &[usize]) -> Result<(usize, usize, usize)> {
+    if d.len() < 2 {
+        candle_core::bail!("a per-channel affine map needs (N, C, ...), got {d:?}")
+    }
+    Ok((d[0], d[1], d[2..].iter().product()))
+}
+
+/// The forward pass: `y = [relu](x·s + t [+ r])`, plane by plane.
+fn forward(
+    x: &[f32],
+    params: &[f32],
+    r: Option<&[f32]>,
+    c: usize,
+    hw: usize,
+    relu: bool,
+) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    let (s, t) = params.split_at(c);
+    y.par_chunks_mut(hw.max(1))
+        .enumerate()
+        .with_min_len(planes_per_task(hw))
+        .for_each(|(k, yp)| {
+            let ch = k % c;
+            let (sc, sh) = (s[ch], t[ch]);
+            let xp = &x[k * hw..][..hw];
+            match r {
+                Some(r) => {
+                    let rp = &r[k * hw..][..hw];
+                    for ((y, &x), &r) in yp.iter_mut().zip(xp).zip(rp) {
+                        *y = x * sc + sh + r;
+                    }
+                }
+                None => {
+                    for (y, &x) in yp.iter_mut().zip(xp) {
+                        *y = x * sc + sh;
+                    }
+                }
+            }
+            if relu {
+                for y in yp.iter_mut() {
+                    *y = y.max(0.0);
+                }
+            }
+        });
+    y
+}
+
+/// The backward pass from the output `y` and its gradient `g`: the input's gradient (also the
+/// residual's, before the scale: `g'`, and `g'·s`), and the parameters' (Σ g'·x per channel,
+/// then Σ g'), summed per image part and the parts added in order, as every reduction here.
+fn backward(
+    x: &[f32],
+    params: &[f32],
+    y: &[f32],
+    g: &[f32],
+    (n, c, hw): (usize, usize, usize),
+    relu: bool,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let gate = |y: f32, g: f32| if !relu || y > 0.0 { g } else { 0.0 };
+    let s = &params[..c];
+    let mut gx = vec![0f32; x.len()];
+    let mut gr = vec![0f32; x.len()];
+    gx.par_chunks_mut(hw.max(1))
+        .zip(gr.par_chunks_mut(hw.max(1)))
+        .enumerate()
+        .with_min_len(planes_per_task(hw))
+        .for_each(|(k, (gxp, grp))| {
+            let sc = s[k % c];
+            let (yp, gp) = (&y[k * hw..][..hw], &g[k * hw..][..hw]);
+            for (((dx, dr), &yy), &gg) in gxp.iter_mut().zip(grp.iter_mut()).zip(yp).zip(gp) {
+                let gg = gate(yy, gg);
+                *dr = gg;
+                *dx = gg * sc;
+            }
+        });
+    let parts: Vec<Vec<f64>> = super::parts(n)
+        .map(|images| {
+            let mut acc = vec![0f64; 2 * c];
+            for i in images {
+                for ch in 0..c {
+                    let o = (i * c + ch) * hw;
+                    let (xp, yp, gp) = (&x[o..][..hw], &y[o..][..hw], &g[o..][..hw]);
+                    let (mut ds, mut dt) = (0f32, 0f32);
+                    for ((&xx, &yy), &gg) in xp.iter().zip(yp).zip(gp) {
+                        let gg = gate(yy, gg);
+                        ds += gg * xx;
+                        dt += gg;
+                    }
+                    acc[ch] += f64::from(ds);
+                    acc[c + ch] += f64::from(dt);
+                }
+            }
+            acc
+        })
+        .collect();
+    let gp = super::add_in_order(parts, 2 * c)
+        .into_iter()
+        .map(|v| v as f32)
+        .collect();
+    (gx, gr, gp)
+}
+
+impl CustomOp2 for Affine {
+    fn name(&self) -> &'static str {
+        "siam-scale-shift"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, c, hw) = dims(l1.dims())?;
+        let (x, p) = (slice(s1, l1)?, slice(s2, l2)?);
+        if p.len() != 2 * c {
+            candle_core::bail!(
+                "a per-channel affine map of {c} channels got {} parameters",
+                p.len()
+            )
+        }
+        let y = forward(x, p, None, c, hw, self.relu);
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        p: &Tensor,
+        res: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let gy = gy.contiguous()?;
+        let d = dims(x.dims())?;
+        let (gx, _, gp) = {
+            let held = hold([x, p, res, &gy]);
+            let [xv, pv, yv, gv] = cpu_values(&held, "the scale-shift backward")?;
+            backward(xv, pv, yv, gv, d, self.relu)
+        };
+        Ok((
+            Some(Tensor::from_vec(gx, x.dims(), x.device())?),
+            Some(Tensor::from_vec(gp, p.dims(), p.device())?),
+        ))
+    }
+}
+
+/// The same with a residual added before the ReLU.
+struct AffineAdd {
+    relu: bool,
+}
+
+impl CustomOp3 for AffineAdd {
+    fn name(&self) -> &'static str {
+        "siam-scale-shift-add"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (_, c, hw) = dims(l1.dims())?;
+        if l1.dims() != l3.dims() {
+            candle_core::bail!("a residual of shape {:?} for {:?}", l3.dims(), l1.dims())
+        }
+        let (x, p, r) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        if p.len() != 2 * c {
+            candle_core::bail!(
+                "a per-channel affine map of {c} channels got {} parameters",
+                p.len()
+            )
+        }
+        let y = forward(x, p, Some(r), c, hw, self.relu);
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        p: &Tensor,
+        r: &Tensor,
+        res: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let gy = gy.contiguous()?;
+        let d = dims(x.dims())?;
+        let (gx, gr, gp) = {
+            let held = hold([x, p, res, &gy]);
+            let [xv, pv, yv, gv] = cpu_values(&held, "the scale-shift backward")?;
+            backward(xv, pv, yv, gv, d, self.relu)
+        };
+        Ok((
+            Some(Tensor::from_vec(gx, x.dims(), x.device())?),
+            Some(Tensor::from_vec(gp, p.dims(), p.device())?),
+            Some(Tensor::from_vec(gr, r.dims(), r.device())?),
+        ))
+    }
+}
+
+/// `[relu](x·scale[c] + shift[c] [+ residual])` for channel-first `x` (N, C, ...) and per-channel
+/// `scale` and `shift` (C): a BatchNorm in evaluation folded into one pass (with the ReLU and a
+/// residual block's add), differentiable in all its inputs. f32 on the CPU; candle's broadcast
+/// ops elsewhere.
+pub fn scale_shift(
+    x: &Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+    relu: bool,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (_, c, _) = dims(x.dims())?;
+    let mut ts = vec![x, scale, shift];
+    ts.extend(residual);
+    if !super::fast_path(&ts) {
+        let mut shape = vec![1; x.rank()];
+        shape[1] = c;
+        let y = x
+            .broadcast_mul(&scale.reshape(shape.as_slice())?)?
+            .broadcast_add(&shift.reshape(shape.as_slice())?)?;
+        let y = match residual {
+            Some(r) => (y + r)?,
+            None => y,
+        };
+        return if relu { y.relu() } else { Ok(y) };
+    }
+    let params = Tensor::cat(&[scale.flatten_all()?, shift.flatten_all()?], 0)?;
+    let x = x.contiguous()?;
+    match residual {
+        Some(r) => x.apply_op3(&params, &r.contiguous()?, AffineAdd { relu }),
+        None => x.apply_op2(&params, Affine { relu }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::tests::{distinct, grads_of, max_diff, rand};
+    use candle_core::Var;
+
+    /// candle's ops for the same map.
+    fn reference(x: &Tensor, s: &Tensor, t: &Tensor, relu: bool, r: Option<&Tensor>) -> Tensor {
+        let c = x.dim(1).unwrap();
+        let y = x
+            .broadcast_mul(&s.reshape((1, c, 1, 1)).unwrap())
+            .unwrap()
+            .broadcast_add(&t.reshape((1, c, 1, 1)).unwrap())
+            .unwrap();
+        let y = match r {
+            Some(r) => (y + r).unwrap(),
+            None => y,
+        };
+        if relu { y.relu().unwrap() } else { y }
+    }
+
+    /// Forward and every gradient against candle's broadcast ops, with and without the ReLU
+    /// and the residual (two images parts: 9 images).
+    #[test]
+    fn scale_shift_matches_candle_with_gradients() {
+        let shape = [9, 5, 3, 4];
+        for (relu, with_r) in [(false, false), (true, false), (false, true), (true, true)] {
+            let x = Var::from_tensor(&rand(&shape, 1)).unwrap();
+            let s = Var::from_tensor(&(rand(&[5], 2) * 3.0).unwrap()).unwrap();
+            let t = Var::from_tensor(&rand(&[5], 3)).unwrap();
+            let r = Var::from_tensor(&rand(&shape, 4)).unwrap();
+            let up = rand(&shape, 5);
+            let rr = with_r.then_some(r.as_tensor());
+            let ours = scale_shift(&x, &s, &t, relu, rr).unwrap();
+            let theirs = reference(&x, &s, &t, relu, rr);
+            assert!(max_diff(&ours, &theirs) < 1e-6, "{relu} {with_r}");
+            let (g1, g2) = (grads_of(&ours, &up), grads_of(&theirs, &up));
+            let mut vars = vec![&x, &s, &t];
+            if with_r {
+                vars.push(&r);
+            }
+            for v in vars {
+                let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
+                assert!(d < 1e-5, "{relu} {with_r}: gradient differs by {d}");
+            }
+        }
+        let x = rand(&shape, 1);
+        assert!(scale_shift(&x, &rand(&[4], 2), &rand(&[4], 3), true, None).is_err());
+        assert!(
+            scale_shift(
+                &x,
+                &rand(&[5], 2),
+                &rand(&[5], 3),
+                true,
+                Some(&rand(&[9, 5, 3, 3], 4))
+            )
+            .is_err()
+        );
+    }
+
+    /// Central differences of `Σ u · relu(x·s + t + r)` in x, s and t, away from ReLU's kink.
+    #[test]
+    fn scale_shift_gradients_match_finite_differences() {
+        let shape = [3, 2, 2, 3];
+        let x = distinct(&shape, 7);
+        let s = Tensor::new(&[1.5f32, -0.75], x.device()).unwrap();
+        let t = Tensor::new(&[0.1f32, -0.05], x.device()).unwrap();
+        // The residual moved so that every pre-activation is at least 0.05 from ReLU's kink.
+        let r0 = (distinct(&shape, 8) * 0.5).unwrap();
+        let p0: Vec<f32> = reference(&x, &s, &t, false, Some(&r0))
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let r0: Vec<f32> = r0.flatten_all().unwrap().to_vec1().unwrap();
+        let r: Vec<f32> = r0
+            .iter()
+            .zip(&p0)
+            .map(|(&r, &p)| r + if p >= 0.0 { 0.05 } else { -0.05 })
+            .collect();
+        let r = Tensor::from_vec(r, &shape, x.device()).unwrap();
+        let up = rand(&shape, 9);
+        let f = |x: &Tensor, s: &Tensor, t: &Tensor| -> f64 {
+            let y = scale_shift(x, s, t, true, Some(&r)).unwrap();
+            f64::from(
+                (y * &up)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap(),
+            )
+        };
+        let (xv, sv, tv) = (
+            Var::from_tensor(&x).unwrap(),
+            Var::from_tensor(&s).unwrap(),
+            Var::from_tensor(&t).unwrap(),
+        );
+        let pre = reference(&x, &s, &t, false, Some(&r));
+        let pre: Vec<f32> = pre.flatten_all().unwrap().to_vec1().unwrap();
+        assert!(
+            pre.iter().all(|v| v.abs() > 0.04),
+            "inputs too near the kink"
+        );
+        let grads = grads_of(&scale_shift(&xv, &sv, &tv, true, Some(&r)).unwrap(), &up);
+        let h = 1e-3f32;
+        let bump = |t: &Tensor, i: usize, d: f32| -> Tensor {
+            let mut v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+            v[i] += d;
+            Tensor::from_vec(v, t.dims(), t.device()).unwrap()
+        };
+        for (which, var) in [(0, &xv), (1, &sv), (2, &tv)] {
+            let g: Vec<f32> = grads
+                .get(var)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            for (i, &gi) in g.iter().enumerate() {
+                let at = |d: f32| match which {
+                    0 => f(&bump(&x, i, d), &s, &t),
+                    1 => f(&x, &bump(&s, i, d), &t),
+                    _ => f(&x, &s, &bump(&t, i, d)),
+                };
+                let fd = (at(h) - at(-h)) / (2.0 * f64::from(h));
+                assert!(
+                    (fd - f64::from(gi)).abs() < 2e-2,
+                    "input {which}, value {i}: analytic {gi} numeric {fd}"
+                );
+            }
+        }
+    }
+}
