@@ -74,24 +74,33 @@ fn backward(
     g: &[f32],
     (n, c, hw): (usize, usize, usize),
     relu: bool,
-) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    residual: bool,
+) -> (Vec<f32>, Option<Vec<f32>>, Vec<f32>) {
     let gate = |y: f32, g: f32| if !relu || y > 0.0 { g } else { 0.0 };
     let s = &params[..c];
     let mut gx = vec![0f32; x.len()];
-    let mut gr = vec![0f32; x.len()];
     gx.par_chunks_mut(hw.max(1))
-        .zip(gr.par_chunks_mut(hw.max(1)))
         .enumerate()
         .with_min_len(planes_per_task(hw))
-        .for_each(|(k, (gxp, grp))| {
+        .for_each(|(k, gxp)| {
             let sc = s[k % c];
             let (yp, gp) = (&y[k * hw..][..hw], &g[k * hw..][..hw]);
-            for (((dx, dr), &yy), &gg) in gxp.iter_mut().zip(grp.iter_mut()).zip(yp).zip(gp) {
-                let gg = gate(yy, gg);
-                *dr = gg;
-                *dx = gg * sc;
+            for ((dx, &yy), &gg) in gxp.iter_mut().zip(yp).zip(gp) {
+                *dx = gate(yy, gg) * sc;
             }
         });
+    // The residual's gradient is the gated output gradient itself.
+    let gr = residual.then(|| {
+        let mut gr = vec![0f32; x.len()];
+        gr.par_chunks_mut(1 << 14)
+            .zip(y.par_chunks(1 << 14).zip(g.par_chunks(1 << 14)))
+            .for_each(|(dr, (yp, gp))| {
+                for ((dr, &yy), &gg) in dr.iter_mut().zip(yp).zip(gp) {
+                    *dr = gate(yy, gg);
+                }
+            });
+        gr
+    });
     let parts: Vec<Vec<f64>> = super::parts(n)
         .map(|images| {
             let mut acc = vec![0f64; 2 * c];
@@ -119,6 +128,59 @@ fn backward(
     (gx, gr, gp)
 }
 
+/// Both ops' forward pass: checks the shapes, then [`forward`].
+fn forward_op(
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    residual: Option<(&CpuStorage, &Layout)>,
+    relu: bool,
+) -> Result<(CpuStorage, Shape)> {
+    let (_, c, hw) = dims(l1.dims())?;
+    let (x, p) = (slice(s1, l1)?, slice(s2, l2)?);
+    if p.len() != 2 * c {
+        candle_core::bail!(
+            "a per-channel affine map of {c} channels got {} parameters",
+            p.len()
+        )
+    }
+    let r = match residual {
+        Some((_, l3)) if l3.dims() != l1.dims() => {
+            candle_core::bail!("a residual of shape {:?} for {:?}", l3.dims(), l1.dims())
+        }
+        Some((s3, l3)) => Some(slice(s3, l3)?),
+        None => None,
+    };
+    let y = forward(x, p, r, c, hw, relu);
+    Ok((CpuStorage::F32(y), l1.shape().clone()))
+}
+
+/// Both ops' backward pass: the gradients of x, of the parameters, and (with `residual`) of
+/// the residual.
+fn backward_op(
+    x: &Tensor,
+    p: &Tensor,
+    res: &Tensor,
+    gy: &Tensor,
+    relu: bool,
+    residual: bool,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    let gy = gy.contiguous()?;
+    let d = dims(x.dims())?;
+    let (gx, gr, gp) = {
+        let held = hold([x, p, res, &gy]);
+        let [xv, pv, yv, gv] = cpu_values(&held, "the scale-shift backward")?;
+        backward(xv, pv, yv, gv, d, relu, residual)
+    };
+    let gr = gr
+        .map(|g| Tensor::from_vec(g, x.dims(), x.device()))
+        .transpose()?;
+    Ok((
+        Tensor::from_vec(gx, x.dims(), x.device())?,
+        Tensor::from_vec(gp, p.dims(), p.device())?,
+        gr,
+    ))
+}
+
 impl CustomOp2 for Affine {
     fn name(&self) -> &'static str {
         "siam-scale-shift"
@@ -131,16 +193,7 @@ impl CustomOp2 for Affine {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (_, c, hw) = dims(l1.dims())?;
-        let (x, p) = (slice(s1, l1)?, slice(s2, l2)?);
-        if p.len() != 2 * c {
-            candle_core::bail!(
-                "a per-channel affine map of {c} channels got {} parameters",
-                p.len()
-            )
-        }
-        let y = forward(x, p, None, c, hw, self.relu);
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        forward_op((s1, l1), (s2, l2), None, self.relu)
     }
 
     fn bwd(
@@ -150,17 +203,8 @@ impl CustomOp2 for Affine {
         res: &Tensor,
         gy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let gy = gy.contiguous()?;
-        let d = dims(x.dims())?;
-        let (gx, _, gp) = {
-            let held = hold([x, p, res, &gy]);
-            let [xv, pv, yv, gv] = cpu_values(&held, "the scale-shift backward")?;
-            backward(xv, pv, yv, gv, d, self.relu)
-        };
-        Ok((
-            Some(Tensor::from_vec(gx, x.dims(), x.device())?),
-            Some(Tensor::from_vec(gp, p.dims(), p.device())?),
-        ))
+        let (gx, gp, _) = backward_op(x, p, res, gy, self.relu, false)?;
+        Ok((Some(gx), Some(gp)))
     }
 }
 
@@ -183,41 +227,19 @@ impl CustomOp3 for AffineAdd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (_, c, hw) = dims(l1.dims())?;
-        if l1.dims() != l3.dims() {
-            candle_core::bail!("a residual of shape {:?} for {:?}", l3.dims(), l1.dims())
-        }
-        let (x, p, r) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
-        if p.len() != 2 * c {
-            candle_core::bail!(
-                "a per-channel affine map of {c} channels got {} parameters",
-                p.len()
-            )
-        }
-        let y = forward(x, p, Some(r), c, hw, self.relu);
-        Ok((CpuStorage::F32(y), l1.shape().clone()))
+        forward_op((s1, l1), (s2, l2), Some((s3, l3)), self.relu)
     }
 
     fn bwd(
         &self,
         x: &Tensor,
         p: &Tensor,
-        r: &Tensor,
+        _r: &Tensor,
         res: &Tensor,
         gy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let gy = gy.contiguous()?;
-        let d = dims(x.dims())?;
-        let (gx, gr, gp) = {
-            let held = hold([x, p, res, &gy]);
-            let [xv, pv, yv, gv] = cpu_values(&held, "the scale-shift backward")?;
-            backward(xv, pv, yv, gv, d, self.relu)
-        };
-        Ok((
-            Some(Tensor::from_vec(gx, x.dims(), x.device())?),
-            Some(Tensor::from_vec(gp, p.dims(), p.device())?),
-            Some(Tensor::from_vec(gr, r.dims(), r.device())?),
-        ))
+        let (gx, gp, gr) = backward_op(x, p, res, gy, self.relu, true)?;
+        Ok((Some(gx), Some(gp), gr))
     }
 }
 
