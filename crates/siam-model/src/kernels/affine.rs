@@ -64,9 +64,10 @@ fn forward(
     y
 }
 
-/// The backward pass from the output `y` and its gradient `g`: the input's gradient (also the
-/// residual's, before the scale: `g'`, and `g'·s`), and the parameters' (Σ g'·x per channel,
-/// then Σ g'), summed per image part and the parts added in order, as every reduction here.
+/// The backward pass from the output `y` and its gradient `g`, with `g'` the gradient where the
+/// output is positive (all of it without the ReLU): the input's gradient `g'·s`, the
+/// residual's `g'` (with `residual`), and the parameters' (Σ g'·x per channel, then Σ g'),
+/// summed per image part and the parts added in order, as every reduction here.
 fn backward(
     x: &[f32],
     params: &[f32],
