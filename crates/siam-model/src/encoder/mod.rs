@@ -398,21 +398,13 @@ impl Block {
     /// with 2×2 max-pooling when `pool`; the output is channel-last too.
     fn forward_fused(&self, x: &Tensor, train: bool, pool: bool) -> Result<Tensor> {
         let (cout, cin) = (self.c1.weight().dim(0)?, self.c1.weight().dim(1)?);
+        // Training: γ and β; evaluation: the running statistics folded in.
         let bn_params = |bn: &BatchNorm| -> Result<(Tensor, Tensor)> {
-            let (gamma, beta) = match bn.weight_and_bias() {
-                Some((g, b)) => (g.clone(), b.clone()),
-                None => {
-                    let one = Tensor::ones(cout, x.dtype(), x.device())?;
-                    (one.clone(), one.zeros_like()?)
-                }
-            };
             if train {
-                return Ok((gamma, beta));
+                bn_gamma_beta(bn)
+            } else {
+                bn_folded(bn)
             }
-            // Evaluation: the running statistics folded into a scale and a shift.
-            let scale = (gamma / (bn.running_var().detach() + bn.eps())?.sqrt()?)?;
-            let shift = (beta - (bn.running_mean().detach() * &scale)?)?;
-            Ok((scale, shift))
         };
         let (p1, q1) = bn_params(&self.b1)?;
         let (p2, q2) = bn_params(&self.b2)?;
@@ -449,6 +441,27 @@ impl Block {
         }
         Ok(y)
     }
+}
+
+/// BatchNorm's γ and β (ones and zeros, shaped as its running mean, for a BatchNorm without
+/// them).
+fn bn_gamma_beta(bn: &BatchNorm) -> Result<(Tensor, Tensor)> {
+    Ok(match bn.weight_and_bias() {
+        Some((g, b)) => (g.clone(), b.clone()),
+        None => {
+            let mean = bn.running_mean();
+            (mean.ones_like()?, mean.zeros_like()?)
+        }
+    })
+}
+
+/// BatchNorm in evaluation as a per-channel scale and shift, `s = γ/√(var + ε)` and
+/// `t = β − mean·s` from the running statistics (γ and β keep their gradients).
+fn bn_folded(bn: &BatchNorm) -> Result<(Tensor, Tensor)> {
+    let (gamma, beta) = bn_gamma_beta(bn)?;
+    let scale = (gamma / (bn.running_var().detach() + bn.eps())?.sqrt()?)?;
+    let shift = (beta - (bn.running_mean().detach() * &scale)?)?;
+    Ok((scale, shift))
 }
 
 /// `relu(bn(x))`. In training, the fused kernel normalises with the batch statistics and the

@@ -153,16 +153,7 @@ fn bn_plain(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
 /// and a residual block's add) instead of candle's four broadcast passes; γ and β keep their
 /// gradients (a frozen backbone's BatchNorm runs in evaluation while the head trains).
 fn bn_eval(bn: &BatchNorm, x: &Tensor, relu: bool, residual: Option<&Tensor>) -> Result<Tensor> {
-    let c = x.dim(1)?;
-    let (gamma, beta) = match bn.weight_and_bias() {
-        Some((g, b)) => (g.clone(), b.clone()),
-        None => {
-            let one = Tensor::ones(c, x.dtype(), x.device())?;
-            (one.clone(), one.zeros_like()?)
-        }
-    };
-    let scale = (gamma / (bn.running_var().detach() + bn.eps())?.sqrt()?)?;
-    let shift = (beta - (bn.running_mean().detach() * &scale)?)?;
+    let (scale, shift) = super::bn_folded(bn)?;
     crate::kernels::scale_shift(x, &scale, &shift, relu, residual)
 }
 
