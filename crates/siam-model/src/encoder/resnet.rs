@@ -11,7 +11,7 @@
 use candle_core::{D, Module, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, VarBuilder};
 
-use super::update_running;
+use super::batchnorm::{self, bn_folded, update_running};
 
 /// The first layers of a ResNet.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -153,14 +153,14 @@ fn bn_plain(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
 /// and a residual block's add) instead of candle's four broadcast passes; γ and β keep their
 /// gradients (a frozen backbone's BatchNorm runs in evaluation while the head trains).
 fn bn_eval(bn: &BatchNorm, x: &Tensor, relu: bool, residual: Option<&Tensor>) -> Result<Tensor> {
-    let (scale, shift) = super::bn_folded(bn)?;
+    let (scale, shift) = bn_folded(bn)?;
     crate::kernels::scale_shift(x, &scale, &shift, relu, residual)
 }
 
 /// `relu(bn(x))`: siam's fused training kernel, or [`bn_eval`].
 fn bn_relu(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
     if train {
-        super::bn_relu(bn, x, true)
+        batchnorm::bn_relu(bn, x, true)
     } else {
         bn_eval(bn, x, true, None)
     }
@@ -337,7 +337,7 @@ impl ResNet {
         }
     }
 
-    /// The backbone's pooled features (N, widths[3]): torchvision's `model.fc = Identity()`
+    /// The backbone's pooled features (N, `widths[3]`): torchvision's `model.fc = Identity()`
     /// output, before siam's head.
     pub fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut y = self.stem_forward(x, train)?;

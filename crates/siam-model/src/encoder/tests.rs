@@ -1,8 +1,8 @@
 //! The fused BatchNorm + ReLU against candle-nn's BatchNorm followed by ReLU.
 
-use super::*;
-use candle_core::{DType, Device, Var};
-use candle_nn::VarMap;
+use super::batchnorm::bn_relu;
+use candle_core::{DType, Device, ModuleT, Tensor, Var};
+use candle_nn::{BatchNorm, BatchNormConfig, VarBuilder, VarMap};
 
 use crate::kernels::tests::max_diff;
 

@@ -3,25 +3,25 @@
 //! own ops, so callers use them unconditionally.
 //!
 //! The map:
-//! - [`gemm`]: the one matrix product (the only `unsafe`, behind a bounds check);
-//! - [`ops`]: candle plumbing shared by every op (storage views, the conv op traits);
-//! - [`conv`]: im2col convolution, forward and backward;
-//! - [`conv3x3`]: 3×3 stride-1 convolution of channel-first tensors by Winograd (ResNet's);
-//! - [`pool`]: ReLU + 2×2 max-pooling, and the per-plane pool/unpool helpers;
-//! - [`maxpool`]: max-pooling with any window, stride and padding (ResNet's 3×3/2);
-//! - [`conv_pool`]: the seed CNN's convolution + bias + ReLU + pooling stage as one op;
-//! - [`batchnorm`]: training-mode BatchNorm + ReLU;
-//! - [`affine`]: BatchNorm in evaluation folded into a per-channel scale and shift, with the
+//! - `gemm.rs`: the one matrix product (the only `unsafe`, behind a bounds check);
+//! - `ops.rs`: candle plumbing shared by every op (storage views, the conv op traits);
+//! - `conv.rs`: im2col convolution, forward and backward;
+//! - `conv3x3.rs`: 3×3 stride-1 convolution of channel-first tensors by Winograd (ResNet's);
+//! - `pool.rs`: ReLU + 2×2 max-pooling, and the per-plane pool/unpool helpers;
+//! - `maxpool.rs`: max-pooling with any window, stride and padding (ResNet's 3×3/2);
+//! - `conv_pool.rs`: the seed CNN's convolution + bias + ReLU + pooling stage as one op;
+//! - `batchnorm.rs`: training-mode BatchNorm + ReLU;
+//! - `affine.rs`: BatchNorm in evaluation folded into a per-channel scale and shift, with the
 //!   ReLU and a residual add, one pass each way;
-//! - [`residual`]: a residual block's `relu(y + identity)`;
-//! - [`winograd`]: 3×3 convolution by Winograd F(4×4, 3×3) on channel-last activations,
+//! - `residual.rs`: a residual block's `relu(y + identity)`;
+//! - `winograd/`: 3×3 convolution by Winograd F(4×4, 3×3) on channel-last activations,
 //!   forward and backward;
-//! - [`nhwc`]: channel-last direct convolution (few input channels), BatchNorm + ReLU and
+//! - `nhwc.rs`: channel-last direct convolution (few input channels), BatchNorm + ReLU and
 //!   pooling, with reductions in a fixed order;
-//! - [`layout`]: channel-last ⇄ channel-first copies with contiguous gradients;
-//! - [`lane`]: the 16- and 8-lane vectors the tile transforms compute with;
-//! - [`scratch`]: reused buffers for the large temporaries;
-//! - [`block`]: the convnet's block (two convolutions with BatchNorm and ReLU, optional
+//! - `layout.rs`: channel-last ⇄ channel-first copies with contiguous gradients;
+//! - `lane.rs`: the 16- and 8-lane vectors the tile transforms compute with;
+//! - `scratch.rs`: reused buffers for the large temporaries;
+//! - `block.rs`: the convnet's block (two convolutions with BatchNorm and ReLU, optional
 //!   pooling) as one operation.
 //!
 //! Every reduction over images sums fixed parts (an image, a gemm over the whole batch) and

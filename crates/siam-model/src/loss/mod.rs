@@ -7,9 +7,9 @@
 //! The map:
 //! - this file: losses on pair distances — contrastive, triplet (precomputed distances), BCE;
 //! - [`triplet`]: triplet loss with online mining over a labelled batch;
-//! - [`similarity`]: losses on the cosine similarities of a labelled batch —
+//! - `similarity.rs`: losses on the cosine similarities of a labelled batch —
 //!   multi-similarity (with its miner), NT-Xent, supervised contrastive (SupCon);
-//! - [`proxy`]: normalised-softmax losses against learned class proxies — CosFace, ArcFace.
+//! - `proxy.rs`: normalised-softmax losses against learned class proxies — CosFace, ArcFace.
 //!
 //! The batch losses follow pytorch-metric-learning 2.9's definitions (its defaults, cosine
 //! similarity, its reductions); the tests hold its values.

@@ -1,9 +1,9 @@
 //! `TrainConfig`: everything a run needs, as TOML (kebab-case, unknown keys rejected), with
 //! named presets. It is resolved once and written to the run folder.
 //!
-//! The map: this file holds the types and their TOML form; [`presets`] the built-in recipes;
+//! The map: this file holds the types and their TOML form; `presets.rs` the built-in recipes;
 //! [`validate`](TrainConfig::validate) (in `validate.rs`) the checks of values that parse
-//! but cannot work; [`overlay`] how a preset, a partial file and `key=value` overrides
+//! but cannot work; `overlay.rs` how a preset, a partial file and `key=value` overrides
 //! combine into one config.
 
 mod overlay;

@@ -7,11 +7,11 @@
 //!
 //! The map:
 //! - this file: the records and events a run emits, [`train`] and [`resume`];
-//! - [`folder`]: the run folder — its lock, `metrics.jsonl`, checkpoints written and read;
-//! - [`losses`]: the loss of a batch for every loss kind (mining, all pairs, the batch losses,
+//! - `folder.rs`: the run folder — its lock, `metrics.jsonl`, checkpoints written and read;
+//! - `losses.rs`: the loss of a batch for every loss kind (mining, all pairs, the batch losses,
 //!   the two-view self-supervised term) and the loss's own variables (class proxies);
-//! - [`run`]: one run's loop — steps, logging, validation and model selection, the final test;
-//! - [`step`]: one step (loss, backward, gradient norm, update) on a rayon worker, and the
+//! - `run.rs`: one run's loop — steps, logging, validation and model selection, the final test;
+//! - `step.rs`: one step (loss, backward, gradient norm, update) on a rayon worker, and the
 //!   parallel norms of gradients and weights;
 //! - [`lr_find`]: the learning-rate range test, a short run that writes nothing.
 
