@@ -128,22 +128,13 @@ impl Block {
         let eps = train.then(|| self.b1.eps());
         let (y, stats) =
             crate::kernels::conv_block(x, &params, (cin, cout), pool, !self.first, eps)?;
-        if let Some([(m1, v1), (m2, v2)]) = stats {
+        if let Some(stats) = stats {
             let (n, h, w, _) = x.dims4()?;
             let count = (n * h * w) as f64;
             let dev = x.device();
-            update_running(
-                &self.b1,
-                &Tensor::new(m1, dev)?,
-                &Tensor::new(v1, dev)?,
-                count,
-            )?;
-            update_running(
-                &self.b2,
-                &Tensor::new(m2, dev)?,
-                &Tensor::new(v2, dev)?,
-                count,
-            )?;
+            for (bn, (mean, var)) in [&self.b1, &self.b2].into_iter().zip(stats) {
+                update_running(bn, &Tensor::new(mean, dev)?, &Tensor::new(var, dev)?, count)?;
+            }
         }
         Ok(y)
     }
