@@ -5,7 +5,7 @@
 //! The map:
 //! - `gemm.rs`: the one matrix product (the only `unsafe`, behind a bounds check);
 //! - `ops.rs`: candle plumbing shared by every op (storage views, the conv op traits);
-//! - `conv.rs`: im2col convolution, forward and backward;
+//! - `conv/`: im2col convolution, forward and backward (`pack.rs`: im2col and col2im);
 //! - `conv3x3.rs`: 3×3 stride-1 convolution of channel-first tensors by Winograd (ResNet's);
 //! - `pool.rs`: ReLU + 2×2 max-pooling, and the per-plane pool/unpool helpers;
 //! - `maxpool.rs`: max-pooling with any window, stride and padding (ResNet's 3×3/2);

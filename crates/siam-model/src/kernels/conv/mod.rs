@@ -3,6 +3,10 @@
 //! where the input needs one (never for the images themselves). Images are spread over rayon's
 //! pool, each gemm runs on one thread, and every per-thread buffer is reused across the images it
 //! handles.
+//!
+//! - this file: the geometry, the forward and backward passes, candle's custom ops;
+//! - `pack.rs`: im2col packing and its adjoint col2im;
+//! - `tests.rs`: against candle's conv2d and central differences.
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -10,6 +14,11 @@ use rayon::prelude::*;
 use super::gemm::{Mat, gemm_into};
 use super::ops::{conv_ops, slice};
 use super::scratch::Buf;
+
+mod pack;
+
+pub(super) use pack::{col2im, im2col};
+use pack::{col2im_ld, im2col_ld, im2col_rows};
 
 /// Geometry of one convolution.
 #[derive(Debug, Clone, Copy)]
@@ -64,160 +73,6 @@ impl Geom {
     /// Output positions per image: HO·WO.
     pub(super) fn p(&self) -> usize {
         self.ho * self.wo
-    }
-}
-
-/// Packs one image (C, H, W) into col (C·KH·KW, HO·WO): each row holds one kernel tap's view
-/// of the (zero-padded) input, copied a contiguous output row at a time.
-pub(super) fn im2col(g: &Geom, x: &[f32], col: &mut [f32]) {
-    im2col_ld(g, x, col, g.p(), 0);
-}
-
-/// [`im2col`] into columns `off..off + HO·WO` of a matrix whose rows are `ld` long (a part
-/// of images packed side by side).
-fn im2col_ld(g: &Geom, x: &[f32], col: &mut [f32], ld: usize, off: usize) {
-    im2col_rows(g, x, col, ld, off, 0..g.c)
-}
-
-/// [`im2col_ld`] of input channels `chans` only, into a matrix whose first row is channel
-/// `chans.start`'s first tap.
-fn im2col_rows(
-    g: &Geom,
-    x: &[f32],
-    col: &mut [f32],
-    ld: usize,
-    off: usize,
-    chans: std::ops::Range<usize>,
-) {
-    if g.stride != 1 {
-        return im2col_strided(g, x, col, ld, off, chans);
-    }
-    let (p, pad, c0) = (g.p(), g.pad as isize, chans.start);
-    for c in chans {
-        for i in 0..g.kh {
-            for j in 0..g.kw {
-                let row = &mut col[(((c - c0) * g.kh + i) * g.kw + j) * ld + off..][..p];
-                for oh in 0..g.ho {
-                    let dst = &mut row[oh * g.wo..][..g.wo];
-                    let ih = oh as isize + i as isize - pad;
-                    if ih < 0 || ih >= g.h as isize {
-                        dst.fill(0.0);
-                        continue;
-                    }
-                    let src = &x[(c * g.h + ih as usize) * g.w..][..g.w];
-                    // Output column ow reads input column ow + j − pad.
-                    let lo = (pad - j as isize).clamp(0, g.wo as isize) as usize;
-                    let hi = (g.w as isize + pad - j as isize).clamp(0, g.wo as isize) as usize;
-                    dst[..lo].fill(0.0);
-                    if hi > lo {
-                        let s0 = (lo as isize + j as isize - pad) as usize;
-                        dst[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
-                    }
-                    dst[hi.max(lo)..].fill(0.0);
-                }
-            }
-        }
-    }
-}
-
-/// [`im2col`] at a stride above 1: output column `ow` of tap `j` reads input column
-/// `ow·stride + j − pad`, gathered one value at a time.
-fn im2col_strided(
-    g: &Geom,
-    x: &[f32],
-    col: &mut [f32],
-    ld: usize,
-    off: usize,
-    chans: std::ops::Range<usize>,
-) {
-    let (p, pad, s, c0) = (g.p(), g.pad as isize, g.stride as isize, chans.start);
-    for c in chans {
-        for i in 0..g.kh {
-            for j in 0..g.kw {
-                let row = &mut col[(((c - c0) * g.kh + i) * g.kw + j) * ld + off..][..p];
-                for oh in 0..g.ho {
-                    let dst = &mut row[oh * g.wo..][..g.wo];
-                    let ih = oh as isize * s + i as isize - pad;
-                    if ih < 0 || ih >= g.h as isize {
-                        dst.fill(0.0);
-                        continue;
-                    }
-                    let src = &x[(c * g.h + ih as usize) * g.w..][..g.w];
-                    for (ow, d) in dst.iter_mut().enumerate() {
-                        let iw = ow as isize * s + j as isize - pad;
-                        *d = if iw >= 0 && iw < g.w as isize {
-                            src[iw as usize]
-                        } else {
-                            0.0
-                        };
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The adjoint of [`im2col_strided`].
-fn col2im_strided(g: &Geom, col: &[f32], x: &mut [f32], ld: usize, off: usize) {
-    let (p, pad, s) = (g.p(), g.pad as isize, g.stride as isize);
-    x.fill(0.0);
-    for c in 0..g.c {
-        for i in 0..g.kh {
-            for j in 0..g.kw {
-                let row = &col[((c * g.kh + i) * g.kw + j) * ld + off..][..p];
-                for oh in 0..g.ho {
-                    let ih = oh as isize * s + i as isize - pad;
-                    if ih < 0 || ih >= g.h as isize {
-                        continue;
-                    }
-                    let dst = &mut x[(c * g.h + ih as usize) * g.w..][..g.w];
-                    for (ow, &v) in row[oh * g.wo..][..g.wo].iter().enumerate() {
-                        let iw = ow as isize * s + j as isize - pad;
-                        if iw >= 0 && iw < g.w as isize {
-                            dst[iw as usize] += v;
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Adds col (C·KH·KW, HO·WO) back onto one image's gradient (C, H, W): the adjoint of
-/// [`im2col`].
-pub(super) fn col2im(g: &Geom, col: &[f32], x: &mut [f32]) {
-    col2im_ld(g, col, x, g.p(), 0);
-}
-
-/// [`col2im`] from columns `off..off + HO·WO` of rows `ld` long.
-fn col2im_ld(g: &Geom, col: &[f32], x: &mut [f32], ld: usize, off: usize) {
-    if g.stride != 1 {
-        return col2im_strided(g, col, x, ld, off);
-    }
-    let (p, pad) = (g.p(), g.pad as isize);
-    x.fill(0.0);
-    for c in 0..g.c {
-        for i in 0..g.kh {
-            for j in 0..g.kw {
-                let row = &col[((c * g.kh + i) * g.kw + j) * ld + off..][..p];
-                for oh in 0..g.ho {
-                    let ih = oh as isize + i as isize - pad;
-                    if ih < 0 || ih >= g.h as isize {
-                        continue;
-                    }
-                    let dst = &mut x[(c * g.h + ih as usize) * g.w..][..g.w];
-                    let src = &row[oh * g.wo..][..g.wo];
-                    let lo = (pad - j as isize).clamp(0, g.wo as isize) as usize;
-                    let hi = (g.w as isize + pad - j as isize).clamp(0, g.wo as isize) as usize;
-                    if hi > lo {
-                        let s0 = (lo as isize + j as isize - pad) as usize;
-                        for (d, s) in dst[s0..s0 + hi - lo].iter_mut().zip(&src[lo..hi]) {
-                            *d += s;
-                        }
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -678,156 +533,4 @@ pub fn conv2d_strided(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::kernels::tests::{grads_of, max_diff, rand};
-    use candle_core::Var;
-
-    /// Forward and every gradient against candle's own conv2d + broadcast bias.
-    #[test]
-    fn conv2d_matches_candle_with_gradients() {
-        // (N, C, H, W, O, K, padding)
-        for (i, &(n, c, h, w, o, k, pad)) in [
-            (3, 2, 9, 7, 4, 3, 0),
-            (2, 1, 28, 28, 5, 5, 0),
-            (4, 3, 8, 8, 6, 3, 1),
-            (1, 1, 5, 6, 2, 1, 0),
-            (5, 4, 6, 5, 3, 3, 1),
-            (2, 2, 4, 4, 3, 5, 2),
-            // Small maps: the weight gradient over the whole batch (two parts of images), in
-            // two blocks of output channels, the second partial.
-            (11, 5, 3, 3, 40, 3, 1),
-        ]
-        .iter()
-        .enumerate()
-        {
-            let x = Var::from_tensor(&rand(&[n, c, h, w], i as u64)).unwrap();
-            let wt = Var::from_tensor(&rand(&[o, c, k, k], 100 + i as u64)).unwrap();
-            let b = Var::from_tensor(&rand(&[o], 200 + i as u64)).unwrap();
-            let up = rand(
-                &[n, o, h + 2 * pad - k + 1, w + 2 * pad - k + 1],
-                300 + i as u64,
-            );
-            let ours = conv2d(&x, &wt, Some(&b), pad, true).unwrap();
-            let theirs = x
-                .conv2d(&wt, pad, 1, 1, 1)
-                .unwrap()
-                .broadcast_add(&b.reshape((1, o, 1, 1)).unwrap())
-                .unwrap();
-            assert!(max_diff(&ours, &theirs) < 1e-5, "case {i}: forward");
-            let g1 = grads_of(&ours, &up);
-            let g2 = grads_of(&theirs, &up);
-            for (name, v) in [
-                ("x", x.as_tensor()),
-                ("w", wt.as_tensor()),
-                ("b", b.as_tensor()),
-            ] {
-                let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
-                assert!(d < 1e-4, "case {i}: d{name} differs by {d}");
-            }
-            // Without bias, and without the input's gradient.
-            let nb = conv2d(&x, &wt, None, pad, false).unwrap();
-            assert!(max_diff(&nb, &x.conv2d(&wt, pad, 1, 1, 1).unwrap()) < 1e-5);
-            let g = nb.sum_all().unwrap().backward().unwrap();
-            assert!(
-                g.get(x.as_tensor()).is_none(),
-                "no input gradient was asked for"
-            );
-            assert!(g.get(wt.as_tensor()).is_some());
-        }
-    }
-
-    /// Checks every `step`-th value of `grad` (the gradient of `f` at `at`) against central
-    /// differences with a step of 0.01.
-    fn central_differences(
-        what: &str,
-        at: &Tensor,
-        grad: &Tensor,
-        step: usize,
-        f: impl Fn(&Tensor) -> f64,
-    ) {
-        let g: Vec<f32> = grad.flatten_all().unwrap().to_vec1().unwrap();
-        let v: Vec<f32> = at.flatten_all().unwrap().to_vec1().unwrap();
-        let e = 1e-2f32;
-        for j in (0..v.len()).step_by(step) {
-            let bumped = |d: f32| {
-                let mut u = v.clone();
-                u[j] += d;
-                f(&Tensor::from_vec(u, at.dims(), at.device()).unwrap())
-            };
-            let fd = (bumped(e) - bumped(-e)) / (2.0 * f64::from(e));
-            assert!(
-                (fd - f64::from(g[j])).abs() < 2e-3,
-                "{what}[{j}]: {fd} vs {}",
-                g[j]
-            );
-        }
-    }
-
-    /// Stride 2 (and 3): ResNet's 7×7 stem, its 3×3 and 1×1 downsampling convolutions and odd
-    /// sides, forward and every gradient against candle's conv2d (whose input gradient is a
-    /// transposed convolution), and the input gradient against central differences.
-    #[test]
-    fn strided_conv2d_matches_candle_and_finite_differences() {
-        // (N, C, H, W, O, K, padding, stride)
-        for (i, &(n, c, h, w, o, k, pad, stride)) in [
-            (2, 3, 11, 10, 4, 7, 3, 2),
-            (3, 4, 9, 8, 5, 3, 1, 2),
-            (2, 4, 8, 7, 6, 1, 0, 2),
-            (1, 2, 7, 6, 3, 3, 0, 3),
-            (2, 3, 10, 10, 4, 7, 3, 2),
-            // Two parts of images, the second partial; and a stride-1 one packed by part.
-            (11, 2, 6, 6, 3, 3, 1, 2),
-            (10, 3, 6, 6, 4, 3, 1, 1),
-        ]
-        .iter()
-        .enumerate()
-        {
-            let x = Var::from_tensor(&rand(&[n, c, h, w], 50 + i as u64)).unwrap();
-            let wt = Var::from_tensor(&rand(&[o, c, k, k], 150 + i as u64)).unwrap();
-            let ours = conv2d_strided(&x, &wt, None, pad, stride, true).unwrap();
-            let theirs = x.conv2d(&wt, pad, stride, 1, 1).unwrap();
-            assert_eq!(ours.dims(), theirs.dims(), "case {i}");
-            assert!(max_diff(&ours, &theirs) < 1e-5, "case {i}: forward");
-            let up = rand(ours.dims(), 250 + i as u64);
-            let g1 = grads_of(&ours, &up);
-            // candle's own backward fails when the height and width differ in parity (it
-            // sizes the transposed convolution's output padding from the height alone): there
-            // only the differences below check the gradient.
-            if h % 2 == w % 2 {
-                let g2 = grads_of(&theirs, &up);
-                for (name, v) in [("x", x.as_tensor()), ("w", wt.as_tensor())] {
-                    let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
-                    assert!(d < 1e-4, "case {i}: d{name} differs by {d}");
-                }
-            }
-            // Both gradients against central differences (Σ up·y is linear in x and in w: exact
-            // up to rounding).
-            let loss = |x: &Tensor, w: &Tensor| -> f64 {
-                let y = conv2d_strided(x, w, None, pad, stride, false).unwrap();
-                f64::from(
-                    (y * &up)
-                        .unwrap()
-                        .sum_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap(),
-                )
-            };
-            central_differences(
-                &format!("case {i}, w"),
-                wt.as_tensor(),
-                g1.get(wt.as_tensor()).unwrap(),
-                5,
-                |t| loss(x.as_tensor(), t),
-            );
-            central_differences(
-                &format!("case {i}, x"),
-                x.as_tensor(),
-                g1.get(x.as_tensor()).unwrap(),
-                7,
-                |t| loss(t, wt.as_tensor()),
-            );
-        }
-    }
-}
+mod tests;
