@@ -1,6 +1,7 @@
 //! Winograd: the transforms against their adjoints, the forward pass against a direct f64
 //! convolution, the gradients against finite differences.
 
+use super::tile::{a, at, b, bt, gk, gkt};
 use super::*;
 
 /// A direct convolution in f64 on channel-last data, the reference: the output (N, HO, WO,

@@ -1,0 +1,347 @@
+//! The tile arithmetic of F(4×4, 3×3): the 1-D transforms and their adjoints, the 2-D tile
+//! transforms on lanes of channels, where a transformed tile is written, and the kernel
+//! transform `U = G g Gᵀ` with its adjoint.
+
+use rayon::prelude::*;
+
+use super::{A6, M4, P};
+use crate::kernels::lane::{Fx, Lane};
+use crate::kernels::scratch::Buf;
+
+// The 1-D transforms: Bᵀ (input), Aᵀ (output), G (kernel) of F(4, 3) with the points 0, ±1,
+// ±2, ∞, and their adjoints for the backward pass; generic over the lane type.
+
+/// `Bᵀ d`.
+#[inline(always)]
+pub(super) fn bt<T: Lane>(d: [T; 6]) -> [T; 6] {
+    [
+        d[0] * 4.0 - d[2] * 5.0 + d[4],
+        d[3] + d[4] - (d[1] + d[2]) * 4.0,
+        (d[1] - d[2]) * 4.0 - d[3] + d[4],
+        d[4] - d[2] - (d[1] - d[3]) * 2.0,
+        (d[1] - d[3]) * 2.0 - d[2] + d[4],
+        d[1] * 4.0 - d[3] * 5.0 + d[5],
+    ]
+}
+
+/// `B v` (the adjoint of [`bt`]).
+#[inline(always)]
+pub(super) fn b<T: Lane>(v: [T; 6]) -> [T; 6] {
+    [
+        v[0] * 4.0,
+        v[5] * 4.0 - (v[1] - v[2]) * 4.0 - (v[3] - v[4]) * 2.0,
+        v[0] * -5.0 - (v[1] + v[2]) * 4.0 - v[3] - v[4],
+        v[1] - v[2] + (v[3] - v[4]) * 2.0 - v[5] * 5.0,
+        v[0] + v[1] + v[2] + v[3] + v[4],
+        v[5],
+    ]
+}
+
+/// `Aᵀ m`.
+#[inline(always)]
+pub(super) fn at<T: Lane>(m: [T; 6]) -> [T; 4] {
+    let (s12, d12) = (m[1] + m[2], m[1] - m[2]);
+    let (s34, d34) = (m[3] + m[4], m[3] - m[4]);
+    [
+        m[0] + s12 + s34,
+        d12 + d34 * 2.0,
+        s12 + s34 * 4.0,
+        d12 + d34 * 8.0 + m[5],
+    ]
+}
+
+/// `A y` (the adjoint of [`at`]).
+#[inline(always)]
+pub(super) fn a<T: Lane>(y: [T; 4]) -> [T; 6] {
+    let (s02, s13) = (y[0] + y[2], y[1] + y[3]);
+    let (q02, q13) = (y[0] + y[2] * 4.0, y[1] * 2.0 + y[3] * 8.0);
+    [y[0], s02 + s13, s02 - s13, q02 + q13, q02 - q13, y[3]]
+}
+
+pub(super) const SIXTH: f32 = 1.0 / 6.0;
+pub(super) const TWELFTH: f32 = 1.0 / 12.0;
+pub(super) const TWENTY_FOURTH: f32 = 1.0 / 24.0;
+
+/// `G g` for one kernel row or column.
+#[inline(always)]
+pub(super) fn gk(g: [f32; 3]) -> [f32; 6] {
+    [
+        0.25 * g[0],
+        -(g[0] + g[1] + g[2]) * SIXTH,
+        -(g[0] - g[1] + g[2]) * SIXTH,
+        g[0] * TWENTY_FOURTH + g[1] * TWELFTH + g[2] * SIXTH,
+        g[0] * TWENTY_FOURTH - g[1] * TWELFTH + g[2] * SIXTH,
+        g[2],
+    ]
+}
+
+/// `Gᵀ u` (the adjoint of [`gk`]).
+#[inline(always)]
+pub(super) fn gkt(u: [f32; 6]) -> [f32; 3] {
+    [
+        0.25 * u[0] - (u[1] + u[2]) * SIXTH + (u[3] + u[4]) * TWENTY_FOURTH,
+        (u[2] - u[1]) * SIXTH + (u[3] - u[4]) * TWELFTH,
+        (u[3] + u[4] - u[1] - u[2]) * SIXTH + u[5],
+    ]
+}
+
+/// Repeats `body` with `$p` bound to each literal as a constant: full unrolling, so every index
+/// into a tile is a constant and the tile lives in registers.
+macro_rules! unroll {
+    ($p:ident in [$($n:literal),*] $body:block) => {
+        $({
+            const $p: usize = $n;
+            $body
+        })*
+    };
+}
+
+/// A 2-D tile transform in place on a row-major tile of lanes (row stride 6): the 1-D
+/// transform `$f` (the first list's indices in, the second's out) along each input column, then
+/// along each output row. A macro, so `$f` is called by name (and inlined) with
+/// constant indices: the tile stays in registers.
+macro_rules! sep2 {
+    ($t:ident, $f:ident, [$($i:literal),*], [$($o:literal),*]) => {{
+        unroll!(J in [$($i),*] {
+            let v = [$($t[J + $i * A6]),*];
+            let r = $f(v);
+            unroll!(K in [$($o),*] {
+                $t[J + K * A6] = r[K];
+            });
+        });
+        unroll!(I in [$($o),*] {
+            let v = [$($t[I * A6 + $i]),*];
+            let r = $f(v);
+            unroll!(K in [$($o),*] {
+                $t[I * A6 + K] = r[K];
+            });
+        });
+    }};
+}
+
+/// The tile transforms [`lanes`] applies (a const parameter, so every index folds): `Bᵀ d B`,
+/// 6×6 → 6×6.
+pub(super) const INPUT: u8 = 0;
+/// `B v Bᵀ`: 6×6 → 6×6.
+pub(super) const INPUT_GRAD: u8 = 1;
+/// `Aᵀ m A`: 6×6 → 4×4.
+pub(super) const OUTPUT: u8 = 2;
+/// `A y Aᵀ`: 4×4 → 6×6.
+pub(super) const OUTPUT_GRAD: u8 = 3;
+
+/// Applies transform `TX` (`INPUT`: `Bᵀ d B`, 6×6 → 6×6; and the others above) in place.
+#[inline(always)]
+pub(super) fn apply<T: Lane, const TX: u8>(t: &mut [T; 36]) {
+    match TX {
+        INPUT => sep2!(t, bt, [0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5]),
+        INPUT_GRAD => sep2!(t, b, [0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5]),
+        OUTPUT => sep2!(t, at, [0, 1, 2, 3, 4, 5], [0, 1, 2, 3]),
+        _ => sep2!(t, a, [0, 1, 2, 3], [0, 1, 2, 3, 4, 5]),
+    }
+}
+
+/// The side of a tile of `n` values (16 or 36).
+pub(super) const fn side(n: usize) -> usize {
+    if n == 16 { M4 } else { A6 }
+}
+
+/// Where a tile transform writes: a flat buffer at per-position offsets (plus the tile's base),
+/// or the 36 position blocks of one image at the tile's row.
+pub(super) trait Dst {
+    /// The `len` values of position `p` from lane `k`, for the current tile.
+    fn slot(&mut self, p: usize, k: usize, len: usize) -> &mut [f32];
+}
+
+/// A flat buffer: position p of the tile at `base + offs[p]`.
+pub(super) struct Flat<'a, 'o> {
+    pub(super) buf: &'a mut [f32],
+    pub(super) offs: &'o [usize],
+    pub(super) base: usize,
+}
+
+impl Dst for Flat<'_, '_> {
+    #[inline(always)]
+    fn slot(&mut self, p: usize, k: usize, len: usize) -> &mut [f32] {
+        &mut self.buf[self.base + self.offs[p] + k..][..len]
+    }
+}
+
+/// The position blocks of one image: position p of the tile at `rows[p][start..]`.
+pub(super) struct Blocks<'a, 'b> {
+    pub(super) rows: &'a mut [&'b mut [f32]],
+    pub(super) start: usize,
+}
+
+impl Dst for Blocks<'_, '_> {
+    #[inline(always)]
+    fn slot(&mut self, p: usize, k: usize, len: usize) -> &mut [f32] {
+        &mut self.rows[p][self.start + k..][..len]
+    }
+}
+
+/// One tile of transform `TX` over `l` lanes (channels): position p reads
+/// `src[base + offs[p] + k]` (row-major over the input side), writes (or, with `add`, adds to)
+/// `dst`'s slot p; sixteen lanes at a time in vector registers, then eight, then the rest one
+/// by one. Every lane is computed by the same operations whatever the width, so the result
+/// does not depend on how the channels were grouped.
+#[inline(always)]
+pub(super) fn lanes<const I: usize, const O: usize, const TX: u8>(
+    src: &[f32],
+    at: (&[usize; I], usize),
+    dst: &mut impl Dst,
+    l: usize,
+    add: bool,
+) {
+    let mut k = 0;
+    while k + 16 <= l {
+        lanes_n::<16, I, O, TX>(src, at, dst, k, add);
+        k += 16;
+    }
+    if k + 8 <= l {
+        lanes_n::<8, I, O, TX>(src, at, dst, k, add);
+        k += 8;
+    }
+    let (offs, base) = at;
+    let (si, so) = (side(I), side(O));
+    let mut t1 = [0f32; 36];
+    for k in k..l {
+        unroll!(Q in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35] {
+            if Q < I {
+                t1[(Q / si) * A6 + Q % si] = src[base + offs[Q] + k];
+            }
+        });
+        apply::<f32, TX>(&mut t1);
+        unroll!(Q in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35] {
+            if Q < O {
+                let v = t1[(Q / so) * A6 + Q % so];
+                let d = &mut dst.slot(Q, k, 1)[0];
+                if add {
+                    *d += v;
+                } else {
+                    *d = v;
+                }
+            }
+        });
+    }
+}
+
+/// Lanes `k .. k + N` of one tile of [`lanes`].
+#[inline(always)]
+pub(super) fn lanes_n<const N: usize, const I: usize, const O: usize, const TX: u8>(
+    src: &[f32],
+    (offs, base): (&[usize; I], usize),
+    dst: &mut impl Dst,
+    k: usize,
+    add: bool,
+) {
+    let (si, so) = (side(I), side(O));
+    let mut t = [Fx::<N>::ZERO; 36];
+    unroll!(Q in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35] {
+        if Q < I {
+            t[(Q / si) * A6 + Q % si] = Fx::<N>::load(&src[base + offs[Q] + k..]);
+        }
+    });
+    apply::<Fx<N>, TX>(&mut t);
+    unroll!(Q in [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35] {
+        if Q < O {
+            let v = t[(Q / so) * A6 + Q % so];
+            let d = dst.slot(Q, k, N);
+            if add {
+                v.add_to(d);
+            } else {
+                v.store(d);
+            }
+        }
+    });
+}
+
+/// Offsets of a tile's `side × side` positions in a channel-last plane `width` pixels wide with
+/// `c` channels.
+pub(super) fn tile_offsets<const N: usize>(width: usize, c: usize) -> [usize; N] {
+    let s = side(N);
+    let mut o = [0; N];
+    for (p, v) in o.iter_mut().enumerate() {
+        *v = ((p / s) * width + p % s) * c;
+    }
+    o
+}
+
+/// Offsets of the 36 positions of one tile row in a `[36][N·T][width]` buffer.
+pub(super) fn position_offsets(nt: usize, width: usize) -> [usize; P] {
+    let mut o = [0; P];
+    for (p, v) in o.iter_mut().enumerate() {
+        *v = p * nt * width;
+    }
+    o
+}
+
+/// `U [36][C][O]` from weights (O, C, 3, 3): `G g Gᵀ` per kernel, one input channel per task.
+pub(in crate::kernels) fn kernel_transform(w: &[f32], o: usize, c: usize) -> Buf {
+    // By input channel ([C][36][O]) in parallel, then laid out by position; both buffers are
+    // written whole.
+    let mut by_channel = Buf::scratch(c * P * o);
+    by_channel
+        .par_chunks_exact_mut(P * o)
+        .enumerate()
+        .for_each(|(cc, part)| kernel_transform_channel(w, o, c, cc, part));
+    let mut u = Buf::scratch(P * c * o);
+    u.par_chunks_exact_mut(c * o)
+        .enumerate()
+        .for_each(|(pos, up)| {
+            for (cc, row) in up.chunks_exact_mut(o).enumerate() {
+                row.copy_from_slice(&by_channel[(cc * P + pos) * o..][..o]);
+            }
+        });
+    u
+}
+
+simd_kernel! {
+    /// The transforms `[36][O]` of input channel `cc`'s kernels.
+    fn kernel_transform_channel<'a>(w: &'a [f32], o: usize, c: usize, cc: usize, part: &'a mut [f32]) {
+        for oo in 0..o {
+            let g = &w[(oo * c + cc) * 9..][..9];
+            let cols: [[f32; 6]; 3] = [
+                gk([g[0], g[3], g[6]]),
+                gk([g[1], g[4], g[7]]),
+                gk([g[2], g[5], g[8]]),
+            ];
+            for i in 0..A6 {
+                let row = gk([cols[0][i], cols[1][i], cols[2][i]]);
+                for (jj, v) in row.into_iter().enumerate() {
+                    part[(i * A6 + jj) * o + oo] = v;
+                }
+            }
+        }
+    }
+}
+
+/// The weight gradient (O, C, 3, 3) from `dU [36][C][O]`: `Gᵀ dU G` per kernel, one output
+/// channel per task.
+pub(in crate::kernels) fn kernel_grad(du: &[f32], o: usize, c: usize) -> Vec<f32> {
+    let mut dw = vec![0f32; o * c * 9];
+    dw.par_chunks_exact_mut(c * 9)
+        .enumerate()
+        .for_each(|(oo, part)| kernel_grad_channel(du, o, c, oo, part));
+    dw
+}
+
+simd_kernel! {
+    /// Output channel `oo`'s kernel gradients (C, 3, 3) from `dU`.
+    fn kernel_grad_channel<'a>(du: &'a [f32], o: usize, c: usize, oo: usize, part: &'a mut [f32]) {
+        for (cc, g) in part.chunks_exact_mut(9).enumerate() {
+            // Gᵀ along the columns, then along the rows.
+            let mut cols = [[0f32; 3]; 6];
+            for (j, col) in cols.iter_mut().enumerate() {
+                let mut u = [0f32; 6];
+                for (i, v) in u.iter_mut().enumerate() {
+                    *v = du[((i * A6 + j) * c + cc) * o + oo];
+                }
+                *col = gkt(u);
+            }
+            for i in 0..3 {
+                let row = gkt([cols[0][i], cols[1][i], cols[2][i], cols[3][i], cols[4][i], cols[5][i]]);
+                g[i * 3..][..3].copy_from_slice(&row);
+            }
+        }
+    }
+}
