@@ -1,9 +1,9 @@
 //! siam-eval: honest numbers for Siamese networks. It works on distances, `same` flags,
 //! embeddings and labels; it probes models only through siam-model's public API.
 //!
-//! - [`verification`]: ROC-AUC (ties handled), EER, TAR at FAR, accuracy and balanced accuracy,
+//! - [`verification`](mod@verification): ROC-AUC (ties handled), EER, TAR at FAR, accuracy and balanced accuracy,
 //!   and [`calibrate`] for the decision threshold.
-//! - [`retrieval`]: precision@1, R-precision, MAP@R (pytorch-metric-learning's conventions),
+//! - [`retrieval`](mod@retrieval): precision@1, R-precision, MAP@R (pytorch-metric-learning's conventions),
 //!   leave-one-out or query versus gallery, in bounded memory.
 //! - [`stats`]: same/different distance statistics against the margin, quantiles.
 //! - [`diagnose`]: probes a model and explains what is wrong with it ([`Finding`]s with

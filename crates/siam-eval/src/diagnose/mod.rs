@@ -9,8 +9,8 @@
 //!
 //! The map: this file holds the types (findings, measurements, the probe); `measure.rs`
 //! probes a model; `findings/` holds the rules, one block per kind; `inputs.rs` the input
-//! check over the data and its rule; `data.rs` the data's quality (suspected wrong labels,
-//! duplicates, degenerate images) and its rules.
+//! check over the data and its rule; `data/` the data's quality (suspected wrong labels,
+//! duplicates, degenerate images), whose rules are in `findings/data.rs`.
 
 use candle_core::{DType, Device, Tensor};
 use siam_model::{Distance, SiameseModel};
@@ -472,9 +472,9 @@ mod measure;
 
 pub use data::{
     DataInput, DataQuality, Degenerate, Duplicate, LISTED, NEIGHBOURS, OtherSplit, SHOWN, Suspect,
-    data_findings, data_quality, image_hash,
+    data_quality, image_hash,
 };
 
-pub use findings::{LrEvidence, findings, lr_evidence};
+pub use findings::{LrEvidence, data_findings, findings, lr_evidence};
 pub use inputs::{InputCheck, input_check, tally};
 pub use measure::{consistency, geometry, measure};

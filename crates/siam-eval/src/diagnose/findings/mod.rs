@@ -2,15 +2,18 @@
 //! three groups: `signal.rs` (non-finite, over-specialised, inverted labels), `geometry.rs`
 //! (collapse, eval-mode, margin-scale), `optimisation.rs` (learning rate too high or too low,
 //! dead units), `fit.rs` (weak features, overfitting, stale threshold, pair and class
-//! imbalance); `inputs.rs` one level up adds unfamiliar inputs.
+//! imbalance), `data.rs` (label noise, duplicates, degenerate images); `inputs.rs` one level
+//! up adds unfamiliar inputs.
 
 use super::*;
 
+mod data;
 mod fit;
 mod geometry;
 mod optimisation;
 mod signal;
 
+pub use data::data_findings;
 pub use optimisation::{LrEvidence, lr_evidence};
 
 /// The largest distance two unit vectors can have under `kind`.
@@ -47,7 +50,7 @@ pub fn findings(m: &Measurements) -> Vec<Finding> {
     optimisation::optimisation(m, &mut out);
     fit::fit(m, &mut out);
     out.extend(super::inputs::unfamiliar_inputs(m));
-    out.extend(super::data::data_findings(m));
+    out.extend(data::data_findings(m));
 
     out.sort_by_key(|f| std::cmp::Reverse(f.severity));
     out
