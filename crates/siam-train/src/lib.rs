@@ -7,7 +7,7 @@
 //! - [`data`]: data sources (embedded fixtures, downloaded datasets, IDX dirs, image folders).
 //! - [`denormals`]: flushing denormal floats to zero while training on the CPU.
 //! - [`optim`]: AdamW and SGD with momentum with saveable state; LR schedules with warmup.
-//! - [`evaluate`]: verification, retrieval and distance statistics of a model on a set.
+//! - [`evaluate`](mod@evaluate): verification, retrieval and distance statistics of a model on a set.
 //! - [`calibrate`]: a new threshold, quantiles and input check for a trained model.
 //! - [`pairs`]: the user's pair lists: evaluation, the k-fold protocol, batch verdicts.
 //! - [`trainer`]: [`train`], [`resume`], and the learning-rate range test [`lr_find`].
