@@ -19,7 +19,7 @@ mod similarity;
 mod triplet;
 
 pub use proxy::{arcface, cosface, init_proxies};
-pub use similarity::{MsConfig, multi_similarity, nt_xent, supcon};
+pub use similarity::{MsConfig, multi_similarity, nt_xent, supcon, uniformity};
 pub use triplet::{MinedLoss, Mining, mined_triplet};
 
 use candle_core::{DType, Result, Tensor};
@@ -100,7 +100,8 @@ pub fn bce_with_logits(logits: &Tensor, same: &Tensor) -> Result<Tensor> {
 
 #[cfg(test)]
 mod reference {
-    //! The batch losses against pytorch-metric-learning 2.9 (values and gradients, float64) and
+    //! The batch losses against pytorch-metric-learning 2.9 (values and gradients, float64; the
+    //! uniformity term against its authors' PyTorch expression) and
     //! against central finite differences. The numbers come from this snippet (torch 2.15):
     //!
     //! ```python
@@ -127,6 +128,8 @@ mod reference {
     //! run("ms-nominer", lambda X, W: losses.MultiSimilarityLoss(alpha=2, beta=50, base=0.5)(X, y))
     //! run("ntxent", lambda X, W: losses.NTXentLoss(temperature=0.1)(X, y))
     //! run("supcon", lambda X, W: losses.SupConLoss(temperature=0.1)(X, y))
+    //! # Wang & Isola's uniformity (their code; PML has none), t = 2:
+    //! run("uniformity", lambda X, W: torch.pdist(torch.nn.functional.normalize(X, dim=1)).pow(2).mul(-2).exp().mean().log())
     //! for name in ["cosface", "arcface"]:
     //!     X = X0.clone().requires_grad_(True); Wp = W0.clone().requires_grad_(True)
     //!     lfn = (losses.CosFaceLoss(num_classes=C, embedding_size=Dm, margin=0.35, scale=30) if name == "cosface"
@@ -213,6 +216,43 @@ mod reference {
             0.0126440722,
             0.0377044429,
             0.0512159237,
+        ],
+    );
+    const UNIFORMITY: (f64, [f64; 32]) = (
+        -2.4800185683,
+        [
+            -0.1936537458,
+            -0.0599200762,
+            0.0565710086,
+            -0.0198634456,
+            -0.1667179728,
+            0.0928918265,
+            -0.0598445862,
+            -0.1788763401,
+            0.2544441239,
+            0.2594363332,
+            0.0147657852,
+            0.0313712004,
+            0.1869118499,
+            -0.045392621,
+            -0.0507333519,
+            0.1123496924,
+            0.1455296059,
+            0.111340678,
+            0.0540523923,
+            0.0978342831,
+            0.3978490914,
+            -0.0015377998,
+            -0.1056803573,
+            0.0497825707,
+            -0.031272669,
+            -0.0823022969,
+            0.0458148417,
+            -0.1252210473,
+            -0.2277040299,
+            -0.0915792704,
+            -0.0190436021,
+            -0.0293822558,
         ],
     );
     const NTXENT: (f64, [f64; 32]) = (
@@ -436,6 +476,7 @@ mod reference {
             ),
             ("NT-Xent", |x, _| nt_xent(x, &LABELS, 0.1), NTXENT, None),
             ("SupCon", |x, _| supcon(x, &LABELS, 0.1), SUPCON, None),
+            ("uniformity", |x, _| uniformity(x, 2.0), UNIFORMITY, None),
             (
                 "CosFace",
                 |x, w| cosface(x, &LABELS, w, 0.35, 30.0),

@@ -1,6 +1,7 @@
 //! Losses on the cosine similarities of a labelled batch (a P×K batch, or two views of each
 //! image with the image's index as its label): multi-similarity with its miner (Wang et al.
-//! 2019), NT-Xent (Chen et al. 2020) and supervised contrastive, SupCon (Khosla et al. 2020).
+//! 2019), NT-Xent (Chen et al. 2020) and supervised contrastive, SupCon (Khosla et al. 2020);
+//! and the uniformity term of Wang & Isola (2020), which takes no labels.
 //!
 //! Each follows pytorch-metric-learning 2.9 (`MultiSimilarityLoss` + `MultiSimilarityMiner`,
 //! `NTXentLoss`, `SupConLoss`): embeddings are L2-normalised inside the loss, `S = e·eᵀ`, a
@@ -224,4 +225,27 @@ pub fn supcon(embeddings: &Tensor, labels: &[u32], temperature: f64) -> Result<T
         .to_dtype(b.sim.dtype())?;
     let per_anchor = ((log_prob * b.mask(&b.pos)?)?.sum(D::Minus1)? * inv)?;
     per_anchor.sum_all()? * (-1.0 / anchors as f64)
+}
+
+/// The uniformity term of Wang & Isola (2020) over `embeddings` (N, D), L2-normalised inside:
+/// `log( mean_{i≠j} e^{−t‖zᵢ − zⱼ‖²} )` — lower when the embeddings spread over the sphere
+/// (their reference code: `torch.pdist(z).pow(2).mul(-t).exp().mean().log()`). It takes no
+/// labels: added to a supervised loss it keeps a batch from gathering into a few points, so
+/// directions the classes do not need survive. On unit vectors `‖zᵢ − zⱼ‖² = 2 − 2·Sᵢⱼ`; the
+/// log-mean-exp is stabilised by its maximum, so a large `t` gives no `log(0)`.
+pub fn uniformity(embeddings: &Tensor, t: f64) -> Result<Tensor> {
+    if !(t > 0.0 && t.is_finite()) {
+        candle_core::bail!("uniformity needs a positive t, got {t}")
+    }
+    let (n, _) = embeddings.dims2()?;
+    let b = Batch::new(embeddings, &vec![0; n])?;
+    if n < 2 {
+        return b.zero();
+    }
+    // Every pair i ≠ j: the positives of one shared label.
+    let x = ((&b.sim - 1.0)? * (2.0 * t))?;
+    let rows = masked_logsumexp(&x, &b.mask(&b.pos)?, false)?;
+    let top = rows.max_keepdim(0)?.detach();
+    let total = (rows.broadcast_sub(&top)?.exp()?.sum_all()?.log()? + top.squeeze(0)?)?;
+    total - ((n * (n - 1)) as f64).ln()
 }
