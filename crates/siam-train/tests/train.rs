@@ -554,6 +554,78 @@ fn two_view_self_supervised_runs_train_and_resume_exactly() {
     }
 }
 
+/// The uniformity term on the fixtures: it trains (finite losses), changes what is learned,
+/// is written to the run's config, resumes exactly, and bad settings name the key.
+#[test]
+fn the_uniformity_term_trains_and_resumes_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plain = tiny();
+    plain.model.normalize = true;
+    let one = dir.path().join("plain");
+    train(&plain, &one, &TrainOptions::default(), &mut quiet()).unwrap();
+    let mut cfg = plain.clone();
+    cfg.uniformity_term = Some(siam_train::config::UniformityTerm {
+        weight: 1.0,
+        t: 2.0,
+    });
+    let full = dir.path().join("uniform");
+    let s = train(&cfg, &full, &TrainOptions::default(), &mut quiet()).unwrap();
+    assert!(s.test.verification.roc_auc.is_finite());
+    let losses: Vec<f64> = metrics(&full)
+        .iter()
+        .filter_map(|r| r["loss"].as_f64())
+        .collect();
+    assert!(!losses.is_empty() && losses.iter().all(|l| l.is_finite()));
+    assert_ne!(
+        weights(&one.join("model.safetensors")),
+        weights(&full.join("model.safetensors")),
+        "the uniformity term changed nothing"
+    );
+    let text = std::fs::read_to_string(full.join("config.toml")).unwrap();
+    assert!(
+        text.contains("[uniformity-term]\nweight = 1.0\nt = 2.0"),
+        "{text}"
+    );
+    let cut = dir.path().join("uniform-cut");
+    let stop = TrainOptions {
+        stop_after: Some(3),
+        ..Default::default()
+    };
+    assert!(train(&cfg, &cut, &stop, &mut quiet()).is_err());
+    resume(&cut, &TrainOptions::default(), &mut quiet()).unwrap();
+    assert_eq!(metrics(&full), metrics(&cut));
+    assert_eq!(
+        weights(&full.join("model.safetensors")),
+        weights(&cut.join("model.safetensors")),
+    );
+    for (edit, key) in [
+        (
+            "[uniformity-term]\nweight = 0.0\n",
+            "uniformity-term.weight",
+        ),
+        (
+            "[uniformity-term]\nweight = 1.0\nt = -2.0\n",
+            "uniformity-term.t",
+        ),
+        ("[uniformity-term]\nweight = 1.0\ntee = 2.0\n", "tee"),
+    ] {
+        let text = format!("{}\n{edit}", plain.to_toml());
+        let e = TrainConfig::from_toml(&text, Path::new("x.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(key), "{key}: {e}");
+    }
+    let mut pairs = cfg.clone();
+    pairs.sampler = siam_data::SamplerConfig::Pairs {
+        positive_fraction: 0.5,
+    };
+    let e = pairs.validate().unwrap_err().to_string();
+    assert!(
+        e.contains("sampler.kind") && e.contains("uniformity"),
+        "{e}"
+    );
+}
+
 /// The recipes docs/BENCHMARKS.md runs parse and validate as they are committed.
 #[test]
 fn the_benchmark_recipes_parse() {

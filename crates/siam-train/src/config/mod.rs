@@ -64,6 +64,10 @@ pub struct TrainConfig {
     /// ArcFace, multi-similarity, ...); absent: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contrastive_term: Option<ContrastiveTerm>,
+    /// The uniformity term (Wang & Isola) over the P×K batch's embeddings added to the loss;
+    /// absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uniformity_term: Option<UniformityTerm>,
     /// Fine-tuning a backbone (a pretrained ResNet, say): its own learning-rate factor and
     /// frozen first epochs; absent: the whole network learns alike from the first step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -123,6 +127,25 @@ pub struct ContrastiveTerm {
 
 fn unit_margin() -> f64 {
     1.0
+}
+
+/// `[uniformity-term]`: the loss becomes `loss + weight·log mean_{i≠j} e^{−t‖zᵢ − zⱼ‖²}` over
+/// the P×K batch's L2-normalised embeddings (Wang & Isola 2020; `siam_model::loss::uniformity`).
+/// It takes no labels and pushes the batch to spread over the sphere: the supervised loss gathers
+/// each class, the term keeps the directions the training classes do not need, which is what
+/// classes never seen in training are told apart by (docs/BENCHMARKS.md).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct UniformityTerm {
+    /// The term's weight, positive.
+    pub weight: f64,
+    /// The kernel's t (default 2, the paper's).
+    #[serde(default = "uniformity_t")]
+    pub t: f64,
+}
+
+fn uniformity_t() -> f64 {
+    2.0
 }
 
 /// `[self-supervised]`: the loss becomes `(1 − weight)·supervised + weight·NT-Xent`, the

@@ -88,6 +88,7 @@ impl TrainConfig {
             },
             self_supervised: None,
             contrastive_term: None,
+            uniformity_term: None,
             finetune: None,
         };
         match name {

@@ -177,6 +177,23 @@ impl TrainConfig {
                 );
             }
         }
+        if let Some(u) = &self.uniformity_term {
+            if !(u.weight > 0.0 && u.weight.is_finite()) {
+                return bad(
+                    "uniformity-term.weight",
+                    format!("{} must be positive", u.weight),
+                );
+            }
+            if !(u.t > 0.0 && u.t.is_finite()) {
+                return bad("uniformity-term.t", format!("{} must be positive", u.t));
+            }
+            if !matches!(self.sampler, SamplerConfig::Pk { .. }) {
+                return bad(
+                    "sampler.kind",
+                    "the uniformity term takes pk batches".into(),
+                );
+            }
+        }
         if let Some(ct) = &self.contrastive_term {
             if !(ct.weight > 0.0 && ct.weight.is_finite()) {
                 return bad(

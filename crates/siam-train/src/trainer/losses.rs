@@ -260,12 +260,22 @@ impl Run<'_> {
             .broadcast_add(&get("ssl-projection.b2")?)?)
     }
 
-    /// The supervised loss over a P×K batch's embeddings, with the miner's active fraction.
+    /// The supervised loss over a P×K batch's embeddings (with `[uniformity-term]`, plus its
+    /// term over the same embeddings), with the miner's active fraction.
     pub(super) fn supervised_class_loss(
         &self,
         e: &Tensor,
         labels: &[u32],
     ) -> Result<(Tensor, Option<f64>)> {
+        let (l, active) = self.class_loss(e, labels)?;
+        Ok(match &self.cfg.uniformity_term {
+            Some(u) => ((l + (loss::uniformity(e, u.t)? * u.weight)?)?, active),
+            None => (l, active),
+        })
+    }
+
+    /// The configured loss over a P×K batch's embeddings, with the miner's active fraction.
+    fn class_loss(&self, e: &Tensor, labels: &[u32]) -> Result<(Tensor, Option<f64>)> {
         let m = &self.model;
         Ok(match &self.cfg.loss {
             LossConfig::Triplet { margin, mining } => {
