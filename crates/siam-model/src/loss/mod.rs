@@ -588,6 +588,37 @@ mod reference {
         }
     }
 
+    /// The uniformity term's log-mean-exp is stabilised: a sharp kernel in f32, where every
+    /// `e^{−t‖zᵢ − zⱼ‖²}` underflows to zero, still gives a finite loss and gradient; a single
+    /// embedding has no pair and gives 0.
+    #[test]
+    fn uniformity_survives_a_sharp_kernel_and_a_batch_of_one() {
+        let (x0, _) = inputs();
+        let x = Var::from_vec(
+            x0.iter().map(|&v| v as f32).collect::<Vec<_>>(),
+            (8, 4),
+            &Device::Cpu,
+        )
+        .unwrap();
+        let l = uniformity(&x, 500.0).unwrap();
+        let v = l.to_scalar::<f32>().unwrap();
+        assert!(v.is_finite() && v < -20.0, "{v}");
+        let g = l.backward().unwrap();
+        let gx = g
+            .get(&x)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!(gx.iter().all(|v| v.is_finite()), "{gx:?}");
+        let one = Tensor::new(&[[1.0f32, 2.0]], &Device::Cpu).unwrap();
+        assert_eq!(
+            uniformity(&one, 2.0).unwrap().to_scalar::<f32>().unwrap(),
+            0.0
+        );
+    }
+
     /// No NaN anywhere: identical embeddings (cosines of exactly 1) and embeddings equal to
     /// their proxies (θ = 0 for ArcFace), in f32.
     #[test]
