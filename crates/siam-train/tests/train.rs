@@ -26,6 +26,15 @@ fn tiny() -> TrainConfig {
     c
 }
 
+/// `edit` appended to `base`'s TOML is refused with an error naming `key`.
+fn assert_edit_names_key(base: &TrainConfig, edit: &str, key: &str) {
+    let text = format!("{}\n{edit}", base.to_toml());
+    let e = TrainConfig::from_toml(&text, Path::new("x.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(key), "{key}: {e}");
+}
+
 fn quiet() -> impl FnMut(Event<'_>) {
     |_| {}
 }
@@ -546,11 +555,7 @@ fn two_view_self_supervised_runs_train_and_resume_exactly() {
         ),
         ("[self-supervised]\nweight = 0.5\nwieght = 1.0\n", "wieght"),
     ] {
-        let text = format!("{}\n{edit}", plain.to_toml());
-        let e = TrainConfig::from_toml(&text, Path::new("x.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains(key), "{key}: {e}");
+        assert_edit_names_key(&plain, edit, key);
     }
 }
 
@@ -609,11 +614,7 @@ fn the_uniformity_term_trains_and_resumes_exactly() {
         ),
         ("[uniformity-term]\nweight = 1.0\ntee = 2.0\n", "tee"),
     ] {
-        let text = format!("{}\n{edit}", plain.to_toml());
-        let e = TrainConfig::from_toml(&text, Path::new("x.toml"))
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains(key), "{key}: {e}");
+        assert_edit_names_key(&plain, edit, key);
     }
     let mut pairs = cfg.clone();
     pairs.sampler = siam_data::SamplerConfig::Pairs {
