@@ -14,14 +14,13 @@ pub const PRESETS: [&str; 7] = [
 
 impl TrainConfig {
     /// A preset by name: `default` (the recommended recipe: the convnet encoder with CosFace
-    /// and a contrastive term over the batch's pairs, batches of 8 × 16, 12 epochs, test-time
-    /// flip; test P@1 0.921–0.924 and ROC-AUC 0.992 on Fashion-MNIST in under 10 minutes on two
-    /// cores, docs/BENCHMARKS.md), `unseen` (the default with the two-view term over both views
-    /// of 8 × 8 batches, for classes never seen in training: above the untrained encoder on
-    /// unseen classes where the default falls below it, a point of P@1 lower on the trained
-    /// ones), `fast` (the seed CNN with batches of 8 × 8, the default's
-    /// augmentation and the contrastive loss: the default until 2026-12-03, a sixth of its
-    /// time), `seed` (the recipe the project grew
+    /// and a contrastive term over the batch's pairs, a uniformity term (0.7) that keeps
+    /// classes never seen in training apart, batches of 8 × 16, 12 epochs, test-time flip;
+    /// docs/BENCHMARKS.md has its figures), `unseen` (the default without the uniformity term
+    /// and with the two-view term over both views of 8 × 8 batches, the recipe for unseen
+    /// classes before the uniformity term, a point of P@1 lower on the trained ones), `fast`
+    /// (the seed CNN with batches of 8 × 8, the default's augmentation and the contrastive
+    /// loss: the default until 2026-12-03, a sixth of its time), `seed` (the recipe the project grew
     /// from: seed CNN, contrastive m = 2, random balanced pairs, Adam 1e-3, 5 epochs of 60k
     /// pairs), `quick` (a minute on the fixtures, for smoke tests), `convnet` (`fast` with the
     /// deeper BatchNorm encoder, a flattened head and 12 epochs of the contrastive loss alone),
@@ -99,7 +98,10 @@ impl TrainConfig {
                 // threshold needs), batches of 8 classes × 16 images for 12 epochs, the head
                 // and the proxies at a quarter of the encoder's rate (at the full rate the
                 // flattened head loses a third of its units), each image embedded with its
-                // mirror image at evaluation: docs/BENCHMARKS.md, "The default recipe".
+                // mirror image at evaluation: docs/BENCHMARKS.md, "The default recipe"; and
+                // Wang & Isola's uniformity over the batch at 0.7, which keeps what the
+                // untrained network separates on classes it never trains on ("Targets 5 and 6:
+                // the uniformity term as the default").
                 let mut c = Self::preset("convnet")?;
                 c.epochs = 12;
                 c.sampler = SamplerConfig::Pk { p: 8, k: 16 };
@@ -127,6 +129,10 @@ impl TrainConfig {
                     freeze_backbone_epochs: 0,
                 });
                 c.schedule.warmup_steps = 94;
+                c.uniformity_term = Some(super::UniformityTerm {
+                    weight: 0.7,
+                    t: 2.0,
+                });
                 Ok(c)
             }
             "unseen" => {
@@ -138,6 +144,7 @@ impl TrainConfig {
                 let mut c = Self::preset("default")?;
                 c.sampler = SamplerConfig::Pk { p: 8, k: 8 };
                 c.batch_size = 64;
+                c.uniformity_term = None;
                 c.self_supervised = Some(super::SelfSupervised {
                     weight: 0.3,
                     temperature: 0.1,
@@ -253,6 +260,10 @@ mod tests {
             backbone_lr_scale: 4.0,
             freeze_backbone_epochs: 0,
         });
+        before.uniformity_term = Some(super::super::UniformityTerm {
+            weight: 0.7,
+            t: 2.0,
+        });
         before.data.source = "fixtures".into();
         assert_eq!(before, measured);
         // The unseen-class recipe (cargo xtask bench-unseen's) is the default with a class split.
@@ -278,6 +289,7 @@ mod tests {
         default.sampler = SamplerConfig::Pk { p: 8, k: 8 };
         default.batch_size = 64;
         default.self_supervised = unseen.self_supervised.clone();
+        default.uniformity_term = None;
         assert_eq!(default, unseen);
         let ss = unseen.self_supervised.unwrap();
         assert!(ss.supervise_both_views && ss.projection_dim == 64 && ss.weight == 0.3);
