@@ -432,6 +432,16 @@ mod reference {
         3.0691715282,
     ];
 
+    /// The gradient of `v` in `g`, flattened.
+    fn grad<T: candle_core::WithDType>(g: &candle_core::backprop::GradStore, v: &Var) -> Vec<T> {
+        g.get(v)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<T>()
+            .unwrap()
+    }
+
     fn inputs() -> (Vec<f64>, Vec<f64>) {
         let x = (0..8)
             .flat_map(|i| {
@@ -513,24 +523,12 @@ mod reference {
                 "{name}: loss {got} vs PML {loss}"
             );
             let g = l.backward().unwrap();
-            let gx = g
-                .get(&x)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap();
+            let gx = grad::<f64>(&g, &x);
             for (k, (a, b)) in gx.iter().zip(dx).enumerate() {
                 assert!((a - b).abs() < 1e-7, "{name}: dx[{k}] {a} vs PML {b}");
             }
             if let Some(dw) = dw {
-                let gw = g
-                    .get(&w)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f64>()
-                    .unwrap();
+                let gw = grad::<f64>(&g, &w);
                 for (k, (a, b)) in gw.iter().zip(dw).enumerate() {
                     assert!((a - b).abs() < 1e-7, "{name}: dW[{k}] {a} vs PML {b}");
                 }
@@ -547,13 +545,7 @@ mod reference {
             let x = Var::from_vec(x0.clone(), (8, 4), &dev).unwrap();
             let w = Var::from_vec(w0.clone(), (3, 4), &dev).unwrap();
             let g = f(&x, &w).unwrap().backward().unwrap();
-            let gx = g
-                .get(&x)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f64>()
-                .unwrap();
+            let gx = grad::<f64>(&g, &x);
             for k in 0..x0.len() {
                 let (mut p, mut m) = (x0.clone(), x0.clone());
                 p[k] += h;
@@ -566,13 +558,7 @@ mod reference {
                 );
             }
             if dw.is_some() {
-                let gw = g
-                    .get(&w)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f64>()
-                    .unwrap();
+                let gw = grad::<f64>(&g, &w);
                 for k in 0..w0.len() {
                     let (mut p, mut m) = (w0.clone(), w0.clone());
                     p[k] += h;
@@ -604,13 +590,7 @@ mod reference {
         let v = l.to_scalar::<f32>().unwrap();
         assert!(v.is_finite() && v < -20.0, "{v}");
         let g = l.backward().unwrap();
-        let gx = g
-            .get(&x)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let gx = grad::<f32>(&g, &x);
         assert!(gx.iter().all(|v| v.is_finite()), "{gx:?}");
         let one = Tensor::new(&[[1.0f32, 2.0]], &Device::Cpu).unwrap();
         assert_eq!(
@@ -630,13 +610,7 @@ mod reference {
             let x32 = x.as_tensor().clone();
             let l = f(&x32, w.as_tensor()).unwrap();
             let g = l.backward().unwrap();
-            let gx = g
-                .get(&x)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
+            let gx = grad::<f32>(&g, &x);
             assert!(l.to_scalar::<f32>().unwrap().is_finite(), "{name}: loss");
             assert!(gx.iter().all(|v| v.is_finite()), "{name}: gradient {gx:?}");
         }
