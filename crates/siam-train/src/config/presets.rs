@@ -20,8 +20,8 @@ impl TrainConfig {
     /// and with the two-view term over both views of 8 × 8 batches, the recipe for unseen
     /// classes before the uniformity term, a point of P@1 lower on the trained ones), `fast`
     /// (the seed CNN with batches of 8 × 8, the default's augmentation and the contrastive
-    /// loss: the default until 2026-12-03, a sixth of its time), `seed` (the recipe the project grew
-    /// from: seed CNN, contrastive m = 2, random balanced pairs, Adam 1e-3, 5 epochs of 60k
+    /// loss: the default until 2026-12-03, a sixth of its time), `seed` (the recipe the project
+    /// grew from: seed CNN, contrastive m = 2, random balanced pairs, Adam 1e-3, 5 epochs of 60k
     /// pairs), `quick` (a minute on the fixtures, for smoke tests), `convnet` (`fast` with the
     /// deeper BatchNorm encoder, a flattened head and 12 epochs of the contrastive loss alone),
     /// `resnet` (fine-tuning a ResNet-18 on colour photos: RGB at 112×112, the backbone frozen
@@ -101,7 +101,7 @@ impl TrainConfig {
                 // mirror image at evaluation: docs/BENCHMARKS.md, "The default recipe"; and
                 // Wang & Isola's uniformity over the batch at 0.7, which keeps what the
                 // untrained network separates on classes it never trains on ("Targets 5 and 6:
-                // the uniformity term as the default").
+                // the uniformity term at 0.7 is the default").
                 let mut c = Self::preset("convnet")?;
                 c.epochs = 12;
                 c.sampler = SamplerConfig::Pk { p: 8, k: 16 };
