@@ -27,7 +27,7 @@ pub struct Args {
     #[arg(long, default_value_t = 4)]
     png_per_class: usize,
     /// Keep the shipped model as it is (training it, the `default` recipe on the full data, takes
-    /// about 10 minutes on 2 cores).
+    /// 10–12 minutes on 2 cores).
     #[arg(long)]
     skip_model: bool,
     /// The run folder of the shipped model's training.
