@@ -15,12 +15,12 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use super::nhwc::{
-    Norm, NormSaved, direct_backward, direct_forward, max_pool2, norm_relu_backward,
-    norm_relu_forward, unpool2,
+    Norm, NormSaved, affine_relu, direct_backward, direct_forward, max_pool2, norm_grad,
+    norm_relu_backward, norm_saved, unpool2,
 };
 use super::ops::{cpu_values, hold, slice};
 use super::scratch::Buf;
-use super::winograd::{self, MIN_CHANNELS, Wino};
+use super::winograd::{self, Act, GradOut, MIN_CHANNELS, Wino};
 
 /// Images per chunk of an evaluation forward pass (bounded memory, warm caches).
 const EVAL_CHUNK: usize = 64;
@@ -47,31 +47,52 @@ fn prepare(w: &[f32], c: usize, o: usize) -> Buf {
     }
 }
 
-/// One convolution; `w` as [`prepare`] made it.
-fn conv_forward(g: &Wino, x: &[f32], w: &[f32], keep: bool) -> (Buf, ConvSaved) {
+/// One convolution of `act` applied to `x`; `w` as [`prepare`] made it. Winograd applies the
+/// activation as it reads `x`; a direct convolution gets it written out first.
+fn conv_forward(g: &Wino, x: &[f32], act: Act<'_>, w: &[f32], keep: bool) -> (Buf, ConvSaved) {
     let mut y = Buf::scratch(g.n * g.ho * g.wo * g.o);
     if g.c >= MIN_CHANNELS {
-        let s = winograd::forward(g, x, w, &mut y, keep);
-        (y, ConvSaved::Wino(s))
-    } else {
-        direct_forward(g, x, w, &mut y);
-        (
-            y,
-            ConvSaved::Direct(if keep { x.to_vec() } else { Vec::new() }),
-        )
+        let s = winograd::forward_act(g, x, act, w, &mut y, keep);
+        return (y, ConvSaved::Wino(s));
     }
+    let z = act.map(|(a, b)| {
+        let mut z = Buf::scratch(x.len());
+        affine_relu(x, a, b, &mut z);
+        z
+    });
+    let x = z.as_deref().unwrap_or(x);
+    direct_forward(g, x, w, &mut y);
+    (
+        y,
+        ConvSaved::Direct(if keep { x.to_vec() } else { Vec::new() }),
+    )
 }
 
-fn conv_backward(
-    g: &Wino,
-    s: &ConvSaved,
-    w: &[f32],
-    gy: &[f32],
+/// One convolution's backward pass, followed in the forward pass by the BatchNorm + ReLU
+/// whose saved state is `norm`, from that activation's output gradient `gz` and the
+/// convolution's output `y`: (dX when asked for, dW, dγ, dβ). Winograd computes the
+/// convolution's output gradient as it reads `y` and `gz`; a direct convolution gets it written
+/// out first.
+fn conv_norm_backward(
+    (g, s, w): (&Wino, &ConvSaved, &[f32]),
+    (y, gz): (&[f32], &[f32]),
+    norm: &NormSaved,
+    gamma: Option<&[f32]>,
     input_grad: bool,
-) -> (Option<Buf>, Vec<f32>) {
+) -> (Option<Buf>, Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (n, o) = (g.n, g.o);
     match s {
-        ConvSaved::Wino(s) => winograd::backward(g, s, gy, input_grad),
-        ConvSaved::Direct(x) => direct_backward(g, x, w, gy, input_grad),
+        ConvSaved::Wino(s) => {
+            let (grad, dp, dq) = norm_grad(y, gz, n, o, norm, gamma);
+            let gy = GradOut::Norm { y, gz, grad: &grad };
+            let (gx, gw) = winograd::backward_from(g, s, gy, input_grad);
+            (gx, gw, dp, dq)
+        }
+        ConvSaved::Direct(x) => {
+            let (gy, dp, dq) = norm_relu_backward(y, gz, n, o, norm, gamma);
+            let (gx, gw) = direct_backward(g, x, w, &gy, input_grad);
+            (gx, gw, dp, dq)
+        }
     }
 }
 
@@ -195,17 +216,17 @@ impl BlockOp {
         let (_, p1, q1, _, p2, q2) = params;
         let (w1, w2) = (&prepared.0, &prepared.1);
         let (n, o) = (g1.n, self.cout);
-        let (c1, y1) = {
-            let (y, s) = conv_forward(&g1, x, w1, keep);
-            (s, y)
-        };
-        let (z1, n1) = norm_relu_forward(&y1, n, o, self.norm(p1, q1));
-        let (y2, c2) = conv_forward(&g2, &z1, w2, keep);
-        drop(z1);
-        let (z2, n2) = norm_relu_forward(&y2, n, o, self.norm(p2, q2));
+        let (y1, c1) = conv_forward(&g1, x, None, w1, keep);
+        // Each BatchNorm + ReLU is applied by what reads its input next: the second
+        // convolution, the pooling.
+        let n1 = norm_saved(&y1, n, o, self.norm(p1, q1));
+        let (y2, c2) = conv_forward(&g2, &y1, Some((&n1.scale, &n1.shift)), w2, keep);
+        let n2 = norm_saved(&y2, n, o, self.norm(p2, q2));
         let (out, arg) = if self.pool {
-            max_pool2(&z2, n, g2.ho, g2.wo, o)
+            max_pool2(&y2, (&n2.scale, &n2.shift), n, g2.ho, g2.wo, o)
         } else {
+            let mut z2 = Buf::scratch(y2.len());
+            affine_relu(&y2, &n2.scale, &n2.shift, &mut z2);
             (z2, Vec::new())
         };
         let saved = Saved {
@@ -316,14 +337,23 @@ impl CustomOp2 for BlockOp {
             b.copy_from_slice(gv);
             b
         };
-        let (gy2, dp2, dq2) = norm_relu_backward(&s.y2, &gz2, n, o, &s.n2, batch.then_some(p2));
+        let (gz1, dw2, dp2, dq2) = conv_norm_backward(
+            (&s.g2, &s.c2, w2),
+            (&s.y2, &gz2),
+            &s.n2,
+            batch.then_some(p2),
+            true,
+        );
         drop(gz2);
-        let (gz1, dw2) = conv_backward(&s.g2, &s.c2, w2, &gy2, true);
-        drop(gy2);
         let gz1 = gz1.expect("the input gradient was asked for");
-        let (gy1, dp1, dq1) = norm_relu_backward(&s.y1, &gz1, n, o, &s.n1, batch.then_some(p1));
+        let (gx, dw1, dp1, dq1) = conv_norm_backward(
+            (&s.g1, &s.c1, w1),
+            (&s.y1, &gz1),
+            &s.n1,
+            batch.then_some(p1),
+            self.input_grad,
+        );
         drop(gz1);
-        let (gx, dw1) = conv_backward(&s.g1, &s.c1, w1, &gy1, self.input_grad);
         let mut dp = Vec::with_capacity(pv.len());
         for part in [&dw1, &dp1, &dq1, &dw2, &dp2, &dq2] {
             dp.extend_from_slice(part);

@@ -44,26 +44,68 @@ pub(super) fn direct_forward(g: &Wino, x: &[f32], w: &[f32], y: &mut [f32]) {
 simd_kernel! {
 /// One image of [`direct_forward`].
 fn direct_image<'a>(g: &'a Wino, xn: &'a [f32], taps: &'a [f32], yn: &'a mut [f32]) {
-    let (c, o) = (g.c, g.o);
-    for r in 0..g.ho {
-        for q in 0..g.wo {
-            let acc = &mut yn[(r * g.wo + q) * o..][..o];
-            acc.fill(0.0);
-            for i in 0..3 {
-                for j in 0..3 {
-                    let Some(s) = source(g, r, q, i, j) else {
-                        continue;
-                    };
-                    for cc in 0..c {
-                        let xv = xn[s * c + cc];
-                        let wt = &taps[(cc * 9 + i * 3 + j) * o..][..o];
-                        acc.iter_mut().zip(wt).for_each(|(a, &w)| *a += xv * w);
+    match g.o {
+        16 => direct_image_fixed::<16>(g, xn, taps, yn),
+        32 => direct_image_fixed::<32>(g, xn, taps, yn),
+        64 => direct_image_fixed::<64>(g, xn, taps, yn),
+        _ => direct_image_any(g, xn, taps, yn),
+    }
+}
+}
+
+/// [`direct_image`] for `O` output channels known at compile time: each output pixel's sums
+/// stay in registers. The same operations in the same order as [`direct_image_any`] (a product,
+/// then a sum, per tap and channel), so the same bits.
+#[inline(always)]
+fn direct_image_fixed<const O: usize>(g: &Wino, xn: &[f32], taps: &[f32], yn: &mut [f32]) {
+    let c = g.c;
+    for (px, out) in yn.chunks_exact_mut(O).enumerate() {
+        let (r, q) = (px / g.wo, px % g.wo);
+        let mut acc = [0f32; O];
+        for i in 0..3 {
+            for j in 0..3 {
+                let Some(s) = source(g, r, q, i, j) else {
+                    continue;
+                };
+                for cc in 0..c {
+                    let xv = xn[s * c + cc];
+                    let wt: &[f32; O] = taps[(cc * 9 + i * 3 + j) * O..][..O]
+                        .try_into()
+                        .expect("O taps");
+                    for (a, &w) in acc.iter_mut().zip(wt) {
+                        *a += xv * w;
+                    }
+                }
+            }
+        }
+        out.copy_from_slice(&acc);
+    }
+}
+
+/// [`direct_image`] for any number of output channels.
+#[inline(always)]
+fn direct_image_any(g: &Wino, xn: &[f32], taps: &[f32], yn: &mut [f32]) {
+    {
+        let (c, o) = (g.c, g.o);
+        for r in 0..g.ho {
+            for q in 0..g.wo {
+                let acc = &mut yn[(r * g.wo + q) * o..][..o];
+                acc.fill(0.0);
+                for i in 0..3 {
+                    for j in 0..3 {
+                        let Some(s) = source(g, r, q, i, j) else {
+                            continue;
+                        };
+                        for cc in 0..c {
+                            let xv = xn[s * c + cc];
+                            let wt = &taps[(cc * 9 + i * 3 + j) * o..][..o];
+                            acc.iter_mut().zip(wt).for_each(|(a, &w)| *a += xv * w);
+                        }
                     }
                 }
             }
         }
     }
-}
 }
 
 /// (dX when asked for, dW (O, C, 3, 3)) of [`direct_forward`] from `gy` (N, HO, WO, O).
@@ -105,25 +147,60 @@ pub(super) fn direct_backward(
 simd_kernel! {
 /// One image's weight gradient of [`direct_forward`], as `[C·9][O]`.
 fn direct_weight_image<'a>(g: &'a Wino, xn: &'a [f32], gn: &'a [f32], dt: &'a mut [f32]) {
-    let (c, o) = (g.c, g.o);
-    for r in 0..g.ho {
-        for q in 0..g.wo {
-            let gp = &gn[(r * g.wo + q) * o..][..o];
-            for i in 0..3 {
-                for j in 0..3 {
-                    let Some(s) = source(g, r, q, i, j) else {
-                        continue;
-                    };
-                    for cc in 0..c {
-                        let xv = xn[s * c + cc];
-                        let d = &mut dt[(cc * 9 + i * 3 + j) * o..][..o];
-                        d.iter_mut().zip(gp).for_each(|(d, &gv)| *d += xv * gv);
+    match (g.c, g.o) {
+        (1, 16) => direct_weight_fixed::<16>(g, xn, gn, dt),
+        (1, 32) => direct_weight_fixed::<32>(g, xn, gn, dt),
+        (1, 64) => direct_weight_fixed::<64>(g, xn, gn, dt),
+        _ => direct_weight_any(g, xn, gn, dt),
+    }
+}
+}
+
+/// [`direct_weight_image`] for one input channel and `O` output channels known at compile
+/// time: tap by tap, the tap's `O` sums in registers over every output pixel. Each sum takes
+/// the same products in the same (pixel) order as in [`direct_weight_any`], so the same bits.
+#[inline(always)]
+fn direct_weight_fixed<const O: usize>(g: &Wino, xn: &[f32], gn: &[f32], dt: &mut [f32]) {
+    for (tap, out) in dt.chunks_exact_mut(O).take(9).enumerate() {
+        let (i, j) = (tap / 3, tap % 3);
+        let mut acc: [f32; O] = out.try_into().expect("O sums");
+        for (px, gp) in gn.chunks_exact(O).enumerate() {
+            let (r, q) = (px / g.wo, px % g.wo);
+            let Some(s) = source(g, r, q, i, j) else {
+                continue;
+            };
+            let xv = xn[s];
+            for (d, &gv) in acc.iter_mut().zip(gp) {
+                *d += xv * gv;
+            }
+        }
+        out.copy_from_slice(&acc);
+    }
+}
+
+/// [`direct_weight_image`] for any channel counts.
+#[inline(always)]
+fn direct_weight_any(g: &Wino, xn: &[f32], gn: &[f32], dt: &mut [f32]) {
+    {
+        let (c, o) = (g.c, g.o);
+        for r in 0..g.ho {
+            for q in 0..g.wo {
+                let gp = &gn[(r * g.wo + q) * o..][..o];
+                for i in 0..3 {
+                    for j in 0..3 {
+                        let Some(s) = source(g, r, q, i, j) else {
+                            continue;
+                        };
+                        for cc in 0..c {
+                            let xv = xn[s * c + cc];
+                            let d = &mut dt[(cc * 9 + i * 3 + j) * o..][..o];
+                            d.iter_mut().zip(gp).for_each(|(d, &gv)| *d += xv * gv);
+                        }
                     }
                 }
             }
         }
     }
-}
 }
 
 simd_kernel! {
@@ -220,9 +297,17 @@ fn affine_relu_run<'a>(yc: &'a [f32], a: &'a [f32], b: &'a [f32], zc: &'a mut [f
 /// `NO_MAX` where that maximum is not positive (no gradient).
 const NO_MAX: u8 = 4;
 
-/// 2×2 max-pooling of channel-last (N, H, W, C) into (N, H/2, W/2, C) (odd trailing rows and
-/// columns dropped), recording where each maximum came from.
-pub(super) fn max_pool2(z: &[f32], n: usize, h: usize, w: usize, c: usize) -> (Buf, Vec<u8>) {
+/// 2×2 max-pooling of `relu(a·y + b)` (a and b per channel) over channel-last `y` (N, H, W, C)
+/// into (N, H/2, W/2, C) (odd trailing rows and columns dropped), recording where each maximum
+/// came from. The activation is computed as it is read, as [`affine_relu`] computes it.
+pub(super) fn max_pool2(
+    z: &[f32],
+    (a, b): (&[f32], &[f32]),
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+) -> (Buf, Vec<u8>) {
     let (hp, wp) = (h / 2, w / 2);
     let (img, pimg) = (h * w * c, hp * wp * c);
     let mut out = Buf::scratch(n * pimg);
@@ -233,14 +318,15 @@ pub(super) fn max_pool2(z: &[f32], n: usize, h: usize, w: usize, c: usize) -> (B
     out.par_chunks_exact_mut(pimg)
         .zip(arg.par_chunks_exact_mut(pimg))
         .enumerate()
-        .for_each(|(nn, (on, an))| pool_image(&z[nn * img..][..img], (h, w, c), on, an));
+        .for_each(|(nn, (on, an))| pool_image(&z[nn * img..][..img], (a, b), (h, w, c), on, an));
     (out, arg)
 }
 
 simd_kernel! {
 /// One image of [`max_pool2`].
-fn pool_image<'a>(zn: &'a [f32], hwc: (usize, usize, usize), on: &'a mut [f32], an: &'a mut [u8]) {
+fn pool_image<'a>(zn: &'a [f32], ab: (&'a [f32], &'a [f32]), hwc: (usize, usize, usize), on: &'a mut [f32], an: &'a mut [u8]) {
     let (h, w, c) = hwc;
+    let (a, b) = (&ab.0[..c], &ab.1[..c]);
 
     let (hp, wp) = (h / 2, w / 2);
     for i in 0..hp {
@@ -250,7 +336,8 @@ fn pool_image<'a>(zn: &'a [f32], hwc: (usize, usize, usize), on: &'a mut [f32], 
             let k = (i * wp + j) * c;
             let (op, ap) = (&mut on[k..][..c], &mut an[k..][..c]);
             for ch in 0..c {
-                let (v0, v1, v2, v3) = (p0[ch], p1[ch], p2[ch], p3[ch]);
+                let act = |v: f32| (a[ch] * v + b[ch]).max(0.0);
+                let (v0, v1, v2, v3) = (act(p0[ch]), act(p1[ch]), act(p2[ch]), act(p3[ch]));
                 // Branch-free; the first maximum wins ties.
                 let (m01, m23) = (v0.max(v1), v2.max(v3));
                 let i01 = u8::from(v1 > v0);
@@ -319,9 +406,11 @@ pub(super) struct NormSaved {
     pub(super) var: Vec<f32>,
 }
 
-/// `relu(bn(y))` over (N, pixels, C): the output and what the backward pass needs.
-pub(super) fn norm_relu_forward(y: &[f32], n: usize, c: usize, norm: Norm<'_>) -> (Buf, NormSaved) {
-    let saved = match norm {
+/// `relu(bn(y))` over (N, pixels, C) as the per-channel scale and shift of
+/// `relu(scale·y + shift)`, with what the backward pass needs. The activation itself is applied
+/// by what reads `y` next ([`max_pool2`], Winograd's input transform, or [`affine_relu`]).
+pub(super) fn norm_saved(y: &[f32], n: usize, c: usize, norm: Norm<'_>) -> NormSaved {
+    match norm {
         Norm::Batch { gamma, beta, eps } => {
             let (mean, var) = batch_stats(y, n, c);
             let inv: Vec<f64> = var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
@@ -344,13 +433,10 @@ pub(super) fn norm_relu_forward(y: &[f32], n: usize, c: usize, norm: Norm<'_>) -
             shift: shift.to_vec(),
             ..Default::default()
         },
-    };
-    let mut z = Buf::scratch(y.len());
-    affine_relu(y, &saved.scale, &saved.shift, &mut z);
-    (z, saved)
+    }
 }
 
-/// The backward pass of [`norm_relu_forward`] from the output's gradient `gz`: (dY, and the
+/// The backward pass of [`norm_saved`]'s activation from the output's gradient `gz`: (dY, and the
 /// gradients of the two per-channel parameters — dγ and dβ in batch mode, d(scale) and
 /// d(shift) in affine mode). `batch` is γ in batch mode, `None` in affine mode.
 pub(super) fn norm_relu_backward(
@@ -361,6 +447,50 @@ pub(super) fn norm_relu_backward(
     s: &NormSaved,
     batch: Option<&[f32]>,
 ) -> (Buf, Vec<f32>, Vec<f32>) {
+    let (grad, dp, dq) = norm_grad(y, gz, n, c, s, batch);
+    let mut gy = Buf::scratch(y.len());
+    gy.par_chunks_mut(c * 1024)
+        .zip(y.par_chunks(c * 1024).zip(gz.par_chunks(c * 1024)))
+        .for_each(|(gc, (yc, gzc))| grad.apply(yc, gzc, gc));
+    (gy, dp, dq)
+}
+
+/// dY of [`norm_relu_backward`] as a per-pixel map from (y, the output's gradient), for a
+/// consumer that computes it as it reads them (Winograd's output-gradient transform).
+#[derive(Debug)]
+pub(super) struct NormGrad {
+    scale: Vec<f32>,
+    shift: Vec<f32>,
+    mean: Vec<f32>,
+    k1: Vec<f32>,
+    k2: Vec<f32>,
+    k3: Vec<f32>,
+}
+
+impl NormGrad {
+    /// dY over a run of whole pixels of y and the output's gradient: the same arithmetic,
+    /// pixel by pixel, wherever the run starts.
+    pub(super) fn apply(&self, y: &[f32], gz: &[f32], out: &mut [f32]) {
+        norm_grad_run(
+            y,
+            gz,
+            (&self.scale, &self.shift, &self.mean),
+            (&self.k1, &self.k2, &self.k3),
+            out,
+        );
+    }
+}
+
+/// [`norm_relu_backward`] without dY itself: the map that gives it ([`NormGrad::apply`]) and
+/// the two per-channel parameters' gradients.
+pub(super) fn norm_grad(
+    y: &[f32],
+    gz: &[f32],
+    n: usize,
+    c: usize,
+    s: &NormSaved,
+    batch: Option<&[f32]>,
+) -> (NormGrad, Vec<f32>, Vec<f32>) {
     let img = y.len() / n.max(1);
     let count = (y.len() / c.max(1)) as f32;
     // x̂ = (y − mean)·inv in batch mode, y itself in affine mode (the parameter multiplies y).
@@ -395,12 +525,15 @@ pub(super) fn norm_relu_backward(
         }
         None => (scale.to_vec(), vec![0.0; c], vec![0.0; c]),
     };
-    let (k1, k2, k3) = (&k1[..c], &k2[..c], &k3[..c]);
-    let mut gy = Buf::scratch(y.len());
-    gy.par_chunks_mut(c * 1024)
-        .zip(y.par_chunks(c * 1024).zip(gz.par_chunks(c * 1024)))
-        .for_each(|(gc, (yc, gzc))| norm_grad_run(yc, gzc, (scale, shift, mean), (k1, k2, k3), gc));
-    (gy, sgx, sg)
+    let grad = NormGrad {
+        scale: scale.to_vec(),
+        shift: shift.to_vec(),
+        mean: mean.to_vec(),
+        k1,
+        k2,
+        k3,
+    };
+    (grad, sgx, sg)
 }
 
 /// Per-channel (scale, shift, mean, inv) of [`norm_sums`].
@@ -470,4 +603,49 @@ fn norm_grad_run<'a>(yc: &'a [f32], gzc: &'a [f32], ch: (&'a [f32], &'a [f32], &
         }
     }
 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::tests::rand;
+
+    fn values(shape: &[usize], seed: u64) -> Vec<f32> {
+        rand(shape, seed).flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// The direct convolution's paths for output channels known at compile time give the
+    /// generic path's results bit for bit (forward and weight gradient), with and without
+    /// padding, on square and odd shapes, one and three input channels.
+    #[test]
+    fn fixed_channel_paths_equal_the_generic_path_bit_for_bit() {
+        for (s, &(h, w, c, o, pad)) in [
+            (28, 28, 1, 32, 1),
+            (7, 9, 1, 16, 1),
+            (6, 5, 1, 64, 0),
+            (8, 8, 3, 32, 1),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let g = Wino::new(1, c, o, h, w, pad).unwrap();
+            let x = values(&[h * w * c], 10 + s as u64);
+            let wts = values(&[o * c * 9], 20 + s as u64);
+            let taps = taps_by_output(&wts, o, c);
+            let (mut fast, mut any) = (vec![0f32; g.ho * g.wo * o], vec![1f32; g.ho * g.wo * o]);
+            direct_image(&g, &x, &taps, &mut fast);
+            direct_image_any(&g, &x, &taps, &mut any);
+            assert_eq!(bits(&fast), bits(&any), "forward {h}x{w}x{c}->{o}");
+            let gy = values(&[g.ho * g.wo * o], 30 + s as u64);
+            let start = values(&[c * 9 * o], 40 + s as u64);
+            let (mut fast, mut any) = (start.clone(), start);
+            direct_weight_image(&g, &x, &gy, &mut fast);
+            direct_weight_any(&g, &x, &gy, &mut any);
+            assert_eq!(bits(&fast), bits(&any), "weights {h}x{w}x{c}->{o}");
+        }
+    }
 }

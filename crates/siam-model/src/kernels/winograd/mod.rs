@@ -29,7 +29,25 @@
 use rayon::prelude::*;
 
 use super::gemm::{Mat, gemm_into};
+use super::nhwc::NormGrad;
 use super::scratch::Buf;
+
+/// A per-channel `relu(a·x + b)` applied to the input as the input transform reads it (the
+/// previous BatchNorm and ReLU, never written out), or `None`: the input as it is.
+pub(super) type Act<'a> = Option<(&'a [f32], &'a [f32])>;
+
+/// Where the backward pass's output gradient comes from: as it is, or computed as the
+/// output-gradient transform reads it — BatchNorm + ReLU's backward from the convolution's
+/// output `y` and the gradient `gz` of what followed it ([`NormGrad`]), never written out.
+#[derive(Clone, Copy)]
+pub(super) enum GradOut<'a> {
+    Plain(&'a [f32]),
+    Norm {
+        y: &'a [f32],
+        gz: &'a [f32],
+        grad: &'a NormGrad,
+    },
+}
 
 /// Input channels from which a 3×3 convolution goes through Winograd (fewer: the transforms
 /// would cost more than the products they save, as for the first layer on gray images).
@@ -125,8 +143,9 @@ fn per_image<'a>(buf: &'a mut [f32], g: &Wino, width: usize) -> Vec<Vec<&'a mut 
     out
 }
 
-/// `V [36][N·T][C]` from channel-last images (N, H, W, C): `Bᵀ d B` per tile, zero padding.
-pub(super) fn input_transform(g: &Wino, x: &[f32], v: &mut [f32]) {
+/// `V [36][N·T][C]` from channel-last images (N, H, W, C), through `act`: `Bᵀ d B` per tile,
+/// zero padding.
+pub(super) fn input_transform(g: &Wino, x: &[f32], act: Act<'_>, v: &mut [f32]) {
     let img = g.h * g.w * g.c;
     let (ph, pw) = g.padded();
     per_image(v, g, g.c)
@@ -135,17 +154,28 @@ pub(super) fn input_transform(g: &Wino, x: &[f32], v: &mut [f32]) {
         .for_each_init(
             // The zero border of the padded plane is never written, so stays zero.
             || vec![0f32; ph * pw * g.c],
-            |plane, (n, mut pieces)| input_image(g, &x[n * img..][..img], plane, &mut pieces),
+            |plane, (n, mut pieces)| input_image(g, &x[n * img..][..img], act, plane, &mut pieces),
         );
 }
 
 simd_kernel! {
     /// One image of [`input_transform`]: copied into the padded plane, then every tile.
-    fn input_image<'a, 'b>(g: &'a Wino, xn: &'a [f32], plane: &'a mut [f32], pieces: &'a mut [&'b mut [f32]]) {
+    fn input_image<'a, 'b>(g: &'a Wino, xn: &'a [f32], act: Act<'a>, plane: &'a mut [f32], pieces: &'a mut [&'b mut [f32]]) {
         let c = g.c;
         let (_, pw) = g.padded();
         for (r, row) in xn.chunks_exact(g.w * c).enumerate() {
-            plane[((r + g.pad) * pw + g.pad) * c..][..g.w * c].copy_from_slice(row);
+            let dst = &mut plane[((r + g.pad) * pw + g.pad) * c..][..g.w * c];
+            match act {
+                None => dst.copy_from_slice(row),
+                Some((a, b)) => {
+                    let (a, b) = (&a[..c], &b[..c]);
+                    for (dp, xp) in dst.chunks_exact_mut(c).zip(row.chunks_exact(c)) {
+                        for (((d, &x), &a), &b) in dp.iter_mut().zip(xp).zip(a).zip(b) {
+                            *d = (a * x + b).max(0.0);
+                        }
+                    }
+                }
+            }
         }
         let offs: [usize; P] = tile_offsets(pw, c);
         for ti in 0..g.th {
@@ -222,27 +252,40 @@ simd_kernel! {
 
 /// `Ŷ [36][N·T][O]` from the output's gradient (N, HO, WO, O): `A dY Aᵀ` per tile, positions
 /// past the output's edge taken as zero.
-fn grad_output_transform(g: &Wino, gy: &[f32], dy: &mut [f32]) {
+fn grad_output_transform(g: &Wino, gy: GradOut<'_>, dy: &mut [f32]) {
     let img = g.ho * g.wo * g.o;
+    let image = |n: usize| match gy {
+        GradOut::Plain(gy) => GradOut::Plain(&gy[n * img..][..img]),
+        GradOut::Norm { y, gz, grad } => GradOut::Norm {
+            y: &y[n * img..][..img],
+            gz: &gz[n * img..][..img],
+            grad,
+        },
+    };
     per_image(dy, g, g.o)
         .into_par_iter()
         .enumerate()
         .for_each_init(
             // Whole tiles; what lies past the output stays zero.
             || vec![0f32; M4 * g.th * M4 * g.tw * g.o],
-            |plane, (n, mut pieces)| {
-                grad_output_image(g, &gy[n * img..][..img], plane, &mut pieces)
-            },
+            |plane, (n, mut pieces)| grad_output_image(g, image(n), plane, &mut pieces),
         );
 }
 
 simd_kernel! {
     /// One image of [`grad_output_transform`].
-    fn grad_output_image<'a, 'b>(g: &'a Wino, gn: &'a [f32], plane: &'a mut [f32], pieces: &'a mut [&'b mut [f32]]) {
+    fn grad_output_image<'a, 'b>(g: &'a Wino, gn: GradOut<'a>, plane: &'a mut [f32], pieces: &'a mut [&'b mut [f32]]) {
         let o = g.o;
         let pw = M4 * g.tw;
-        for (r, row) in gn.chunks_exact(g.wo * o).enumerate() {
-            plane[r * pw * o..][..g.wo * o].copy_from_slice(row);
+        let row = g.wo * o;
+        for r in 0..g.ho {
+            let dst = &mut plane[r * pw * o..][..row];
+            match gn {
+                GradOut::Plain(gn) => dst.copy_from_slice(&gn[r * row..][..row]),
+                GradOut::Norm { y, gz, grad } => {
+                    grad.apply(&y[r * row..][..row], &gz[r * row..][..row], dst)
+                }
+            }
         }
         let offs: [usize; 16] = tile_offsets(pw, o);
         for ti in 0..g.th {
@@ -300,8 +343,20 @@ pub(super) struct Saved {
 /// ([`kernel_transform`]) into `y` (N, HO, WO, O), with what its backward pass needs (`keep`)
 /// or nothing.
 pub(super) fn forward(g: &Wino, x: &[f32], u: &[f32], y: &mut [f32], keep: bool) -> Saved {
+    forward_act(g, x, None, u, y, keep)
+}
+
+/// [`forward`] of `act` applied to `x`.
+pub(super) fn forward_act(
+    g: &Wino,
+    x: &[f32],
+    act: Act<'_>,
+    u: &[f32],
+    y: &mut [f32],
+    keep: bool,
+) -> Saved {
     let mut v = Buf::scratch(g.v_len());
-    input_transform(g, x, &mut v);
+    input_transform(g, x, act, &mut v);
     let mut m = Buf::scratch(P * g.nt() * g.o);
     multiply(g, u, &v, &mut m);
     output_transform(g, &m, y);
@@ -318,7 +373,7 @@ pub(super) fn forward(g: &Wino, x: &[f32], u: &[f32], y: &mut [f32], keep: bool)
 /// forward pass's products (for an op that keeps nothing between its passes).
 pub(super) fn saved(g: &Wino, x: &[f32], u: Buf) -> Saved {
     let mut v = Buf::scratch(g.v_len());
-    input_transform(g, x, &mut v);
+    input_transform(g, x, None, &mut v);
     Saved { u, v }
 }
 
@@ -327,6 +382,16 @@ pub(super) fn backward(
     g: &Wino,
     saved: &Saved,
     gy: &[f32],
+    input_grad: bool,
+) -> (Option<Buf>, Vec<f32>) {
+    backward_from(g, saved, GradOut::Plain(gy), input_grad)
+}
+
+/// [`backward`] with the output's gradient given by `gy`.
+pub(super) fn backward_from(
+    g: &Wino,
+    saved: &Saved,
+    gy: GradOut<'_>,
     input_grad: bool,
 ) -> (Option<Buf>, Vec<f32>) {
     assert_eq!(
