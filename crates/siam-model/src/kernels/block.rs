@@ -427,7 +427,8 @@ mod tests {
 
     /// The fused block against the reference: forward, the input's gradient and every
     /// parameter's, in training and evaluation; odd sizes, batch 1, one and three input
-    /// channels (the direct first layer), channel counts off the vector width.
+    /// channels (the direct first layer), a block of direct convolutions only, channel counts
+    /// off the vector width.
     #[test]
     fn matches_candle_ops_with_gradients() {
         // (N, H, W, Cin, Cout, pool)
@@ -437,6 +438,8 @@ mod tests {
             (3, 14, 14, 3, 6, true),
             (2, 5, 5, 9, 4, false),
             (4, 8, 7, 16, 12, false),
+            // Fewer than four channels: both convolutions direct.
+            (2, 6, 6, 2, 3, false),
         ]
         .iter()
         .enumerate()
@@ -520,6 +523,72 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The activation applied by its reader — Winograd's input transform, the pooling — and
+    /// its gradient computed inside Winograd's output-gradient transform give what the
+    /// written-out activation and gradient give, bit for bit.
+    #[test]
+    fn fused_activation_and_its_gradient_equal_the_written_out_ones_bit_for_bit() {
+        use super::super::nhwc::{NO_MAX, norm_grad};
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let values = crate::kernels::winograd::tests::values;
+        let (n, h, w, c, o) = (3, 12, 10, 8, 16);
+        let g = Wino::new(n, c, o, h, w, 1).unwrap();
+        let y = values(n * h * w * c, 1);
+        let (gamma, beta) = (values(c, 2), values(c, 3));
+        let ns = norm_saved(
+            &y,
+            n,
+            c,
+            Norm::Batch {
+                gamma: &gamma,
+                beta: &beta,
+                eps: 1e-5,
+            },
+        );
+        let act = (&ns.scale[..], &ns.shift[..]);
+        let mut z = Buf::scratch(y.len());
+        affine_relu(&y, act.0, act.1, &mut z);
+        // Pooling.
+        let (fused, fused_arg) = max_pool2(&y, act, n, h, w, c);
+        let ones = vec![1f32; c];
+        let zero = vec![0f32; c];
+        let (plain, plain_arg) = max_pool2(&z, (&ones, &zero), n, h, w, c);
+        assert_eq!(bits(&fused), bits(&plain));
+        assert_eq!(fused_arg, plain_arg);
+        assert!(plain_arg.contains(&NO_MAX), "some windows all negative");
+        // The convolution's forward pass.
+        let u = winograd::kernel_transform(&values(o * c * 9, 4), o, c);
+        let (mut y_fused, mut y_plain) = (vec![0f32; n * h * w * o], vec![1f32; n * h * w * o]);
+        let s_fused = winograd::forward_act(&g, &y, Some(act), &u, &mut y_fused, true);
+        let s_plain = winograd::forward(&g, &z, &u, &mut y_plain, true);
+        assert_eq!(bits(&y_fused), bits(&y_plain));
+        // The backward pass through the activation (of the convolution's own output).
+        let gz = values(n * h * w * o, 5);
+        let (go, bo) = (values(o, 6), values(o, 7));
+        let no = norm_saved(
+            &y_fused,
+            n,
+            o,
+            Norm::Batch {
+                gamma: &go,
+                beta: &bo,
+                eps: 1e-5,
+            },
+        );
+        let (gy, dp, dq) = norm_relu_backward(&y_fused, &gz, n, o, &no, Some(&go));
+        let (grad, dp2, dq2) = norm_grad(&y_fused, &gz, n, o, &no, Some(&go));
+        assert_eq!((bits(&dp), bits(&dq)), (bits(&dp2), bits(&dq2)));
+        let (gx_plain, gw_plain) = winograd::backward(&g, &s_plain, &gy, true);
+        let fused_gy = GradOut::Norm {
+            y: &y_fused,
+            gz: &gz,
+            grad: &grad,
+        };
+        let (gx_fused, gw_fused) = winograd::backward_from(&g, &s_fused, fused_gy, true);
+        assert_eq!(bits(&gw_fused), bits(&gw_plain));
+        assert_eq!(bits(&gx_fused.unwrap()), bits(&gx_plain.unwrap()));
     }
 
     /// Every gradient against central finite differences of Σ up·block(x) in f64 (tiny block,

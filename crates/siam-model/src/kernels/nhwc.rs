@@ -295,7 +295,7 @@ fn affine_relu_run<'a>(yc: &'a [f32], a: &'a [f32], b: &'a [f32], zc: &'a mut [f
 
 /// The window position (0–3, row-major in the 2×2 window) of each pooled value's maximum, or
 /// `NO_MAX` where that maximum is not positive (no gradient).
-const NO_MAX: u8 = 4;
+pub(super) const NO_MAX: u8 = 4;
 
 /// 2×2 max-pooling of `relu(a·y + b)` (a and b per channel) over channel-last `y` (N, H, W, C)
 /// into (N, H/2, W/2, C) (odd trailing rows and columns dropped), recording where each maximum
