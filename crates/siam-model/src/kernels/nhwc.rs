@@ -253,6 +253,19 @@ pub(super) fn batch_stats(y: &[f32], n: usize, c: usize) -> (Vec<f64>, Vec<f64>)
 simd_kernel! {
 /// Per channel, Σ v (no centre) or Σ (v − centre)² over one image's pixels, in f64.
 fn channel_sums<'a>(yn: &'a [f32], centre: Option<&'a [f64]>, s: &'a mut [f64]) {
+    match s.len() {
+        16 => channel_sums_fixed::<16>(yn, centre, s),
+        32 => channel_sums_fixed::<32>(yn, centre, s),
+        64 => channel_sums_fixed::<64>(yn, centre, s),
+        128 => channel_sums_fixed::<128>(yn, centre, s),
+        _ => channel_sums_any(yn, centre, s),
+    }
+}
+}
+
+/// The generic path of [`channel_sums`] (any channel count).
+#[inline(always)]
+fn channel_sums_any(yn: &[f32], centre: Option<&[f64]>, s: &mut [f64]) {
     let c = s.len();
     match centre {
         None => {
@@ -270,7 +283,6 @@ fn channel_sums<'a>(yn: &'a [f32], centre: Option<&'a [f64]>, s: &'a mut [f64]) 
             }
         }
     }
-}
 }
 
 /// `z = max(0, a[c]·y + b[c])` over (N, pixels, C).
@@ -537,14 +549,109 @@ pub(super) fn norm_grad(
 }
 
 /// Per-channel (scale, shift, mean, inv) of [`norm_sums`].
+/// [`channel_sums`] for `C` channels known at compile time: the sums in registers, the same
+/// operations in the same order, so the same bits. Likewise [`norm_sums_fixed`] and
+/// [`norm_grad_fixed`] for [`norm_sums`] and [`norm_grad_run`].
+#[inline(always)]
+fn channel_sums_fixed<const C: usize>(yn: &[f32], centre: Option<&[f64]>, s: &mut [f64]) {
+    let mut acc: [f64; C] = s[..C].try_into().expect("C sums");
+    match centre {
+        None => {
+            for px in yn.chunks_exact(C) {
+                acc.iter_mut()
+                    .zip(px)
+                    .for_each(|(s, &v)| *s += f64::from(v));
+            }
+        }
+        Some(m) => {
+            let m: &[f64; C] = m[..C].try_into().expect("C centres");
+            for px in yn.chunks_exact(C) {
+                for ((s, &v), &m) in acc.iter_mut().zip(px).zip(m) {
+                    let d = f64::from(v) - m;
+                    *s += d * d;
+                }
+            }
+        }
+    }
+    s[..C].copy_from_slice(&acc);
+}
+
+#[inline(always)]
+fn norm_sums_fixed<const C: usize>(yn: &[f32], gn: &[f32], ch: Channels<'_>, acc: &mut [f64]) {
+    let fix = |v: &[f32]| -> [f32; C] { v[..C].try_into().expect("C values") };
+    let (scale, shift, mean, inv) = (fix(ch.0), fix(ch.1), fix(ch.2), fix(ch.3));
+    for (yr, gr) in yn.chunks(C * 64).zip(gn.chunks(C * 64)) {
+        let (mut pg, mut pgx) = ([0f32; C], [0f32; C]);
+        for (yp, gp) in yr.chunks_exact(C).zip(gr.chunks_exact(C)) {
+            for i in 0..C {
+                let (y, g) = (yp[i], gp[i]);
+                let g = if scale[i] * y + shift[i] > 0.0 {
+                    g
+                } else {
+                    0.0
+                };
+                pg[i] += g;
+                pgx[i] += g * ((y - mean[i]) * inv[i]);
+            }
+        }
+        let (sg, sgx) = acc.split_at_mut(C);
+        for (a, &p) in sg.iter_mut().zip(&pg) {
+            *a += f64::from(p);
+        }
+        for (a, &p) in sgx.iter_mut().zip(&pgx) {
+            *a += f64::from(p);
+        }
+    }
+}
+
+#[inline(always)]
+fn norm_grad_fixed<const C: usize>(
+    yc: &[f32],
+    gzc: &[f32],
+    (scale, shift, mean): (&[f32], &[f32], &[f32]),
+    (k1, k2, k3): (&[f32], &[f32], &[f32]),
+    gc: &mut [f32],
+) {
+    let fix = |v: &[f32]| -> [f32; C] { v[..C].try_into().expect("C values") };
+    let (scale, shift, mean) = (fix(scale), fix(shift), fix(mean));
+    let (k1, k2, k3) = (fix(k1), fix(k2), fix(k3));
+    for ((gp, yp), gzp) in gc
+        .chunks_exact_mut(C)
+        .zip(yc.chunks_exact(C))
+        .zip(gzc.chunks_exact(C))
+    {
+        for i in 0..C {
+            let (y, g) = (yp[i], gzp[i]);
+            let g = if scale[i] * y + shift[i] > 0.0 {
+                g
+            } else {
+                0.0
+            };
+            gp[i] = k1[i] * g - k2[i] - k3[i] * (y - mean[i]);
+        }
+    }
+}
+
 type Channels<'a> = (&'a [f32], &'a [f32], &'a [f32], &'a [f32]);
 
 simd_kernel! {
 /// Per channel over one image: Σ g and Σ g·x̂ (into `acc`, 2·C), g the gradient where the
 /// output `scale·y + shift` is positive, x̂ = (y − mean)·inv; f32 runs of 64 pixels.
 fn norm_sums<'a>(yn: &'a [f32], gn: &'a [f32], ch: Channels<'a>, acc: &'a mut [f64]) {
-    let (scale, shift, mean, inv) = ch;
+    match ch.0.len() {
+        16 => norm_sums_fixed::<16>(yn, gn, ch, acc),
+        32 => norm_sums_fixed::<32>(yn, gn, ch, acc),
+        64 => norm_sums_fixed::<64>(yn, gn, ch, acc),
+        128 => norm_sums_fixed::<128>(yn, gn, ch, acc),
+        _ => norm_sums_any(yn, gn, ch, acc),
+    }
+}
+}
 
+/// The generic path of [`norm_sums`] (any channel count).
+#[inline(always)]
+fn norm_sums_any(yn: &[f32], gn: &[f32], ch: Channels<'_>, acc: &mut [f64]) {
+    let (scale, shift, mean, inv) = ch;
     let c = scale.len();
     let (mut pg, mut pgx) = (vec![0f32; c], vec![0f32; c]);
     for (yr, gr) in yn.chunks(c * 64).zip(gn.chunks(c * 64)) {
@@ -574,14 +681,30 @@ fn norm_sums<'a>(yn: &'a [f32], gn: &'a [f32], ch: Channels<'a>, acc: &'a mut [f
         }
     }
 }
-}
 
 simd_kernel! {
 /// `dY = k1·g − k2 − k3·(y − mean)` over a run of pixels, g as in [`norm_sums`].
 fn norm_grad_run<'a>(yc: &'a [f32], gzc: &'a [f32], ch: (&'a [f32], &'a [f32], &'a [f32]), k: (&'a [f32], &'a [f32], &'a [f32]), gc: &'a mut [f32]) {
+    match ch.0.len() {
+        16 => norm_grad_fixed::<16>(yc, gzc, ch, k, gc),
+        32 => norm_grad_fixed::<32>(yc, gzc, ch, k, gc),
+        64 => norm_grad_fixed::<64>(yc, gzc, ch, k, gc),
+        128 => norm_grad_fixed::<128>(yc, gzc, ch, k, gc),
+        _ => norm_grad_any(yc, gzc, ch, k, gc),
+    }
+}
+}
+
+/// The generic path of [`norm_grad_run`] (any channel count).
+#[inline(always)]
+fn norm_grad_any(
+    yc: &[f32],
+    gzc: &[f32],
+    ch: (&[f32], &[f32], &[f32]),
+    k: (&[f32], &[f32], &[f32]),
+    gc: &mut [f32],
+) {
     let ((scale, shift, mean), (k1, k2, k3)) = (ch, k);
-
-
     let c = scale.len();
     for ((gp, yp), gzp) in gc
         .chunks_exact_mut(c)
@@ -603,7 +726,6 @@ fn norm_grad_run<'a>(yc: &'a [f32], gzc: &'a [f32], ch: (&'a [f32], &'a [f32], &
         }
     }
 }
-}
 
 #[cfg(test)]
 mod tests {
@@ -616,6 +738,38 @@ mod tests {
 
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// BatchNorm's statistics, gradient sums and input gradient for channel counts known at
+    /// compile time give the generic paths' results bit for bit.
+    #[test]
+    fn fixed_channel_norm_paths_equal_the_generic_paths_bit_for_bit() {
+        for (s, c) in [16usize, 32, 64, 128].into_iter().enumerate() {
+            let s = s as u64;
+            // 150 pixels: two runs of 64 and a partial one.
+            let (y, gz) = (values(&[150 * c], 50 + s), values(&[150 * c], 60 + s));
+            let ch: Vec<Vec<f32>> = (0..6).map(|k| values(&[c], 70 + 10 * s + k)).collect();
+            let centre: Vec<f64> = values(&[c], 90 + s).iter().map(|&v| f64::from(v)).collect();
+            let f64bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            for centre in [None, Some(&centre[..])] {
+                let start: Vec<f64> = (0..c).map(|k| k as f64 * 0.25).collect();
+                let (mut fast, mut any) = (start.clone(), start);
+                channel_sums(&y, centre, &mut fast);
+                channel_sums_any(&y, centre, &mut any);
+                assert_eq!(f64bits(&fast), f64bits(&any), "channel sums, {c} channels");
+            }
+            let chs = (&ch[0][..], &ch[1][..], &ch[2][..], &ch[3][..]);
+            let start: Vec<f64> = (0..2 * c).map(|k| k as f64 * 0.5).collect();
+            let (mut fast, mut any) = (start.clone(), start);
+            norm_sums(&y, &gz, chs, &mut fast);
+            norm_sums_any(&y, &gz, chs, &mut any);
+            assert_eq!(f64bits(&fast), f64bits(&any), "gradient sums, {c} channels");
+            let (k, m) = ((&ch[3][..], &ch[4][..], &ch[5][..]), &ch[2][..]);
+            let (mut fast, mut any) = (vec![0f32; y.len()], vec![1f32; y.len()]);
+            norm_grad_run(&y, &gz, (&ch[0], &ch[1], m), k, &mut fast);
+            norm_grad_any(&y, &gz, (&ch[0], &ch[1], m), k, &mut any);
+            assert_eq!(bits(&fast), bits(&any), "input gradient, {c} channels");
+        }
     }
 
     /// The direct convolution's paths for output channels known at compile time give the
