@@ -85,22 +85,20 @@ fn direct_image_fixed<const O: usize>(g: &Wino, xn: &[f32], taps: &[f32], yn: &m
 /// [`direct_image`] for any number of output channels.
 #[inline(always)]
 fn direct_image_any(g: &Wino, xn: &[f32], taps: &[f32], yn: &mut [f32]) {
-    {
-        let (c, o) = (g.c, g.o);
-        for r in 0..g.ho {
-            for q in 0..g.wo {
-                let acc = &mut yn[(r * g.wo + q) * o..][..o];
-                acc.fill(0.0);
-                for i in 0..3 {
-                    for j in 0..3 {
-                        let Some(s) = source(g, r, q, i, j) else {
-                            continue;
-                        };
-                        for cc in 0..c {
-                            let xv = xn[s * c + cc];
-                            let wt = &taps[(cc * 9 + i * 3 + j) * o..][..o];
-                            acc.iter_mut().zip(wt).for_each(|(a, &w)| *a += xv * w);
-                        }
+    let (c, o) = (g.c, g.o);
+    for r in 0..g.ho {
+        for q in 0..g.wo {
+            let acc = &mut yn[(r * g.wo + q) * o..][..o];
+            acc.fill(0.0);
+            for i in 0..3 {
+                for j in 0..3 {
+                    let Some(s) = source(g, r, q, i, j) else {
+                        continue;
+                    };
+                    for cc in 0..c {
+                        let xv = xn[s * c + cc];
+                        let wt = &taps[(cc * 9 + i * 3 + j) * o..][..o];
+                        acc.iter_mut().zip(wt).for_each(|(a, &w)| *a += xv * w);
                     }
                 }
             }
@@ -181,21 +179,19 @@ fn direct_weight_fixed<const O: usize>(g: &Wino, xn: &[f32], gn: &[f32], dt: &mu
 /// [`direct_weight_image`] for any channel counts.
 #[inline(always)]
 fn direct_weight_any(g: &Wino, xn: &[f32], gn: &[f32], dt: &mut [f32]) {
-    {
-        let (c, o) = (g.c, g.o);
-        for r in 0..g.ho {
-            for q in 0..g.wo {
-                let gp = &gn[(r * g.wo + q) * o..][..o];
-                for i in 0..3 {
-                    for j in 0..3 {
-                        let Some(s) = source(g, r, q, i, j) else {
-                            continue;
-                        };
-                        for cc in 0..c {
-                            let xv = xn[s * c + cc];
-                            let d = &mut dt[(cc * 9 + i * 3 + j) * o..][..o];
-                            d.iter_mut().zip(gp).for_each(|(d, &gv)| *d += xv * gv);
-                        }
+    let (c, o) = (g.c, g.o);
+    for r in 0..g.ho {
+        for q in 0..g.wo {
+            let gp = &gn[(r * g.wo + q) * o..][..o];
+            for i in 0..3 {
+                for j in 0..3 {
+                    let Some(s) = source(g, r, q, i, j) else {
+                        continue;
+                    };
+                    for cc in 0..c {
+                        let xv = xn[s * c + cc];
+                        let d = &mut dt[(cc * 9 + i * 3 + j) * o..][..o];
+                        d.iter_mut().zip(gp).for_each(|(d, &gv)| *d += xv * gv);
                     }
                 }
             }
