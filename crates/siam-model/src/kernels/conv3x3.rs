@@ -139,7 +139,8 @@ fn worth_it(g: &Wino) -> bool {
 
 /// A 3×3 convolution without bias, stride 1, zero `padding`, of (N, C, H, W) by (O, C, 3, 3):
 /// Winograd F(4×4, 3×3) on the CPU in f32 with at least four input channels where it is faster
-/// (`worth_it`), siam's im2col convolution ([`super::conv2d`]) otherwise.
+/// (`worth_it`), [`super::conv2d`] otherwise (one product per tap on small maps, im2col on
+/// the others).
 /// `input_grad = false` skips the input's gradient.
 pub fn conv3x3(x: &Tensor, w: &Tensor, padding: usize, input_grad: bool) -> Result<Tensor> {
     let op = Conv3x3 {

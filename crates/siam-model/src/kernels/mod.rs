@@ -21,6 +21,8 @@
 //! - `layout.rs`: channel-last ⇄ channel-first copies with contiguous gradients;
 //! - `lane.rs`: the 16- and 8-lane vectors the tile transforms compute with;
 //! - `scratch.rs`: reused buffers for the large temporaries;
+//! - `taps.rs`: convolution as one product per kernel tap over only the inputs it reads (small
+//!   maps: a ResNet's last stages);
 //! - `block.rs`: the convnet's block (two convolutions with BatchNorm and ReLU, optional
 //!   pooling) as one operation.
 //!
@@ -72,6 +74,7 @@ mod ops;
 mod pool;
 mod residual;
 mod scratch;
+mod taps;
 mod winograd;
 
 use candle_core::{DType, Result, Tensor};
@@ -86,6 +89,7 @@ pub use linear::linear;
 pub use maxpool::max_pool2d;
 pub use pool::relu_max_pool2;
 pub use residual::add_relu;
+pub use taps::conv2d_taps;
 
 pub(crate) use block::BatchStats;
 

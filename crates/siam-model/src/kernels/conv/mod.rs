@@ -502,7 +502,9 @@ pub fn conv2d(
 }
 
 /// [`conv2d`] at any `stride` (ResNet's stride-2 convolutions, its 7×7 stem and 1×1
-/// downsampling): output side `(side + 2·padding − k) / stride + 1`, as PyTorch's.
+/// downsampling): output side `(side + 2·padding − k) / stride + 1`, as PyTorch's. Small maps
+/// without bias go to [`super::conv2d_taps`] (one product per kernel tap, no products by the
+/// padding's zeros).
 pub fn conv2d_strided(
     x: &Tensor,
     w: &Tensor,
@@ -519,6 +521,9 @@ pub fn conv2d_strided(
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
         };
+    }
+    if bias.is_none() && super::taps::worth_it(x.dims(), w.dims(), padding, stride) {
+        return super::conv2d_taps(x, w, padding, stride, input_grad);
     }
     let op = Conv {
         pad: padding,

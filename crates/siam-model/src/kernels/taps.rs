@@ -1,0 +1,468 @@
+//! Convolution as one product per kernel tap, for small maps (a ResNet's last stages at 64×64:
+//! 4×4 and 2×2 maps of 256 and 512 channels).
+//!
+//! im2col multiplies every tap by every output position, zero padding included: on a 2×2 map a
+//! 3×3 kernel with padding 1 reads 16 real inputs out of the 36 it packs, so 56 % of its
+//! products are by zero, and its weight gradient is one product of depth N·P (128 for 32
+//! images) writing all of dW. Here the activations are laid out position by position, images
+//! within a position, channels last — `(P, N, C)`, one row per (position, image) — and each
+//! tap is a product of the rows it really reads: output rows `r…r+len` += input rows
+//! `s…s+len` · W_tapᵀ, with `len` = N·(the tap's valid run of output columns), merged across
+//! output rows where both sides stay contiguous (a 2×2 map's centre tap is one product of all
+//! 4·N rows). Only the real products are computed, forward and backward, and the weight
+//! gradient of a tap is one product over the rows it reads.
+//!
+//! The op takes and returns channel-first tensors (N, C, H, W), rearranging on the way in and
+//! out (cheap on small maps). Work is split in fixed blocks of output channels (the output and
+//! dW) or input channels (dX), so results do not depend on the thread count.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::conv::Geom;
+use super::gemm::{Mat, gemm_into};
+use super::ops::{cpu_values, hold, slice};
+use super::scratch::Buf;
+
+/// Channels per block of the parallel split (a constant, so the values do not depend on the
+/// thread count).
+const BLOCK: usize = 64;
+
+/// One product of a tap: `len` rows from output row `out` and input row `inp` (rows of the
+/// `(P, N, C)` layouts, so `len` is a multiple of N).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Run {
+    out: usize,
+    inp: usize,
+    len: usize,
+}
+
+/// The runs of tap `(di, dj)`: output position (oh, ow) reads input
+/// (oh·stride + di − pad, ow·stride + dj − pad) when it lies inside the map; consecutive
+/// positions whose rows are contiguous on both sides merge into one run.
+fn runs(g: &Geom, di: usize, dj: usize) -> Vec<Run> {
+    let mut out: Vec<Run> = Vec::new();
+    let inside = |o: usize, d: usize, side: usize| {
+        let i = (o * g.stride + d) as isize - g.pad as isize;
+        (i >= 0 && (i as usize) < side).then_some(i as usize)
+    };
+    for oh in 0..g.ho {
+        let Some(ih) = inside(oh, di, g.h) else {
+            continue;
+        };
+        for ow in 0..g.wo {
+            let Some(iw) = inside(ow, dj, g.w) else {
+                continue;
+            };
+            let run = Run {
+                out: (oh * g.wo + ow) * g.n,
+                inp: (ih * g.w + iw) * g.n,
+                len: g.n,
+            };
+            match out.last_mut() {
+                Some(r) if r.out + r.len == run.out && r.inp + r.len == run.inp => r.len += g.n,
+                _ => out.push(run),
+            }
+        }
+    }
+    out
+}
+
+/// Every tap's runs, taps in the weights' order (row-major over the kernel).
+fn all_runs(g: &Geom) -> Vec<Vec<Run>> {
+    (0..g.kh)
+        .flat_map(|i| (0..g.kw).map(move |j| (i, j)))
+        .map(|(i, j)| runs(g, i, j))
+        .collect()
+}
+
+/// (N, C, P) → (P, N, C), positions in parallel.
+fn to_rows(x: &[f32], n: usize, c: usize, p: usize) -> Buf {
+    let mut y = Buf::scratch(n * c * p);
+    if n * c * p > 0 {
+        y.par_chunks_exact_mut(n * c)
+            .enumerate()
+            .for_each(|(pp, dst)| {
+                for (i, d) in dst.chunks_exact_mut(c).enumerate() {
+                    let src = &x[i * c * p + pp..];
+                    d.iter_mut()
+                        .enumerate()
+                        .for_each(|(cc, v)| *v = src[cc * p]);
+                }
+            });
+    }
+    y
+}
+
+/// Blocks of `(P, N, width)` rows, block `b` holding channels `b·BLOCK…`, → (N, C, P).
+fn from_row_blocks(blocks: &[Buf], n: usize, c: usize, p: usize) -> Vec<f32> {
+    let mut y = vec![0f32; n * c * p];
+    if n * c * p > 0 {
+        y.par_chunks_exact_mut(c * p)
+            .enumerate()
+            .for_each(|(i, yi)| {
+                for (b, blk) in blocks.iter().enumerate() {
+                    let width = BLOCK.min(c - b * BLOCK);
+                    for k in 0..width {
+                        let dst = &mut yi[(b * BLOCK + k) * p..][..p];
+                        for (pp, v) in dst.iter_mut().enumerate() {
+                            *v = blk[(pp * n + i) * width + k];
+                        }
+                    }
+                }
+            });
+    }
+    y
+}
+
+/// Side of the square blocks [`transposed`] copies.
+const SQUARE: usize = 16;
+
+/// The weights (O, C·KH·KW) transposed to (C·KH·KW, O), row blocks in parallel: tap `t`'s
+/// W_tapᵀ (C × O) is every KH·KW-th row from row `t`.
+fn transposed(w: &[f32], o: usize, ck: usize) -> Buf {
+    let mut t = Buf::scratch(ck * o);
+    t.par_chunks_mut(SQUARE * o)
+        .enumerate()
+        .for_each(|(b, dst)| {
+            let r0 = b * SQUARE;
+            let rows = dst.len() / o;
+            for c0 in (0..o).step_by(SQUARE) {
+                for c in c0..(c0 + SQUARE).min(o) {
+                    let src = &w[c * ck + r0..][..rows];
+                    for (r, &v) in src.iter().enumerate() {
+                        dst[r * o + c] = v;
+                    }
+                }
+            }
+        });
+    t
+}
+
+/// The starts of the channel blocks of `c` channels.
+fn blocks(c: usize) -> impl IndexedParallelIterator<Item = usize> {
+    (0..c.div_ceil(BLOCK)).into_par_iter().map(|b| b * BLOCK)
+}
+
+/// y (N, O, HO, WO) = conv(x, w), from the [`transposed`] weights `wt`.
+fn forward(g: &Geom, x: &[f32], wt: &[f32]) -> Vec<f32> {
+    let (n, c, o, kk) = (g.n, g.c, g.o, g.kh * g.kw);
+    let xt = to_rows(x, n, c, g.h * g.w);
+    let taps = all_runs(g);
+    let out: Vec<Buf> = blocks(o)
+        .map(|o0| {
+            let width = BLOCK.min(o - o0);
+            let mut y = Buf::zeroed(g.p() * n * width);
+            for (t, runs) in taps.iter().enumerate() {
+                for r in runs {
+                    let a = Mat {
+                        data: &xt[r.inp * c..][..r.len * c],
+                        rs: c,
+                        cs: 1,
+                    };
+                    let b = Mat {
+                        data: &wt[t * o + o0..],
+                        rs: kk * o,
+                        cs: 1,
+                    };
+                    gemm_into(&mut y[r.out * width..], r.len, width, c, a, b, true);
+                }
+            }
+            y
+        })
+        .collect();
+    from_row_blocks(&out, n, o, g.p())
+}
+
+/// (dX (N, C, H, W) when asked for, dW (O, C, KH, KW)) from dY (N, O, HO, WO), with the
+/// [`transposed`] weights `wt` for dX.
+fn backward(
+    g: &Geom,
+    x: &[f32],
+    wt: &[f32],
+    gy: &[f32],
+    input_grad: bool,
+) -> (Option<Vec<f32>>, Vec<f32>) {
+    let (n, c, o, kk) = (g.n, g.c, g.o, g.kh * g.kw);
+    let taps = all_runs(g);
+    let gyt = to_rows(gy, n, o, g.p());
+    let gx = input_grad.then(|| {
+        let out: Vec<Buf> = blocks(c)
+            .map(|c0| {
+                let width = BLOCK.min(c - c0);
+                let mut dx = Buf::zeroed(g.h * g.w * n * width);
+                for (t, runs) in taps.iter().enumerate() {
+                    for r in runs {
+                        // dX rows += dY rows · W_tap, W_tap (O × width) read from W_tapᵀ.
+                        let a = Mat {
+                            data: &gyt[r.out * o..][..r.len * o],
+                            rs: o,
+                            cs: 1,
+                        };
+                        let b = Mat {
+                            data: &wt[(c0 * kk + t) * o..],
+                            rs: 1,
+                            cs: kk * o,
+                        };
+                        gemm_into(&mut dx[r.inp * width..], r.len, width, o, a, b, true);
+                    }
+                }
+                dx
+            })
+            .collect();
+        from_row_blocks(&out, n, c, g.h * g.w)
+    });
+    let xt = to_rows(x, n, c, g.h * g.w);
+    let out: Vec<Buf> = blocks(o)
+        .map(|o0| {
+            let width = BLOCK.min(o - o0);
+            // (KH·KW, width, C): dW_tap rows o0… = dY rowsᵀ · X rows, over the tap's runs.
+            let mut dw = Buf::zeroed(kk * width * c);
+            for (t, runs) in taps.iter().enumerate() {
+                for r in runs {
+                    let a = Mat {
+                        data: &gyt[r.out * o + o0..],
+                        rs: 1,
+                        cs: o,
+                    };
+                    let b = Mat {
+                        data: &xt[r.inp * c..][..r.len * c],
+                        rs: c,
+                        cs: 1,
+                    };
+                    gemm_into(&mut dw[t * width * c..], width, c, r.len, a, b, true);
+                }
+            }
+            dw
+        })
+        .collect();
+    let mut gw = vec![0f32; o * c * kk];
+    gw.par_chunks_exact_mut(c * kk)
+        .enumerate()
+        .for_each(|(oo, dst)| {
+            let (blk, k) = (&out[oo / BLOCK], oo % BLOCK);
+            let width = BLOCK.min(o - oo / BLOCK * BLOCK);
+            for t in 0..kk {
+                let src = &blk[(t * width + k) * c..][..c];
+                for (cc, &v) in src.iter().enumerate() {
+                    dst[cc * kk + t] = v;
+                }
+            }
+        });
+    (gx, gw)
+}
+
+/// The op: padding, stride, whether the input's gradient is wanted, and the forward pass's
+/// [`transposed`] weights, kept for the backward pass.
+struct Taps {
+    pad: usize,
+    stride: usize,
+    input_grad: bool,
+    wt: Mutex<Option<Buf>>,
+}
+
+impl CustomOp2 for Taps {
+    fn name(&self) -> &'static str {
+        "siam-conv2d-taps"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = Geom::strided(l1.dims(), l2.dims(), self.pad, self.stride)?;
+        let wt = transposed(slice(s2, l2)?, g.o, g.ck());
+        let y = forward(&g, slice(s1, l1)?, &wt);
+        if self.input_grad {
+            *self.wt.lock().unwrap_or_else(|e| e.into_inner()) = Some(wt);
+        }
+        Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.ho, g.wo))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        gy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let gy = gy.contiguous()?;
+        let g = Geom::strided(x.dims(), w.dims(), self.pad, self.stride)?;
+        if gy.dims() != [g.n, g.o, g.ho, g.wo] {
+            candle_core::bail!("tap convolution backward: dY has shape {:?}", gy.dims())
+        }
+        let (gx, gw) = {
+            let held = hold([x, w, &gy]);
+            let [xv, wv, gv] = cpu_values(&held, "the tap convolution's backward pass")?;
+            let kept = self.wt.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let wt = match kept {
+                Some(wt) if self.input_grad => wt,
+                _ if self.input_grad => transposed(wv, g.o, g.ck()),
+                _ => Buf::default(),
+            };
+            backward(&g, xv, &wt, gv, self.input_grad)
+        };
+        let gx = gx
+            .map(|v| Tensor::from_vec(v, x.dims(), x.device()))
+            .transpose()?;
+        Ok((gx, Some(Tensor::from_vec(gw, w.dims(), w.device())?)))
+    }
+}
+
+/// Output positions per image up to which [`conv2d_taps`] beats im2col, for kernels wider
+/// than one (a 1×1 convolution has no padding to skip, and im2col's one product is faster).
+/// Measured on ResNet-18's shapes (`cargo bench -p siam-model --bench conv3x3`, figures in
+/// docs/BENCHMARKS.md): 4×4 and 2×2 maps, at stride 1 and 2.
+const SMALL_MAP: usize = 16;
+
+/// Whether a convolution of (N, C, H, W) by (O, C, KH, KW) at `padding` and `stride` goes to
+/// [`conv2d_taps`] (see [`SMALL_MAP`]); false for shapes that do not fit.
+pub(super) fn worth_it(x: &[usize], w: &[usize], padding: usize, stride: usize) -> bool {
+    Geom::strided(x, w, padding, stride).is_ok_and(|g| g.kh * g.kw > 1 && g.p() <= SMALL_MAP)
+}
+
+/// 2-D convolution without bias at any stride, zero `padding`, of (N, C, H, W) by
+/// (O, C, KH, KW), one product per kernel tap over only the inputs it reads: for small maps,
+/// where im2col's products are mostly by the padding's zeros. candle's conv2d off the CPU or
+/// for other dtypes. `input_grad = false` skips the input's gradient.
+pub fn conv2d_taps(
+    x: &Tensor,
+    w: &Tensor,
+    padding: usize,
+    stride: usize,
+    input_grad: bool,
+) -> Result<Tensor> {
+    if !super::fast_path(&[x, w]) {
+        return x.conv2d(w, padding, stride, 1, 1);
+    }
+    let op = Taps {
+        pad: padding,
+        stride,
+        input_grad,
+        wt: Mutex::new(None),
+    };
+    x.contiguous()?.apply_op2(&w.contiguous()?, op)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::tests::{grads_of, max_diff, rand};
+    use candle_core::Var;
+
+    /// Forward and both gradients against candle's conv2d: ResNet's last-stage shapes (3×3 at
+    /// stride 1 and 2, 1×1 at stride 2), odd and oblong maps, a map smaller than the kernel's
+    /// reach (taps with no run), blocks of channels past the first and partial.
+    #[test]
+    fn matches_candle_with_gradients() {
+        // (N, C, H, W, O, K, padding, stride)
+        for (k, &(n, c, h, w, o, kk, pad, s)) in [
+            (3, 8, 2, 2, 8, 3, 1, 1),
+            (2, 70, 4, 4, 130, 3, 1, 1),
+            (2, 6, 4, 4, 5, 3, 1, 2),
+            (3, 5, 5, 3, 7, 3, 1, 2),
+            (2, 9, 4, 4, 66, 1, 0, 2),
+            (2, 4, 1, 1, 3, 3, 1, 1),
+            (1, 3, 5, 6, 4, 3, 0, 1),
+            (2, 3, 7, 7, 4, 5, 2, 2),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let x = Var::from_tensor(&rand(&[n, c, h, w], 10 + k as u64)).unwrap();
+            let wt = Var::from_tensor(&rand(&[o, c, kk, kk], 20 + k as u64)).unwrap();
+            let ours = conv2d_taps(&x, &wt, pad, s, true).unwrap();
+            let theirs = x.conv2d(&wt, pad, s, 1, 1).unwrap();
+            assert_eq!(ours.dims(), theirs.dims(), "case {k}");
+            assert!(max_diff(&ours, &theirs) < 1e-5, "case {k}: forward");
+            let up = rand(ours.dims(), 30 + k as u64);
+            let (g1, g2) = (grads_of(&ours, &up), grads_of(&theirs, &up));
+            for (name, v) in [("x", x.as_tensor()), ("w", wt.as_tensor())] {
+                let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
+                assert!(d < 1e-4, "case {k}: d{name} differs by {d}");
+            }
+            // Without the input's gradient: the same weight gradient, none for x.
+            let y = conv2d_taps(&x, &wt, pad, s, false).unwrap();
+            let g = grads_of(&y, &up);
+            assert!(g.get(x.as_tensor()).is_none(), "case {k}");
+            let d = max_diff(
+                g.get(wt.as_tensor()).unwrap(),
+                g1.get(wt.as_tensor()).unwrap(),
+            );
+            assert_eq!(d, 0.0, "case {k}: dW depends on the input gradient");
+        }
+    }
+
+    /// Runs merge where rows are contiguous on both sides: a 2×2 map's centre tap is one
+    /// product of every row, its corner taps one image-row each; at stride 2 no position
+    /// merges with the next.
+    #[test]
+    fn runs_merge_contiguous_rows() {
+        let g = Geom::strided(&[5, 1, 2, 2], &[1, 1, 3, 3], 1, 1).unwrap();
+        let all = all_runs(&g);
+        assert_eq!(
+            all[4],
+            vec![Run {
+                out: 0,
+                inp: 0,
+                len: 20
+            }]
+        );
+        assert_eq!(
+            all[0],
+            vec![Run {
+                out: 15,
+                inp: 0,
+                len: 5
+            }]
+        );
+        // Tap (1, 0): output column 1 reads input column 0, on both rows.
+        assert_eq!(
+            all[3],
+            vec![
+                Run {
+                    out: 5,
+                    inp: 0,
+                    len: 5
+                },
+                Run {
+                    out: 15,
+                    inp: 10,
+                    len: 5
+                }
+            ]
+        );
+        let total: usize = all.iter().flatten().map(|r| r.len).sum();
+        assert_eq!(total, 16 * 5, "every output position reads all four inputs");
+        let s2 = Geom::strided(&[2, 1, 4, 4], &[1, 1, 1, 1], 0, 2).unwrap();
+        assert_eq!(all_runs(&s2)[0].len(), 4);
+    }
+
+    /// The values do not depend on the thread count.
+    #[test]
+    fn same_values_on_one_thread_and_many() {
+        let x = Var::from_tensor(&rand(&[4, 130, 4, 4], 1)).unwrap();
+        let w = Var::from_tensor(&rand(&[70, 130, 3, 3], 2)).unwrap();
+        let up = rand(&[4, 70, 4, 4], 3);
+        let run = || {
+            let y = conv2d_taps(&x, &w, 1, 1, true).unwrap();
+            let g = grads_of(&y, &up);
+            let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            (v(&y), v(g.get(&x).unwrap()), v(g.get(&w).unwrap()))
+        };
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let three = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        assert_eq!(one.install(run), three.install(run));
+    }
+}
