@@ -52,7 +52,6 @@ impl CustomOp3 for BnRelu {
         if gamma.len() != c || beta.len() != c {
             candle_core::bail!("BatchNorm over {c} channels got {} weights", gamma.len())
         }
-        let m = (n * hw) as f64;
         if n * hw == 0 {
             candle_core::bail!("BatchNorm needs at least one value per channel")
         }
@@ -60,23 +59,9 @@ impl CustomOp3 for BnRelu {
         let stats: Vec<(f32, f32, f32)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let planes = (0..n).map(|i| &x[(i * c + ch) * hw..][..hw]);
-                let sum: f64 = planes
-                    .clone()
-                    .map(|p| p.iter().map(|&v| f64::from(v)).sum::<f64>())
-                    .sum();
-                let mean = sum / m;
-                let ss: f64 = planes
-                    .map(|p| {
-                        p.iter()
-                            .map(|&v| {
-                                let d = f64::from(v) - mean;
-                                d * d
-                            })
-                            .sum::<f64>()
-                    })
-                    .sum();
-                let var = ss / m;
+                let mut sums = [0f64; 2];
+                channel_moments(x, (c, hw, ch), &mut sums);
+                let (mean, var) = (sums[0], sums[1]);
                 (
                     mean as f32,
                     var as f32,
@@ -85,24 +70,21 @@ impl CustomOp3 for BnRelu {
             })
             .collect();
         let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(hw.max(1))
-            .zip(x.par_chunks(hw.max(1)))
+        let per = planes_per_task(hw);
+        y.par_chunks_mut(hw.max(1) * per)
+            .zip(x.par_chunks(hw.max(1) * per))
             .enumerate()
-            .with_min_len(planes_per_task(hw))
             .for_each(|(k, (yp, xp))| {
-                let ch = k % c;
-                let (mean, _, inv) = stats[ch];
-                let a = gamma[ch] * inv;
-                let b = beta[ch] - mean * a;
-                if self.relu {
-                    for (o, &v) in yp.iter_mut().zip(xp) {
-                        *o = (a * v + b).max(0.0);
-                    }
-                } else {
-                    for (o, &v) in yp.iter_mut().zip(xp) {
-                        *o = a * v + b;
-                    }
-                }
+                let ab: Vec<[f32; 2]> = (k * per..)
+                    .take(yp.len() / hw.max(1))
+                    .map(|plane| {
+                        let ch = plane % c;
+                        let (mean, _, inv) = stats[ch];
+                        let a = gamma[ch] * inv;
+                        [a, beta[ch] - mean * a]
+                    })
+                    .collect();
+                normalise(xp, &ab, self.relu, yp);
             });
         if let Ok(mut st) = self.state.lock() {
             st.mean = stats.iter().map(|s| s.0).collect();
@@ -136,40 +118,37 @@ impl CustomOp3 for BnRelu {
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
             .map(|ch| {
-                let (mean, inv) = (st.mean[ch], st.inv_std[ch]);
-                let (mut db, mut dg) = (0f64, 0f64);
-                for i in 0..n {
-                    let o = (i * c + ch) * hw;
-                    let (xp, yp, gp) = (&xv[o..][..hw], &yv[o..][..hw], &gv[o..][..hw]);
-                    let (mut b, mut g) = (0f32, 0f32);
-                    for ((&xx, &yy), &gg) in xp.iter().zip(yp).zip(gp) {
-                        let gg = if yy > 0.0 || !relu { gg } else { 0.0 };
-                        b += gg;
-                        g += gg * (xx - mean) * inv;
-                    }
-                    db += f64::from(b);
-                    dg += f64::from(g);
-                }
-                (db, dg)
+                let mut s = [0f64; 2];
+                let at = [st.mean[ch], st.inv_std[ch]];
+                grad_sums(xv, yv, gv, (c, hw, ch), at, relu, &mut s);
+                (s[0], s[1])
             })
             .collect();
         // Pass 2: dX = γ·inv/M · (M·g − dβ − x̂·dγ).
         let m = (n * hw) as f32;
         let mut gx = vec![0f32; xv.len()];
-        gx.par_chunks_mut(hw.max(1))
+        let per = planes_per_task(hw);
+        gx.par_chunks_mut(hw.max(1) * per)
             .enumerate()
-            .with_min_len(planes_per_task(hw))
             .for_each(|(k, gxp)| {
-                let ch = k % c;
-                let (mean, inv) = (st.mean[ch], st.inv_std[ch]);
-                let (db, dg) = (sums[ch].0 as f32, sums[ch].1 as f32);
-                let scale = wv[ch] * inv / m;
-                let o = k * hw;
-                let (xp, yp, gp) = (&xv[o..][..hw], &yv[o..][..hw], &gv[o..][..hw]);
-                for (((d, &xx), &yy), &gg) in gxp.iter_mut().zip(xp).zip(yp).zip(gp) {
-                    let gg = if yy > 0.0 || !relu { gg } else { 0.0 };
-                    *d = scale * (m * gg - db - (xx - mean) * inv * dg);
-                }
+                let planes = gxp.len() / hw.max(1);
+                // Per plane: (scale, mean, inv, M·… constants) of its channel.
+                let consts: Vec<[f32; 4]> = (k * per..k * per + planes)
+                    .map(|plane| {
+                        let ch = plane % c;
+                        let (mean, inv) = (st.mean[ch], st.inv_std[ch]);
+                        let (db, dg) = (sums[ch].0 as f32, sums[ch].1 as f32);
+                        [wv[ch] * inv / m, mean, inv * dg, db]
+                    })
+                    .collect();
+                let o = k * per * hw;
+                let len = gxp.len();
+                grad_input(
+                    (&xv[o..][..len], &yv[o..][..len], &gv[o..][..len]),
+                    &consts,
+                    (m, relu),
+                    gxp,
+                );
             });
         let dev = x.device();
         let gx = Tensor::from_vec(gx, x.dims(), dev)?;
@@ -177,6 +156,148 @@ impl CustomOp3 for BnRelu {
         let dbeta = Tensor::from_vec(sums.iter().map(|s| s.0 as f32).collect(), c, dev)?;
         Ok((Some(gx), Some(dgamma), Some(dbeta)))
     }
+}
+
+/// Independent partial sums per loop (vector lanes the CPU adds in parallel, not one chain of
+/// dependent additions).
+const LANES: usize = 16;
+
+/// Σ v in f64, over [`LANES`] / 2 partial sums.
+#[inline(always)]
+fn sum64(v: &[f32], centre: f64, square: bool) -> f64 {
+    let mut acc = [0f64; LANES / 2];
+    let mut chunks = v.chunks_exact(LANES / 2);
+    for ch in &mut chunks {
+        for (a, &x) in acc.iter_mut().zip(ch) {
+            let d = f64::from(x) - centre;
+            *a += if square { d * d } else { d };
+        }
+    }
+    let mut t: f64 = acc.iter().sum();
+    for &x in chunks.remainder() {
+        let d = f64::from(x) - centre;
+        t += if square { d * d } else { d };
+    }
+    t
+}
+
+simd_kernel! {
+/// Channel `ch`'s mean and biased variance over the planes of (N, C, HW) `x`, in f64: the
+/// mean first, then the centred squares.
+fn channel_moments<'a>(x: &'a [f32], dims: (usize, usize, usize), out: &'a mut [f64; 2]) {
+    let (c, hw, ch) = dims;
+    let planes = x.len() / (c * hw);
+    let plane = |i: usize| &x[(i * c + ch) * hw..][..hw];
+    let m = (planes * hw) as f64;
+    let mut sum = 0f64;
+    for i in 0..planes {
+        sum += sum64(plane(i), 0.0, false);
+    }
+    let mean = sum / m;
+    let mut ss = 0f64;
+    for i in 0..planes {
+        ss += sum64(plane(i), mean, true);
+    }
+    *out = [mean, ss / m];
+}
+}
+
+simd_kernel! {
+/// `y = [relu](a·x + b)` plane by plane, `ab` holding each plane's (a, b).
+fn normalise<'a>(x: &'a [f32], ab: &'a [[f32; 2]], relu: bool, y: &'a mut [f32]) {
+    let hw = x.len() / ab.len().max(1);
+    for ((yp, xp), &[a, b]) in y.chunks_exact_mut(hw.max(1)).zip(x.chunks_exact(hw.max(1))).zip(ab) {
+        if relu {
+            for (o, &v) in yp.iter_mut().zip(xp) {
+                *o = (a * v + b).max(0.0);
+            }
+        } else {
+            for (o, &v) in yp.iter_mut().zip(xp) {
+                *o = a * v + b;
+            }
+        }
+    }
+}
+}
+
+/// One plane's (Σ g, Σ g·x̂) with g = dY where the output `y` is positive (or everywhere
+/// without ReLU), over [`LANES`] partial sums.
+#[inline(always)]
+fn plane_grad_sums(
+    (xp, yp, gp): (&[f32], &[f32], &[f32]),
+    mean: f32,
+    inv: f32,
+    relu: bool,
+) -> (f32, f32) {
+    let (mut b, mut g) = ([0f32; LANES], [0f32; LANES]);
+    let (mut tb, mut tg) = (0f32, 0f32);
+    let n = xp.len() / LANES * LANES;
+    for ((xs, ys), gs) in xp[..n]
+        .chunks_exact(LANES)
+        .zip(yp[..n].chunks_exact(LANES))
+        .zip(gp[..n].chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            let gg = if ys[l] > 0.0 || !relu { gs[l] } else { 0.0 };
+            b[l] += gg;
+            g[l] += gg * (xs[l] - mean) * inv;
+        }
+    }
+    for ((&xx, &yy), &gg) in xp[n..].iter().zip(&yp[n..]).zip(&gp[n..]) {
+        let gg = if yy > 0.0 || !relu { gg } else { 0.0 };
+        tb += gg;
+        tg += gg * (xx - mean) * inv;
+    }
+    (b.iter().sum::<f32>() + tb, g.iter().sum::<f32>() + tg)
+}
+
+simd_kernel! {
+/// Channel `ch`'s (dβ, dγ) over the planes of (N, C, HW): each plane summed in f32, the planes
+/// added in f64 in order.
+fn grad_sums<'a>(
+    xv: &'a [f32],
+    yv: &'a [f32],
+    gv: &'a [f32],
+    dims: (usize, usize, usize),
+    at: [f32; 2],
+    relu: bool,
+    out: &'a mut [f64; 2],
+) {
+    let (c, hw, ch) = dims;
+    let [mean, inv] = at;
+    let (mut db, mut dg) = (0f64, 0f64);
+    for i in 0..xv.len() / (c * hw) {
+        let o = (i * c + ch) * hw;
+        let planes = (&xv[o..][..hw], &yv[o..][..hw], &gv[o..][..hw]);
+        let (b, g) = plane_grad_sums(planes, mean, inv, relu);
+        db += f64::from(b);
+        dg += f64::from(g);
+    }
+    *out = [db, dg];
+}
+}
+
+simd_kernel! {
+/// dX plane by plane, `consts` holding each plane's (γ·inv/M, mean, inv·dγ, dβ):
+/// `dx = γ·inv/M · (M·g − dβ − (x − mean)·inv·dγ)`, g masked by ReLU as in the sums.
+fn grad_input<'a>(
+    xyg: (&'a [f32], &'a [f32], &'a [f32]),
+    consts: &'a [[f32; 4]],
+    m_relu: (f32, bool),
+    gx: &'a mut [f32],
+) {
+    let (xv, yv, gv) = xyg;
+    let (m, relu) = m_relu;
+    let hw = (gx.len() / consts.len().max(1)).max(1);
+    for (k, (d, &[scale, mean, idg, db])) in gx.chunks_exact_mut(hw).zip(consts).enumerate() {
+        let o = k * hw;
+        let (xp, yp, gp) = (&xv[o..][..hw], &yv[o..][..hw], &gv[o..][..hw]);
+        for (((d, &xx), &yy), &gg) in d.iter_mut().zip(xp).zip(yp).zip(gp) {
+            let gg = if yy > 0.0 || !relu { gg } else { 0.0 };
+            *d = scale * (m * gg - db - (xx - mean) * idg);
+        }
+    }
+}
 }
 
 /// Training-mode BatchNorm followed by ReLU, `relu(γ·(x − mean)/√(var + ε) + β)` with the
@@ -244,14 +365,20 @@ mod tests {
     use candle_core::Var;
 
     /// The fused op against the same formula in candle's ops (its fallback), with and without
-    /// ReLU: output, batch statistics, and the gradients of x, γ and β.
+    /// ReLU: output, batch statistics, and the gradients of x, γ and β; on planes shorter than
+    /// the partial sums' lanes, of a whole number of them, and with a remainder.
     #[test]
     fn fused_batch_norm_matches_candle_ops_with_gradients() {
-        for relu in [true, false] {
-            let x = Var::from_tensor(&rand(&[3, 4, 5, 6], 1)).unwrap();
-            let g = Var::from_tensor(&(rand(&[4], 2) + 1.0).unwrap()).unwrap();
-            let b = Var::from_tensor(&rand(&[4], 3)).unwrap();
-            let up = rand(&[3, 4, 5, 6], 4);
+        let shapes = [[3, 4, 5, 6], [5, 3, 2, 2], [2, 2, 8, 4], [2, 3, 9, 9]];
+        for (relu, shape) in [true, false]
+            .into_iter()
+            .flat_map(|r| shapes.map(|s| (r, s)))
+        {
+            let c = shape[1];
+            let x = Var::from_tensor(&rand(&shape, 1)).unwrap();
+            let g = Var::from_tensor(&(rand(&[c], 2) + 1.0).unwrap()).unwrap();
+            let b = Var::from_tensor(&rand(&[c], 3)).unwrap();
+            let up = rand(&shape, 4);
             let (y, m, v) = batch_norm_train(&x, &g, &b, 1e-5, relu).unwrap();
             // The reference: the fallback, forced through f64.
             let f = |t: &Tensor| t.to_dtype(candle_core::DType::F64).unwrap();
