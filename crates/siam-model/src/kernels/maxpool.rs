@@ -120,26 +120,14 @@ impl CustomOp1 for MaxPool {
         let (ho, wo) = self.sides(h, w)?;
         let x = slice(st, l)?;
         let mut y = vec![0f32; n * c * ho * wo];
+        let pool = *self;
         y.par_chunks_mut(ho * wo)
             .zip(x.par_chunks(h * w))
             .with_min_len(planes_per_task(h * w))
-            .for_each(|(yp, xp)| {
-                for oh in 0..ho {
-                    let rows = self.window(oh, h);
-                    for ow in 0..wo {
-                        let cols = self.window(ow, w);
-                        let mut m = f32::NEG_INFINITY;
-                        for r in rows.clone() {
-                            for &v in &xp[r * w + cols.start..r * w + cols.end] {
-                                if v > m || v.is_nan() {
-                                    m = v;
-                                }
-                            }
-                        }
-                        yp[oh * wo + ow] = m;
-                    }
-                }
-            });
+            .for_each_init(
+                || vec![0f32; h * wo],
+                |rows, (yp, xp)| pool_plane(pool, xp, (h, w), rows, yp),
+            );
         Ok((CpuStorage::F32(y), Shape::from((n, c, ho, wo))))
     }
     fn bwd(&self, x: &Tensor, res: &Tensor, gy: &Tensor) -> Result<Option<Tensor>> {
@@ -149,6 +137,43 @@ impl CustomOp1 for MaxPool {
             &MaxPoolGrad(*self),
         )?))
     }
+}
+
+/// The larger of `m` and `v`, NaN winning, `m` on ties: scanning a window in order with it
+/// keeps the first maximum, as PyTorch does.
+#[inline(always)]
+fn first_max(m: f32, v: f32) -> f32 {
+    if v > m || v.is_nan() { v } else { m }
+}
+
+simd_kernel! {
+/// One (H, W) plane pooled into `yp` (HO, WO), separably: each input row's maxima over the
+/// windows' columns into `rows` (H, WO), then each output row the maximum of its window's
+/// rows — the same values as scanning each window row by row (the first maximum kept on ties,
+/// so even a zero's sign), in k + k/s comparisons per output instead of k².
+fn pool_plane<'a>(
+    pool: MaxPool,
+    xp: &'a [f32],
+    hw: (usize, usize),
+    rows: &'a mut Vec<f32>,
+    yp: &'a mut [f32],
+) {
+    let (h, w) = hw;
+    let wo = rows.len() / h.max(1);
+    for (xr, hr) in xp.chunks_exact(w).zip(rows.chunks_exact_mut(wo)) {
+        for (ow, m) in hr.iter_mut().enumerate() {
+            *m = xr[pool.window(ow, w)].iter().fold(f32::NEG_INFINITY, |m, &v| first_max(m, v));
+        }
+    }
+    for (oh, yr) in yp.chunks_exact_mut(wo).enumerate() {
+        yr.fill(f32::NEG_INFINITY);
+        for r in pool.window(oh, h) {
+            for (y, &v) in yr.iter_mut().zip(&rows[r * wo..][..wo]) {
+                *y = first_max(*y, v);
+            }
+        }
+    }
+}
 }
 
 /// The gradient of a [`MaxPool`], with its geometry.
@@ -264,6 +289,49 @@ mod tests {
                 "{shape:?} {k} {s} {p}: {}",
                 max_diff(a, b)
             );
+        }
+    }
+
+    /// The separable forward pass gives each window's first maximum in row-major order, bit for
+    /// bit: values drawn from {−0, +0, 1, NaN} (ties, zeros of both signs, NaN winning), for
+    /// several windows, strides and paddings.
+    #[test]
+    fn separable_forward_equals_the_window_scan_bit_for_bit() {
+        let vals = [-0.0f32, 0.0, 1.0, f32::NAN, 0.0, -0.0, 1.0, 0.0];
+        for (h, w, k, s, p) in [
+            (9, 8, 3, 2, 1),
+            (7, 7, 3, 2, 0),
+            (6, 5, 2, 2, 0),
+            (8, 9, 3, 1, 1),
+        ] {
+            let x: Vec<f32> = (0..2 * h * w).map(|i| vals[(i * 7 + i / 5) % 8]).collect();
+            let t = Tensor::from_vec(x.clone(), (1, 2, h, w), &candle_core::Device::Cpu).unwrap();
+            let pool = MaxPool { k, s, p };
+            let y: Vec<f32> = max_pool2d(&t, k, s, p)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let (ho, wo) = pool.sides(h, w).unwrap();
+            let mut want = Vec::new();
+            for xp in x.chunks(h * w) {
+                for oh in 0..ho {
+                    for ow in 0..wo {
+                        let mut m = f32::NEG_INFINITY;
+                        for r in pool.window(oh, h) {
+                            for &v in &xp[r * w..][pool.window(ow, w)] {
+                                if v > m || v.is_nan() {
+                                    m = v;
+                                }
+                            }
+                        }
+                        want.push(m);
+                    }
+                }
+            }
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&y), bits(&want), "{h}x{w} {k} {s} {p}");
         }
     }
 
