@@ -7,7 +7,7 @@
 
 use candle_core::{Device, Tensor, Var};
 use criterion::{Criterion, criterion_main};
-use siam_model::kernels::{conv2d, conv2d_strided, conv2d_taps, conv3x3_winograd};
+use siam_model::kernels::{conv2d_im2col, conv2d_taps, conv3x3_winograd};
 
 /// (images, channels, side).
 const SHAPES: [(usize, usize, usize); 8] = [
@@ -36,7 +36,7 @@ fn bench(c: &mut Criterion) {
                     let y = match name {
                         "winograd" => conv3x3_winograd(&x, &w, 1, true).unwrap(),
                         "taps" => conv2d_taps(&x, &w, 1, 1, true).unwrap(),
-                        _ => conv2d(&x, &w, None, 1, true).unwrap(),
+                        _ => conv2d_im2col(&x, &w, None, 1, 1, true).unwrap(),
                     };
                     y.sum_all().unwrap().backward().unwrap()
                 })
@@ -65,7 +65,7 @@ fn bench(c: &mut Criterion) {
                     let y = if name == "taps" {
                         conv2d_taps(&x, &w, k / 2, 2, true).unwrap()
                     } else {
-                        conv2d_strided(&x, &w, None, k / 2, 2, true).unwrap()
+                        conv2d_im2col(&x, &w, None, k / 2, 2, true).unwrap()
                     };
                     y.sum_all().unwrap().backward().unwrap()
                 })

@@ -81,7 +81,7 @@ use candle_core::{DType, Result, Tensor};
 
 pub use affine::scale_shift;
 pub use batchnorm::{batch_norm_relu_train, batch_norm_train};
-pub use conv::{conv2d, conv2d_strided};
+pub use conv::{conv2d, conv2d_im2col, conv2d_strided};
 pub use conv_pool::conv2d_relu_max_pool2;
 pub use conv3x3::{conv3x3, conv3x3_winograd};
 pub use layout::{channels_first, channels_last};

@@ -513,6 +513,22 @@ pub fn conv2d_strided(
     stride: usize,
     input_grad: bool,
 ) -> Result<Tensor> {
+    if bias.is_none() && super::taps::worth_it(x.dims(), w.dims(), padding, stride) {
+        return super::conv2d_taps(x, w, padding, stride, input_grad);
+    }
+    conv2d_im2col(x, w, bias, padding, stride, input_grad)
+}
+
+/// [`conv2d_strided`] by im2col whatever the map's size (CPU and f32; candle's conv2d
+/// elsewhere): for benchmarks and tests that compare it with the tap products.
+pub fn conv2d_im2col(
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    padding: usize,
+    stride: usize,
+    input_grad: bool,
+) -> Result<Tensor> {
     let mut all = vec![x, w];
     all.extend(bias);
     if !super::fast_path(&all) {
@@ -521,9 +537,6 @@ pub fn conv2d_strided(
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
         };
-    }
-    if bias.is_none() && super::taps::worth_it(x.dims(), w.dims(), padding, stride) {
-        return super::conv2d_taps(x, w, padding, stride, input_grad);
     }
     let op = Conv {
         pad: padding,
