@@ -88,26 +88,32 @@ fn central_differences(
 /// transposed convolution), and the input gradient against central differences.
 #[test]
 fn strided_conv2d_matches_candle_and_finite_differences() {
-    // (N, C, H, W, O, K, padding, stride)
-    for (i, &(n, c, h, w, o, k, pad, stride)) in [
-        (2, 3, 11, 10, 4, 7, 3, 2),
-        (3, 4, 9, 8, 5, 3, 1, 2),
-        (2, 4, 8, 7, 6, 1, 0, 2),
-        (1, 2, 7, 6, 3, 3, 0, 3),
-        (2, 3, 10, 10, 4, 7, 3, 2),
-        // Two parts of images, the second partial; and a stride-1 one packed by part.
-        (11, 2, 6, 6, 3, 3, 1, 2),
-        (10, 3, 6, 6, 4, 3, 1, 1),
-    ]
-    .iter()
-    .enumerate()
-    {
+    type Conv = fn(&Tensor, &Tensor, Option<&Tensor>, usize, usize, bool) -> Result<Tensor>;
+    // conv2d_strided sends small maps to the tap products (cases 3 and 5): im2col is checked on
+    // every case through conv2d_im2col.
+    let routes: [(&str, Conv); 2] = [("strided", conv2d_strided), ("im2col", conv2d_im2col)];
+    for ((route, conv), (i, (n, c, h, w, o, k, pad, stride))) in routes.into_iter().flat_map(|r| {
+        // (N, C, H, W, O, K, padding, stride)
+        [
+            (2, 3, 11, 10, 4, 7, 3, 2),
+            (3, 4, 9, 8, 5, 3, 1, 2),
+            (2, 4, 8, 7, 6, 1, 0, 2),
+            (1, 2, 7, 6, 3, 3, 0, 3),
+            (2, 3, 10, 10, 4, 7, 3, 2),
+            // Two parts of images, the second partial; and a stride-1 one packed by part.
+            (11, 2, 6, 6, 3, 3, 1, 2),
+            (10, 3, 6, 6, 4, 3, 1, 1),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(move |case| (r, case))
+    }) {
         let x = Var::from_tensor(&rand(&[n, c, h, w], 50 + i as u64)).unwrap();
         let wt = Var::from_tensor(&rand(&[o, c, k, k], 150 + i as u64)).unwrap();
-        let ours = conv2d_strided(&x, &wt, None, pad, stride, true).unwrap();
+        let ours = conv(&x, &wt, None, pad, stride, true).unwrap();
         let theirs = x.conv2d(&wt, pad, stride, 1, 1).unwrap();
-        assert_eq!(ours.dims(), theirs.dims(), "case {i}");
-        assert!(max_diff(&ours, &theirs) < 1e-5, "case {i}: forward");
+        assert_eq!(ours.dims(), theirs.dims(), "{route} case {i}");
+        assert!(max_diff(&ours, &theirs) < 1e-5, "{route} case {i}: forward");
         let up = rand(ours.dims(), 250 + i as u64);
         let g1 = grads_of(&ours, &up);
         // candle's own backward fails when the height and width differ in parity (it
@@ -117,13 +123,13 @@ fn strided_conv2d_matches_candle_and_finite_differences() {
             let g2 = grads_of(&theirs, &up);
             for (name, v) in [("x", x.as_tensor()), ("w", wt.as_tensor())] {
                 let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
-                assert!(d < 1e-4, "case {i}: d{name} differs by {d}");
+                assert!(d < 1e-4, "{route} case {i}: d{name} differs by {d}");
             }
         }
         // Both gradients against central differences (Σ up·y is linear in x and in w: exact
         // up to rounding).
         let loss = |x: &Tensor, w: &Tensor| -> f64 {
-            let y = conv2d_strided(x, w, None, pad, stride, false).unwrap();
+            let y = conv(x, w, None, pad, stride, false).unwrap();
             f64::from(
                 (y * &up)
                     .unwrap()
@@ -134,14 +140,14 @@ fn strided_conv2d_matches_candle_and_finite_differences() {
             )
         };
         central_differences(
-            &format!("case {i}, w"),
+            &format!("{route} case {i}, w"),
             wt.as_tensor(),
             g1.get(wt.as_tensor()).unwrap(),
             5,
             |t| loss(x.as_tensor(), t),
         );
         central_differences(
-            &format!("case {i}, x"),
+            &format!("{route} case {i}, x"),
             x.as_tensor(),
             g1.get(x.as_tensor()).unwrap(),
             7,
