@@ -132,7 +132,7 @@ impl CustomOp3 for BnRelu {
             .enumerate()
             .for_each(|(k, gxp)| {
                 let planes = gxp.len() / hw.max(1);
-                // Per plane: (scale, mean, inv, M·… constants) of its channel.
+                // Per plane, of its channel: (γ·inv/M, mean, inv·dγ, dβ).
                 let consts: Vec<[f32; 4]> = (k * per..k * per + planes)
                     .map(|plane| {
                         let ch = plane % c;
