@@ -75,8 +75,7 @@ impl CustomOp3 for BnRelu {
             .zip(x.par_chunks(hw.max(1) * per))
             .enumerate()
             .for_each(|(k, (yp, xp))| {
-                let ab: Vec<[f32; 2]> = (k * per..)
-                    .take(yp.len() / hw.max(1))
+                let ab: Vec<[f32; 2]> = (k * per..k * per + yp.len() / hw.max(1))
                     .map(|plane| {
                         let ch = plane % c;
                         let (mean, _, inv) = stats[ch];

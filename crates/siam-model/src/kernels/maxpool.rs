@@ -155,7 +155,7 @@ fn pool_plane<'a>(
     pool: MaxPool,
     xp: &'a [f32],
     hw: (usize, usize),
-    rows: &'a mut Vec<f32>,
+    rows: &'a mut [f32],
     yp: &'a mut [f32],
 ) {
     let (h, w) = hw;

@@ -16,7 +16,7 @@
 //! - `residual.rs`: a residual block's `relu(y + identity)`;
 //! - `winograd/`: 3×3 convolution by Winograd F(4×4, 3×3) on channel-last activations,
 //!   forward and backward;
-//! - `nhwc.rs`: channel-last direct convolution (few input channels), BatchNorm + ReLU and
+//! - `nhwc/`: channel-last direct convolution (few input channels), BatchNorm + ReLU and
 //!   pooling, with reductions in a fixed order;
 //! - `layout.rs`: channel-last ⇄ channel-first copies with contiguous gradients;
 //! - `lane.rs`: the 16- and 8-lane vectors the tile transforms compute with;

@@ -176,19 +176,13 @@ fn forward(g: &Geom, x: &[f32], wt: &[f32]) -> Vec<f32> {
     from_row_blocks(&out, n, o, g.p())
 }
 
-/// (dX (N, C, H, W) when asked for, dW (O, C, KH, KW)) from dY (N, O, HO, WO), with the
-/// [`transposed`] weights `wt` for dX.
-fn backward(
-    g: &Geom,
-    x: &[f32],
-    wt: &[f32],
-    gy: &[f32],
-    input_grad: bool,
-) -> (Option<Vec<f32>>, Vec<f32>) {
+/// (dX (N, C, H, W), dW (O, C, KH, KW)) from dY (N, O, HO, WO); dX only when given the
+/// [`transposed`] weights `wt` it is computed from.
+fn backward(g: &Geom, x: &[f32], wt: Option<&[f32]>, gy: &[f32]) -> (Option<Vec<f32>>, Vec<f32>) {
     let (n, c, o, kk) = (g.n, g.c, g.o, g.kh * g.kw);
     let taps = all_runs(g);
     let gyt = to_rows(gy, n, o, g.p());
-    let gx = input_grad.then(|| {
+    let gx = wt.map(|wt| {
         let out: Vec<Buf> = blocks(c)
             .map(|c0| {
                 let width = BLOCK.min(c - c0);
@@ -300,12 +294,10 @@ impl CustomOp2 for Taps {
             let held = hold([x, w, &gy]);
             let [xv, wv, gv] = cpu_values(&held, "the tap convolution's backward pass")?;
             let kept = self.wt.lock().unwrap_or_else(|e| e.into_inner()).take();
-            let wt = match kept {
-                Some(wt) if self.input_grad => wt,
-                _ if self.input_grad => transposed(wv, g.o, g.ck()),
-                _ => Buf::default(),
-            };
-            backward(&g, xv, &wt, gv, self.input_grad)
+            let wt = self
+                .input_grad
+                .then(|| kept.unwrap_or_else(|| transposed(wv, g.o, g.ck())));
+            backward(&g, xv, wt.as_deref(), gv)
         };
         let gx = gx
             .map(|v| Tensor::from_vec(v, x.dims(), x.device()))
