@@ -12,23 +12,18 @@ use rayon::prelude::*;
 
 use super::ops::{cpu_values, hold, slice};
 use super::scratch::Buf;
+use super::transpose::{Strided, transpose_into};
 use super::winograd::{self, MIN_CHANNELS, Wino};
-
-/// Side of the square blocks a transpose copies (cache-friendly reads and writes).
-const BLOCK: usize = 16;
 
 /// `dst (rows, cols) = srcᵀ` for `src (cols, rows)`, one image; both row-major.
 fn transpose(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
-    for r0 in (0..rows).step_by(BLOCK) {
-        for c0 in (0..cols).step_by(BLOCK) {
-            for c in c0..(c0 + BLOCK).min(cols) {
-                let s = &src[c * rows..][..rows];
-                for r in r0..(r0 + BLOCK).min(rows) {
-                    dst[r * cols + c] = s[r];
-                }
-            }
-        }
-    }
+    let src = Strided {
+        data: src,
+        rows: cols,
+        cols: rows,
+        stride: rows,
+    };
+    transpose_into(src, dst, cols);
 }
 
 /// (N, C, P) → (N, P, C), images in parallel.

@@ -10,6 +10,7 @@ use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::ops::slice;
+use super::transpose::{Strided, transpose_into};
 
 /// Which way a [`Relayout`] copies.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -23,9 +24,8 @@ enum Order {
 struct Relayout(Order);
 
 /// Copies each image's `rows × cols` matrix `src` into its transpose `dst` (`cols × rows`),
-/// in cache-sized blocks.
+/// images in parallel.
 fn transpose_images(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
-    const B: usize = 32;
     let img = rows * cols;
     if img == 0 {
         return;
@@ -33,15 +33,13 @@ fn transpose_images(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
     dst.par_chunks_exact_mut(img)
         .zip(src.par_chunks_exact(img))
         .for_each(|(d, s)| {
-            for r0 in (0..rows).step_by(B) {
-                for c0 in (0..cols).step_by(B) {
-                    for r in r0..(r0 + B).min(rows) {
-                        for c in c0..(c0 + B).min(cols) {
-                            d[c * rows + r] = s[r * cols + c];
-                        }
-                    }
-                }
-            }
+            let s = Strided {
+                data: s,
+                rows,
+                cols,
+                stride: cols,
+            };
+            transpose_into(s, d, rows);
         });
 }
 

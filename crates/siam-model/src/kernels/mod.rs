@@ -21,6 +21,7 @@
 //! - `layout.rs`: channel-last ⇄ channel-first copies with contiguous gradients;
 //! - `lane.rs`: the 16- and 8-lane vectors the tile transforms compute with;
 //! - `scratch.rs`: reused buffers for the large temporaries;
+//! - `transpose.rs`: the transposes behind the layout changes (8×8 register tiles on AVX2);
 //! - `taps.rs`: convolution as one product per kernel tap over only the inputs it reads (small
 //!   maps: a ResNet's last stages);
 //! - `block.rs`: the convnet's block (two convolutions with BatchNorm and ReLU, optional
@@ -75,6 +76,7 @@ mod pool;
 mod residual;
 mod scratch;
 mod taps;
+mod transpose;
 mod winograd;
 
 use candle_core::{DType, Result, Tensor};

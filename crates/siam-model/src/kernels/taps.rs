@@ -25,6 +25,7 @@ use super::conv::Geom;
 use super::gemm::{Mat, gemm_into};
 use super::ops::{cpu_values, hold, slice};
 use super::scratch::Buf;
+use super::transpose::{Strided, transpose_into};
 
 /// Channels per block of the parallel split (a constant, so the values do not depend on the
 /// thread count).
@@ -78,18 +79,25 @@ fn all_runs(g: &Geom) -> Vec<Vec<Run>> {
         .collect()
 }
 
-/// (N, C, P) → (P, N, C), positions in parallel.
+/// Positions per task of [`to_rows`] (one register tile of the transpose).
+const POSITIONS: usize = 8;
+
+/// (N, C, P) → (P, N, C), groups of positions in parallel.
 fn to_rows(x: &[f32], n: usize, c: usize, p: usize) -> Buf {
     let mut y = Buf::scratch(n * c * p);
     if n * c * p > 0 {
-        y.par_chunks_exact_mut(n * c)
+        y.par_chunks_mut(POSITIONS * n * c)
             .enumerate()
-            .for_each(|(pp, dst)| {
-                for (i, d) in dst.chunks_exact_mut(c).enumerate() {
-                    let src = &x[i * c * p + pp..];
-                    d.iter_mut()
-                        .enumerate()
-                        .for_each(|(cc, v)| *v = src[cc * p]);
+            .for_each(|(k, dst)| {
+                let (p0, np) = (k * POSITIONS, dst.len() / (n * c));
+                for i in 0..n {
+                    let src = Strided {
+                        data: &x[i * c * p + p0..],
+                        rows: c,
+                        cols: np,
+                        stride: p,
+                    };
+                    transpose_into(src, &mut dst[i * c..], n * c);
                 }
             });
     }
@@ -105,38 +113,36 @@ fn from_row_blocks(blocks: &[Buf], n: usize, c: usize, p: usize) -> Vec<f32> {
             .for_each(|(i, yi)| {
                 for (b, blk) in blocks.iter().enumerate() {
                     let width = BLOCK.min(c - b * BLOCK);
-                    for k in 0..width {
-                        let dst = &mut yi[(b * BLOCK + k) * p..][..p];
-                        for (pp, v) in dst.iter_mut().enumerate() {
-                            *v = blk[(pp * n + i) * width + k];
-                        }
-                    }
+                    let src = Strided {
+                        data: &blk[i * width..],
+                        rows: p,
+                        cols: width,
+                        stride: n * width,
+                    };
+                    transpose_into(src, &mut yi[b * BLOCK * p..], p);
                 }
             });
     }
     y
 }
 
-/// Side of the square blocks [`transposed`] copies.
-const SQUARE: usize = 16;
+/// Rows of the transposed weights per task of [`transposed`].
+const WEIGHT_ROWS: usize = 32;
 
 /// The weights (O, C·KH·KW) transposed to (C·KH·KW, O), row blocks in parallel: tap `t`'s
 /// W_tapᵀ (C × O) is every KH·KW-th row from row `t`.
 fn transposed(w: &[f32], o: usize, ck: usize) -> Buf {
     let mut t = Buf::scratch(ck * o);
-    t.par_chunks_mut(SQUARE * o)
+    t.par_chunks_mut(WEIGHT_ROWS * o)
         .enumerate()
         .for_each(|(b, dst)| {
-            let r0 = b * SQUARE;
-            let rows = dst.len() / o;
-            for c0 in (0..o).step_by(SQUARE) {
-                for c in c0..(c0 + SQUARE).min(o) {
-                    let src = &w[c * ck + r0..][..rows];
-                    for (r, &v) in src.iter().enumerate() {
-                        dst[r * o + c] = v;
-                    }
-                }
-            }
+            let src = Strided {
+                data: &w[b * WEIGHT_ROWS..],
+                rows: o,
+                cols: dst.len() / o,
+                stride: ck,
+            };
+            transpose_into(src, dst, o);
         });
     t
 }
@@ -238,12 +244,14 @@ fn backward(g: &Geom, x: &[f32], wt: Option<&[f32]>, gy: &[f32]) -> (Option<Vec<
         .for_each(|(oo, dst)| {
             let (blk, k) = (&out[oo / BLOCK], oo % BLOCK);
             let width = BLOCK.min(o - oo / BLOCK * BLOCK);
-            for t in 0..kk {
-                let src = &blk[(t * width + k) * c..][..c];
-                for (cc, &v) in src.iter().enumerate() {
-                    dst[cc * kk + t] = v;
-                }
-            }
+            // (KH·KW, C) rows of the block → (C, KH·KW).
+            let src = Strided {
+                data: &blk[k * c..],
+                rows: kk,
+                cols: c,
+                stride: width * c,
+            };
+            transpose_into(src, dst, kk);
         });
     (gx, gw)
 }
