@@ -25,7 +25,7 @@ use super::conv::Geom;
 use super::gemm::{Mat, gemm_into};
 use super::ops::{cpu_values, hold, slice};
 use super::scratch::Buf;
-use super::transpose::{Strided, transpose_into};
+use super::transpose::{Strided, transpose_into, transposed};
 
 /// Channels per block of the parallel split (a constant, so the values do not depend on the
 /// thread count).
@@ -126,33 +126,12 @@ fn from_row_blocks(blocks: &[Buf], n: usize, c: usize, p: usize) -> Vec<f32> {
     y
 }
 
-/// Rows of the transposed weights per task of [`transposed`].
-const WEIGHT_ROWS: usize = 32;
-
-/// The weights (O, C·KH·KW) transposed to (C·KH·KW, O), row blocks in parallel: tap `t`'s
-/// W_tapᵀ (C × O) is every KH·KW-th row from row `t`.
-fn transposed(w: &[f32], o: usize, ck: usize) -> Buf {
-    let mut t = Buf::scratch(ck * o);
-    t.par_chunks_mut(WEIGHT_ROWS * o)
-        .enumerate()
-        .for_each(|(b, dst)| {
-            let src = Strided {
-                data: &w[b * WEIGHT_ROWS..],
-                rows: o,
-                cols: dst.len() / o,
-                stride: ck,
-            };
-            transpose_into(src, dst, o);
-        });
-    t
-}
-
 /// The starts of the channel blocks of `c` channels.
 fn blocks(c: usize) -> impl IndexedParallelIterator<Item = usize> {
     (0..c.div_ceil(BLOCK)).into_par_iter().map(|b| b * BLOCK)
 }
 
-/// y (N, O, HO, WO) = conv(x, w), from the [`transposed`] weights `wt`.
+/// y (N, O, HO, WO) = conv(x, w), from the [`transposed`](super::transpose::transposed) weights `wt`.
 fn forward(g: &Geom, x: &[f32], wt: &[f32]) -> Vec<f32> {
     let (n, c, o, kk) = (g.n, g.c, g.o, g.kh * g.kw);
     let xt = to_rows(x, n, c, g.h * g.w);
@@ -183,7 +162,7 @@ fn forward(g: &Geom, x: &[f32], wt: &[f32]) -> Vec<f32> {
 }
 
 /// (dX (N, C, H, W), dW (O, C, KH, KW)) from dY (N, O, HO, WO); dX only when given the
-/// [`transposed`] weights `wt` it is computed from.
+/// [`transposed`](super::transpose::transposed) weights `wt` it is computed from.
 fn backward(g: &Geom, x: &[f32], wt: Option<&[f32]>, gy: &[f32]) -> (Option<Vec<f32>>, Vec<f32>) {
     let (n, c, o, kk) = (g.n, g.c, g.o, g.kh * g.kw);
     let taps = all_runs(g);
@@ -257,7 +236,7 @@ fn backward(g: &Geom, x: &[f32], wt: Option<&[f32]>, gy: &[f32]) -> (Option<Vec<
 }
 
 /// The op: padding, stride, whether the input's gradient is wanted, and the forward pass's
-/// [`transposed`] weights, kept for the backward pass.
+/// [`transposed`](super::transpose::transposed) weights, kept for the backward pass.
 struct Taps {
     pad: usize,
     stride: usize,

@@ -4,6 +4,10 @@
 //! at a time; elsewhere, and for the edges that do not fill a tile, blocks of scalar copies.
 //! Values are only moved, so every path gives the same result.
 
+use rayon::prelude::*;
+
+use super::scratch::Buf;
+
 /// Side of the square blocks the scalar path copies (cache-friendly reads and writes).
 const BLOCK: usize = 16;
 
@@ -42,6 +46,37 @@ pub(super) fn transpose_into(src: Strided<'_>, dst: &mut [f32], dst_stride: usiz
     // The edges: rows below the tiles, and columns right of them.
     scalar(src, dst, dst_stride, mt..m, 0..n);
     scalar(src, dst, dst_stride, 0..mt, nt..n);
+}
+
+/// Rows of the result per task of [`transposed_into`].
+const ROWS_PER_TASK: usize = 32;
+
+/// The transpose (cols × rows) of a packed `rows × cols` matrix — weights (O, C·KH·KW) to
+/// (C·KH·KW, O), say —, blocks of its rows in parallel.
+pub(super) fn transposed(m: &[f32], rows: usize, cols: usize) -> Buf {
+    let mut t = Buf::scratch(rows * cols);
+    transposed_into(m, rows, cols, &mut t);
+    t
+}
+
+/// [`transposed`] written into `dst` (`rows · cols` values).
+pub(super) fn transposed_into(m: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    assert_eq!(m.len(), rows * cols, "transposed: a {rows}x{cols} matrix");
+    assert_eq!(dst.len(), rows * cols, "transposed: the result's length");
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    dst.par_chunks_mut(ROWS_PER_TASK * rows)
+        .enumerate()
+        .for_each(|(b, d)| {
+            let src = Strided {
+                data: &m[b * ROWS_PER_TASK..],
+                rows,
+                cols: d.len() / rows,
+                stride: cols,
+            };
+            transpose_into(src, d, rows);
+        });
 }
 
 /// Rows and columns covered by whole register tiles (none without the instructions).
@@ -190,6 +225,19 @@ mod tests {
                             "{m}x{n} strides {ss},{ds}: ({j},{i})"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn transposed_in_parallel_blocks() {
+        for (rows, cols) in [(1, 1), (5, 3), (64, 576), (19, 100)] {
+            let m: Vec<f32> = (0..rows * cols).map(|v| v as f32).collect();
+            let t = transposed(&m, rows, cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(t[c * rows + r], m[r * cols + c], "{rows}x{cols}: ({r},{c})");
                 }
             }
         }

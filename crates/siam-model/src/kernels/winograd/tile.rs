@@ -7,6 +7,7 @@ use rayon::prelude::*;
 use super::{A6, M4, P};
 use crate::kernels::lane::{Fx, Lane};
 use crate::kernels::scratch::Buf;
+use crate::kernels::transpose::{transposed, transposed_into};
 
 // The 1-D transforms: Bᵀ (input), Aᵀ (output), G (kernel) of F(4, 3) with the points 0, ±1,
 // ±2, ∞, and their adjoints for the backward pass; generic over the lane type.
@@ -62,13 +63,13 @@ pub(super) const SIXTH: f32 = 1.0 / 6.0;
 pub(super) const TWELFTH: f32 = 1.0 / 12.0;
 pub(super) const TWENTY_FOURTH: f32 = 1.0 / 24.0;
 
-/// `G g` for one kernel row or column.
+/// `G g` for one kernel row or column, on any lane type (each lane one kernel).
 #[inline(always)]
-pub(super) fn gk(g: [f32; 3]) -> [f32; 6] {
+pub(super) fn gk<T: Lane>(g: [T; 3]) -> [T; 6] {
     [
-        0.25 * g[0],
-        -(g[0] + g[1] + g[2]) * SIXTH,
-        -(g[0] - g[1] + g[2]) * SIXTH,
+        g[0] * 0.25,
+        (g[0] + g[1] + g[2]) * -SIXTH,
+        (g[0] - g[1] + g[2]) * -SIXTH,
         g[0] * TWENTY_FOURTH + g[1] * TWELFTH + g[2] * SIXTH,
         g[0] * TWENTY_FOURTH - g[1] * TWELFTH + g[2] * SIXTH,
         g[2],
@@ -77,9 +78,9 @@ pub(super) fn gk(g: [f32; 3]) -> [f32; 6] {
 
 /// `Gᵀ u` (the adjoint of [`gk`]).
 #[inline(always)]
-pub(super) fn gkt(u: [f32; 6]) -> [f32; 3] {
+pub(super) fn gkt<T: Lane>(u: [T; 6]) -> [T; 3] {
     [
-        0.25 * u[0] - (u[1] + u[2]) * SIXTH + (u[3] + u[4]) * TWENTY_FOURTH,
+        u[0] * 0.25 - (u[1] + u[2]) * SIXTH + (u[3] + u[4]) * TWENTY_FOURTH,
         (u[2] - u[1]) * SIXTH + (u[3] - u[4]) * TWELFTH,
         (u[3] + u[4] - u[1] - u[2]) * SIXTH + u[5],
     ]
@@ -275,15 +276,19 @@ pub(super) fn position_offsets(nt: usize, width: usize) -> [usize; P] {
     o
 }
 
-/// `U [36][C][O]` from weights (O, C, 3, 3): `G g Gᵀ` per kernel, one input channel per task.
+/// `U = G g Gᵀ` for every kernel of (O, C, 3, 3) weights, laid out `[36][C][O]`: the weights
+/// transposed to (C·9, O), so each input channel's transforms run on lanes of output channels
+/// (16 or 8 kernels at a time, read and written contiguously), input channels in parallel, then
+/// laid out by position.
 pub(in crate::kernels) fn kernel_transform(w: &[f32], o: usize, c: usize) -> Buf {
+    let wt = transposed(w, o, c * 9);
     // By input channel ([C][36][O]) in parallel, then laid out by position; both buffers are
     // written whole.
     let mut by_channel = Buf::scratch(c * P * o);
     by_channel
         .par_chunks_exact_mut(P * o)
-        .enumerate()
-        .for_each(|(cc, part)| kernel_transform_channel(w, o, c, cc, part));
+        .zip(wt.par_chunks_exact(9 * o))
+        .for_each(|(part, rows)| kernel_transform_channel(rows, o, part));
     let mut u = Buf::scratch(P * c * o);
     u.par_chunks_exact_mut(c * o)
         .enumerate()
@@ -295,53 +300,97 @@ pub(in crate::kernels) fn kernel_transform(w: &[f32], o: usize, c: usize) -> Buf
     u
 }
 
-simd_kernel! {
-    /// The transforms `[36][O]` of input channel `cc`'s kernels.
-    fn kernel_transform_channel<'a>(w: &'a [f32], o: usize, c: usize, cc: usize, part: &'a mut [f32]) {
-        for oo in 0..o {
-            let g = &w[(oo * c + cc) * 9..][..9];
-            let cols: [[f32; 6]; 3] = [
-                gk([g[0], g[3], g[6]]),
-                gk([g[1], g[4], g[7]]),
-                gk([g[2], g[5], g[8]]),
-            ];
-            for i in 0..A6 {
-                let row = gk([cols[0][i], cols[1][i], cols[2][i]]);
-                for (jj, v) in row.into_iter().enumerate() {
-                    part[(i * A6 + jj) * o + oo] = v;
-                }
-            }
+/// Lanes `j…j+N` of one input channel's kernel transforms: `rows` holds its 9 taps' rows of O
+/// values, `part` its 36 positions' rows.
+#[inline(always)]
+fn transform_lanes<const N: usize>(rows: &[f32], o: usize, j: usize, part: &mut [f32]) {
+    let g: [Fx<N>; 9] = std::array::from_fn(|k| Fx::load(&rows[k * o + j..]));
+    let cols = [
+        gk([g[0], g[3], g[6]]),
+        gk([g[1], g[4], g[7]]),
+        gk([g[2], g[5], g[8]]),
+    ];
+    for i in 0..A6 {
+        let row = gk([cols[0][i], cols[1][i], cols[2][i]]);
+        for (jj, v) in row.into_iter().enumerate() {
+            v.store(&mut part[(i * A6 + jj) * o + j..]);
         }
     }
 }
 
-/// The weight gradient (O, C, 3, 3) from `dU [36][C][O]`: `Gᵀ dU G` per kernel, one output
-/// channel per task.
+simd_kernel! {
+    /// The transforms `[36][O]` of one input channel's kernels, from its taps' rows `[9][O]`.
+    fn kernel_transform_channel<'a>(rows: &'a [f32], o: usize, part: &'a mut [f32]) {
+        let mut j = 0;
+        while j + 16 <= o {
+            transform_lanes::<16>(rows, o, j, part);
+            j += 16;
+        }
+        while j + 8 <= o {
+            transform_lanes::<8>(rows, o, j, part);
+            j += 8;
+        }
+        while j < o {
+            transform_lanes::<1>(rows, o, j, part);
+            j += 1;
+        }
+    }
+}
+
+/// The weight gradient (O, C, 3, 3) from `dU [36][C][O]`: `Gᵀ dU G` per kernel on lanes of
+/// output channels, input channels in parallel, into (C·9, O), then transposed.
 pub(in crate::kernels) fn kernel_grad(du: &[f32], o: usize, c: usize) -> Vec<f32> {
-    let mut dw = vec![0f32; o * c * 9];
-    dw.par_chunks_exact_mut(c * 9)
+    let mut by_channel = Buf::scratch(c * 9 * o);
+    by_channel
+        .par_chunks_exact_mut(9 * o)
         .enumerate()
-        .for_each(|(oo, part)| kernel_grad_channel(du, o, c, oo, part));
+        .for_each(|(cc, part)| kernel_grad_channel(du, o, c, cc, part));
+    let mut dw = vec![0f32; o * c * 9];
+    transposed_into(&by_channel, c * 9, o, &mut dw);
     dw
 }
 
+/// Lanes `j…j+N` of input channel `cc`'s kernel gradients, written to its 9 taps' rows.
+#[inline(always)]
+fn grad_lanes<const N: usize>(
+    du: &[f32],
+    o: usize,
+    c: usize,
+    cc: usize,
+    j: usize,
+    part: &mut [f32],
+) {
+    // Gᵀ along the columns, then along the rows.
+    let cols: [[Fx<N>; 3]; 6] = std::array::from_fn(|jc| {
+        gkt(std::array::from_fn(|i| {
+            Fx::load(&du[((i * A6 + jc) * c + cc) * o + j..])
+        }))
+    });
+    for i in 0..3 {
+        let row = gkt([
+            cols[0][i], cols[1][i], cols[2][i], cols[3][i], cols[4][i], cols[5][i],
+        ]);
+        for (k, v) in row.into_iter().enumerate() {
+            v.store(&mut part[(i * 3 + k) * o + j..]);
+        }
+    }
+}
+
 simd_kernel! {
-    /// Output channel `oo`'s kernel gradients (C, 3, 3) from `dU`.
-    fn kernel_grad_channel<'a>(du: &'a [f32], o: usize, c: usize, oo: usize, part: &'a mut [f32]) {
-        for (cc, g) in part.chunks_exact_mut(9).enumerate() {
-            // Gᵀ along the columns, then along the rows.
-            let mut cols = [[0f32; 3]; 6];
-            for (j, col) in cols.iter_mut().enumerate() {
-                let mut u = [0f32; 6];
-                for (i, v) in u.iter_mut().enumerate() {
-                    *v = du[((i * A6 + j) * c + cc) * o + oo];
-                }
-                *col = gkt(u);
-            }
-            for i in 0..3 {
-                let row = gkt([cols[0][i], cols[1][i], cols[2][i], cols[3][i], cols[4][i], cols[5][i]]);
-                g[i * 3..][..3].copy_from_slice(&row);
-            }
+    /// Input channel `cc`'s kernel gradients `[9][O]` from `dU`.
+    fn kernel_grad_channel<'a>(du: &'a [f32], o: usize, c: usize, cc: usize, part: &'a mut [f32]) {
+        let mut j = 0;
+        while j + 16 <= o {
+            grad_lanes::<16>(du, o, c, cc, j, part);
+            j += 16;
+        }
+        while j + 8 <= o {
+            grad_lanes::<8>(du, o, c, cc, j, part);
+            j += 8;
+        }
+        while j < o {
+            grad_lanes::<1>(du, o, c, cc, j, part);
+            j += 1;
         }
     }
 }
