@@ -16,8 +16,6 @@
 //! out (cheap on small maps). Work is split in fixed blocks of output channels (the output and
 //! dW) or input channels (dX), so results do not depend on the thread count.
 
-use std::sync::Mutex;
-
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -25,7 +23,7 @@ use super::conv::Geom;
 use super::gemm::{Mat, gemm_into};
 use super::ops::{cpu_values, hold, slice};
 use super::scratch::Buf;
-use super::transpose::{Strided, transpose_into, transposed};
+use super::transpose::{Strided, transpose_into};
 
 /// Channels per block of the parallel split (a constant, so the values do not depend on the
 /// thread count).
@@ -131,8 +129,9 @@ fn blocks(c: usize) -> impl IndexedParallelIterator<Item = usize> {
     (0..c.div_ceil(BLOCK)).into_par_iter().map(|b| b * BLOCK)
 }
 
-/// y (N, O, HO, WO) = conv(x, w), from the [`transposed`](super::transpose::transposed) weights `wt`.
-fn forward(g: &Geom, x: &[f32], wt: &[f32]) -> Vec<f32> {
+/// y (N, O, HO, WO) = conv(x, w); each tap's W_tapᵀ is read in place from the weights (the
+/// gemm packs its operands anyway, so a transposed copy saves nothing).
+fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (n, c, o, kk) = (g.n, g.c, g.o, g.kh * g.kw);
     let xt = to_rows(x, n, c, g.h * g.w);
     let taps = all_runs(g);
@@ -147,10 +146,11 @@ fn forward(g: &Geom, x: &[f32], wt: &[f32]) -> Vec<f32> {
                         rs: c,
                         cs: 1,
                     };
+                    // W_tapᵀ (C × width) read in place: (c, k) is w[(o0 + k)·C·KK + c·KK + t].
                     let b = Mat {
-                        data: &wt[t * o + o0..],
-                        rs: kk * o,
-                        cs: 1,
+                        data: &w[o0 * c * kk + t..],
+                        rs: kk,
+                        cs: c * kk,
                     };
                     gemm_into(&mut y[r.out * width..], r.len, width, c, a, b, true);
                 }
@@ -162,28 +162,29 @@ fn forward(g: &Geom, x: &[f32], wt: &[f32]) -> Vec<f32> {
 }
 
 /// (dX (N, C, H, W), dW (O, C, KH, KW)) from dY (N, O, HO, WO); dX only when given the
-/// [`transposed`](super::transpose::transposed) weights `wt` it is computed from.
-fn backward(g: &Geom, x: &[f32], wt: Option<&[f32]>, gy: &[f32]) -> (Option<Vec<f32>>, Vec<f32>) {
+/// weights `w` it is computed from.
+fn backward(g: &Geom, x: &[f32], w: Option<&[f32]>, gy: &[f32]) -> (Option<Vec<f32>>, Vec<f32>) {
     let (n, c, o, kk) = (g.n, g.c, g.o, g.kh * g.kw);
     let taps = all_runs(g);
     let gyt = to_rows(gy, n, o, g.p());
-    let gx = wt.map(|wt| {
+    let gx = w.map(|w| {
         let out: Vec<Buf> = blocks(c)
             .map(|c0| {
                 let width = BLOCK.min(c - c0);
                 let mut dx = Buf::zeroed(g.h * g.w * n * width);
                 for (t, runs) in taps.iter().enumerate() {
                     for r in runs {
-                        // dX rows += dY rows · W_tap, W_tap (O × width) read from W_tapᵀ.
+                        // dX rows += dY rows · W_tap, W_tap (O × width) read in place:
+                        // (o, k) is w[o·C·KK + (c0 + k)·KK + t].
                         let a = Mat {
                             data: &gyt[r.out * o..][..r.len * o],
                             rs: o,
                             cs: 1,
                         };
                         let b = Mat {
-                            data: &wt[(c0 * kk + t) * o..],
-                            rs: 1,
-                            cs: kk * o,
+                            data: &w[c0 * kk + t..],
+                            rs: c * kk,
+                            cs: kk,
                         };
                         gemm_into(&mut dx[r.inp * width..], r.len, width, o, a, b, true);
                     }
@@ -235,13 +236,11 @@ fn backward(g: &Geom, x: &[f32], wt: Option<&[f32]>, gy: &[f32]) -> (Option<Vec<
     (gx, gw)
 }
 
-/// The op: padding, stride, whether the input's gradient is wanted, and the forward pass's
-/// [`transposed`](super::transpose::transposed) weights, kept for the backward pass.
+/// The op: padding, stride, and whether the input's gradient is wanted.
 struct Taps {
     pad: usize,
     stride: usize,
     input_grad: bool,
-    wt: Mutex<Option<Buf>>,
 }
 
 impl CustomOp2 for Taps {
@@ -257,11 +256,7 @@ impl CustomOp2 for Taps {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = Geom::strided(l1.dims(), l2.dims(), self.pad, self.stride)?;
-        let wt = transposed(slice(s2, l2)?, g.o, g.ck());
-        let y = forward(&g, slice(s1, l1)?, &wt);
-        if self.input_grad {
-            *self.wt.lock().unwrap_or_else(|e| e.into_inner()) = Some(wt);
-        }
+        let y = forward(&g, slice(s1, l1)?, slice(s2, l2)?);
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.ho, g.wo))))
     }
 
@@ -280,11 +275,7 @@ impl CustomOp2 for Taps {
         let (gx, gw) = {
             let held = hold([x, w, &gy]);
             let [xv, wv, gv] = cpu_values(&held, "the tap convolution's backward pass")?;
-            let kept = self.wt.lock().unwrap_or_else(|e| e.into_inner()).take();
-            let wt = self
-                .input_grad
-                .then(|| kept.unwrap_or_else(|| transposed(wv, g.o, g.ck())));
-            backward(&g, xv, wt.as_deref(), gv)
+            backward(&g, xv, self.input_grad.then_some(wv), gv)
         };
         let gx = gx
             .map(|v| Tensor::from_vec(v, x.dims(), x.device()))
@@ -323,7 +314,6 @@ pub fn conv2d_taps(
         pad: padding,
         stride,
         input_grad,
-        wt: Mutex::new(None),
     };
     x.contiguous()?.apply_op2(&w.contiguous()?, op)
 }
