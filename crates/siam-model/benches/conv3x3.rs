@@ -48,8 +48,11 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("stride-2 conv forward+backward");
     group.sample_size(10);
     for (n, ch, side, k) in [
+        (32, 64, 28, 3),
         (32, 64, 16, 3),
+        (32, 128, 14, 3),
         (32, 128, 8, 3),
+        (32, 256, 7, 3),
         (32, 256, 4, 3),
         (32, 64, 16, 1),
         (32, 128, 8, 1),
