@@ -8,43 +8,23 @@
 //! layers hold no Winograd state.
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::ops::{cpu_values, hold, slice};
 use super::scratch::Buf;
-use super::transpose::{Strided, transpose_into};
+use super::transpose::transpose_images;
 use super::winograd::{self, MIN_CHANNELS, Wino};
-
-/// `dst (rows, cols) = srcᵀ` for `src (cols, rows)`, one image; both row-major.
-fn transpose(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
-    let src = Strided {
-        data: src,
-        rows: cols,
-        cols: rows,
-        stride: rows,
-    };
-    transpose_into(src, dst, cols);
-}
 
 /// (N, C, P) → (N, P, C), images in parallel.
 fn to_channel_last(x: &[f32], n: usize, c: usize, p: usize) -> Buf {
     let mut y = Buf::scratch(n * c * p);
-    if n * c * p > 0 {
-        y.par_chunks_exact_mut(c * p)
-            .zip(x.par_chunks_exact(c * p))
-            .for_each(|(d, s)| transpose(s, d, p, c));
-    }
+    transpose_images(x, &mut y, c, p);
     y
 }
 
 /// (N, P, C) → (N, C, P), images in parallel.
 fn to_channel_first(x: &[f32], n: usize, c: usize, p: usize) -> Vec<f32> {
     let mut y = vec![0f32; n * c * p];
-    if n * c * p > 0 {
-        y.par_chunks_exact_mut(c * p)
-            .zip(x.par_chunks_exact(c * p))
-            .for_each(|(d, s)| transpose(s, d, c, p));
-    }
+    transpose_images(x, &mut y, p, c);
     y
 }
 

@@ -7,10 +7,9 @@
 //! direction is one blocked copy, and its backward is the other direction.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::ops::slice;
-use super::transpose::{Strided, transpose_into};
+use super::transpose::transpose_images;
 
 /// Which way a [`Relayout`] copies.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -22,26 +21,6 @@ enum Order {
 }
 
 struct Relayout(Order);
-
-/// Copies each image's `rows × cols` matrix `src` into its transpose `dst` (`cols × rows`),
-/// images in parallel.
-fn transpose_images(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
-    let img = rows * cols;
-    if img == 0 {
-        return;
-    }
-    dst.par_chunks_exact_mut(img)
-        .zip(src.par_chunks_exact(img))
-        .for_each(|(d, s)| {
-            let s = Strided {
-                data: s,
-                rows,
-                cols,
-                stride: cols,
-            };
-            transpose_into(s, d, rows);
-        });
-}
 
 impl CustomOp1 for Relayout {
     fn name(&self) -> &'static str {

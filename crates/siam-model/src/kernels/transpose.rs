@@ -49,6 +49,26 @@ pub(super) fn transpose_into(src: Strided<'_>, dst: &mut [f32], dst_stride: usiz
     scalar(src, dst, dst_stride, 0..mt, nt..n);
 }
 
+/// Copies each image's `rows × cols` matrix in `src` into its transpose (`cols × rows`) in
+/// `dst`, images in parallel: (N, C, P) ⇄ (N, P, C).
+pub(super) fn transpose_images(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
+    let img = rows * cols;
+    if img == 0 {
+        return;
+    }
+    dst.par_chunks_exact_mut(img)
+        .zip(src.par_chunks_exact(img))
+        .for_each(|(d, s)| {
+            let s = Strided {
+                data: s,
+                rows,
+                cols,
+                stride: cols,
+            };
+            transpose_into(s, d, rows);
+        });
+}
+
 /// Rows of the result per task of [`transposed_into`].
 const ROWS_PER_TASK: usize = 32;
 
