@@ -119,8 +119,20 @@ fn pooled_features_equal_torchvisions_in_evaluation() {
             .to_scalar()
             .unwrap();
         assert!(off > 1e-2, "{file}: {off}");
-        // The embedding goes through the head on top.
-        assert_eq!(model.embed(x).unwrap().dims(), [2, 8]);
+        // The embedding goes through the head on top; embedding (no graph, BatchNorm written
+        // over the convolutions' outputs) gives the tracked evaluation pass's values.
+        let embedded = model.embed(x).unwrap();
+        assert_eq!(embedded.dims(), [2, 8]);
+        let tracked = model.forward_t(x, false).unwrap();
+        let d: f32 = (&embedded - &tracked)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(d, 0.0, "{file}: embed and forward_t(eval) differ by {d}");
     }
 }
 

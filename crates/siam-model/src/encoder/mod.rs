@@ -285,7 +285,17 @@ impl Encoder {
         match self {
             Self::SeedCnn(m) => m.forward(x),
             Self::Convnet(m) => m.head_t(&m.features_t(x, false)?.detach(), true),
-            Self::Resnet(m) => m.head(&m.features_t(x, false)?.detach()),
+            Self::Resnet(m) => m.head(&m.features_inference(x)?),
+        }
+    }
+
+    /// The forward pass in evaluation, detached: what embedding needs. A ResNet runs without
+    /// building a graph ([`ResNet::features_inference`]); the others run in evaluation and are
+    /// detached after.
+    pub fn forward_inference(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Resnet(m) => Ok(m.head(&m.features_inference(x)?)?.detach()),
+            _ => Ok(self.forward_t(x, false)?.detach()),
         }
     }
 

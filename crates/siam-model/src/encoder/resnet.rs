@@ -135,14 +135,40 @@ impl ResnetConfig {
     }
 }
 
+/// How a forward pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// BatchNorm on the batch statistics, which update the running ones; gradients tracked.
+    Train,
+    /// BatchNorm on the running statistics; gradients tracked (γ and β keep theirs).
+    Eval,
+    /// As `Eval`, on detached weights: no graph is built, so every activation is freed as soon
+    /// as the next layer has read it and BatchNorm writes over the convolution's output.
+    Inference,
+}
+
+impl Pass {
+    fn train(self) -> bool {
+        self == Self::Train
+    }
+
+    /// A layer's weight as this pass uses it (detached in inference).
+    fn weight(self, w: &Tensor) -> Tensor {
+        match self {
+            Self::Inference => w.detach(),
+            _ => w.clone(),
+        }
+    }
+}
+
 /// BatchNorm without ReLU: in training the batch statistics (siam's fused kernel on the CPU),
 /// with the running statistics updated as PyTorch does (momentum, unbiased variance); in
 /// evaluation [`bn_eval`].
-fn bn_plain(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
-    let Some((gamma, beta)) = bn.weight_and_bias().filter(|_| train) else {
-        return bn_eval(bn, x, false, None);
+fn bn_plain(bn: &BatchNorm, x: Tensor, pass: Pass) -> Result<Tensor> {
+    let Some((gamma, beta)) = bn.weight_and_bias().filter(|_| pass.train()) else {
+        return bn_eval(bn, x, false, None, pass);
     };
-    let (y, mean, var) = crate::kernels::batch_norm_train(x, gamma, beta, bn.eps(), false)?;
+    let (y, mean, var) = crate::kernels::batch_norm_train(&x, gamma, beta, bn.eps(), false)?;
     let count = (x.elem_count() / x.dim(1)?) as f64;
     update_running(bn, &mean, &var, count)?;
     Ok(y)
@@ -151,29 +177,38 @@ fn bn_plain(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
 /// BatchNorm in evaluation, `[relu](γ·(x − mean)/√(var + ε) + β [+ residual])` with the running
 /// statistics, folded into a per-channel scale and shift and applied in one pass (with the ReLU
 /// and a residual block's add) instead of candle's four broadcast passes; γ and β keep their
-/// gradients (a frozen backbone's BatchNorm runs in evaluation while the head trains).
-fn bn_eval(bn: &BatchNorm, x: &Tensor, relu: bool, residual: Option<&Tensor>) -> Result<Tensor> {
+/// gradients outside [`Pass::Inference`]. In inference the pass writes over `x`, a
+/// convolution's fresh output.
+fn bn_eval(
+    bn: &BatchNorm,
+    x: Tensor,
+    relu: bool,
+    residual: Option<&Tensor>,
+    pass: Pass,
+) -> Result<Tensor> {
     let (scale, shift) = bn_folded(bn)?;
-    crate::kernels::scale_shift(x, &scale, &shift, relu, residual)
+    let (scale, shift) = (pass.weight(&scale), pass.weight(&shift));
+    crate::kernels::scale_shift_owned(x, &scale, &shift, relu, residual)
 }
 
 /// `relu(bn(x))`: siam's fused training kernel, or [`bn_eval`].
-fn bn_relu(bn: &BatchNorm, x: &Tensor, train: bool) -> Result<Tensor> {
-    if train {
-        batchnorm::bn_relu(bn, x, true)
+fn bn_relu(bn: &BatchNorm, x: Tensor, pass: Pass) -> Result<Tensor> {
+    if pass.train() {
+        batchnorm::bn_relu(bn, &x, true)
     } else {
-        bn_eval(bn, x, true, None)
+        bn_eval(bn, x, true, None, pass)
     }
 }
 
 /// A convolution without bias at `stride`, padded by half its kernel (siam's kernels on the
 /// CPU: Winograd for 3×3 at stride 1, im2col otherwise; candle's elsewhere).
-fn conv(c: &Conv2d, x: &Tensor, stride: usize, input_grad: bool) -> Result<Tensor> {
-    let k = c.weight().dim(2)?;
+fn conv(c: &Conv2d, x: &Tensor, stride: usize, pass: Pass) -> Result<Tensor> {
+    let w = pass.weight(c.weight());
+    let k = w.dim(2)?;
     if k == 3 && stride == 1 {
-        return crate::kernels::conv3x3(x, c.weight(), 1, input_grad);
+        return crate::kernels::conv3x3(x, &w, 1, true);
     }
-    crate::kernels::conv2d_strided(x, c.weight(), None, k / 2, stride, input_grad)
+    crate::kernels::conv2d_strided(x, &w, None, k / 2, stride, true)
 }
 
 /// torchvision's BasicBlock: two 3×3 convolutions with BatchNorm, the input added back
@@ -227,18 +262,18 @@ impl BasicBlock {
         })
     }
 
-    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let y = bn_relu(&self.bn1, &conv(&self.conv1, x, self.stride, true)?, train)?;
-        let y = conv(&self.conv2, &y, 1, true)?;
+    fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        let y = bn_relu(&self.bn1, conv(&self.conv1, x, self.stride, pass)?, pass)?;
+        let y = conv(&self.conv2, &y, 1, pass)?;
         let identity = match &self.downsample {
-            Some((c, bn)) => bn_plain(bn, &conv(c, x, self.stride, true)?, train)?,
+            Some((c, bn)) => bn_plain(bn, conv(c, x, self.stride, pass)?, pass)?,
             None => x.clone(),
         };
-        if train {
-            crate::kernels::add_relu(&bn_plain(&self.bn2, &y, true)?, &identity)
+        if pass.train() {
+            crate::kernels::add_relu(&bn_plain(&self.bn2, y, pass)?, &identity)
         } else {
             // One pass: the second BatchNorm, the add and the ReLU.
-            bn_eval(&self.bn2, &y, true, Some(&identity))
+            bn_eval(&self.bn2, y, true, Some(&identity), pass)
         }
     }
 
@@ -327,10 +362,11 @@ impl ResNet {
         })
     }
 
-    fn stem_forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+    fn stem_forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let (k, stride) = self.stem.conv();
-        let y = crate::kernels::conv2d_strided(x, self.conv1.weight(), None, k / 2, stride, false)?;
-        let y = bn_relu(&self.bn1, &y, train)?;
+        let w = pass.weight(self.conv1.weight());
+        let y = crate::kernels::conv2d_strided(x, &w, None, k / 2, stride, false)?;
+        let y = bn_relu(&self.bn1, y, pass)?;
         match self.stem {
             Stem::Imagenet => crate::kernels::max_pool2d(&y, 3, 2, 1),
             Stem::Small => Ok(y),
@@ -340,9 +376,20 @@ impl ResNet {
     /// The backbone's pooled features (N, `widths[3]`): torchvision's `model.fc = Identity()`
     /// output, before siam's head.
     pub fn features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut y = self.stem_forward(x, train)?;
+        self.features(x, if train { Pass::Train } else { Pass::Eval })
+    }
+
+    /// [`Self::features_t`] in evaluation without gradients (detached): no graph is kept, so
+    /// each activation is freed once read, and BatchNorm writes over the convolutions' outputs.
+    /// For embedding, and for a frozen backbone.
+    pub fn features_inference(&self, x: &Tensor) -> Result<Tensor> {
+        self.features(x, Pass::Inference)
+    }
+
+    fn features(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        let mut y = self.stem_forward(x, pass)?;
         for b in self.stages.iter().flatten() {
-            y = b.forward_t(&y, train)?;
+            y = b.forward(&y, pass)?;
         }
         y.mean(D::Minus1)?.mean(D::Minus1)
     }
@@ -350,7 +397,7 @@ impl ResNet {
     /// Every ReLU layer's output in evaluation, named by its variables' prefix.
     pub(super) fn relu_layers(&self, x: &Tensor) -> Result<Vec<(String, Tensor)>> {
         let mut out = Vec::new();
-        let stem = self.stem_forward(x, false)?;
+        let stem = self.stem_forward(x, Pass::Eval)?;
         out.push(("bn1".to_string(), stem.clone()));
         let mut y = stem;
         for (s, stage) in self.stages.iter().enumerate() {

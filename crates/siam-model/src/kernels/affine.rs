@@ -4,7 +4,9 @@
 //! shift `t` come from the running statistics (`s = γ/√(var + ε)`, `t = β − mean·s`), so the
 //! gradients of γ and β flow through them.
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp2, CustomOp3, InplaceOp2, InplaceOp3, Layout, Result, Shape, Tensor,
+};
 use rayon::prelude::*;
 
 use super::ops::{cpu_values, hold, slice};
@@ -24,6 +26,54 @@ fn dims(d: &[usize]) -> Result<(usize, usize, usize)> {
     Ok((d[0], d[1], d[2..].iter().product()))
 }
 
+/// One plane of the map: `y = [relu](x·sc + sh [+ r])`, with `x` the plane `y` itself when
+/// `None` (in place).
+fn plane(y: &mut [f32], x: Option<&[f32]>, r: Option<&[f32]>, (sc, sh): (f32, f32), relu: bool) {
+    let act = |v: f32| if relu { v.max(0.0) } else { v };
+    match (x, r) {
+        (Some(x), Some(r)) => {
+            for ((y, &x), &r) in y.iter_mut().zip(x).zip(r) {
+                *y = act(x * sc + sh + r);
+            }
+        }
+        (Some(x), None) => {
+            for (y, &x) in y.iter_mut().zip(x) {
+                *y = act(x * sc + sh);
+            }
+        }
+        (None, Some(r)) => {
+            for (y, &r) in y.iter_mut().zip(r) {
+                *y = act(*y * sc + sh + r);
+            }
+        }
+        (None, None) => {
+            for y in y.iter_mut() {
+                *y = act(*y * sc + sh);
+            }
+        }
+    }
+}
+
+/// The map over every plane of `y` in parallel, reading `x` (or `y` itself: in place).
+fn apply(
+    y: &mut [f32],
+    x: Option<&[f32]>,
+    params: &[f32],
+    r: Option<&[f32]>,
+    (c, hw): (usize, usize),
+    relu: bool,
+) {
+    let (s, t) = params.split_at(c);
+    y.par_chunks_mut(hw.max(1))
+        .enumerate()
+        .with_min_len(planes_per_task(hw))
+        .for_each(|(k, yp)| {
+            let ch = k % c;
+            let (xp, rp) = (x.map(|v| &v[k * hw..][..hw]), r.map(|v| &v[k * hw..][..hw]));
+            plane(yp, xp, rp, (s[ch], t[ch]), relu);
+        });
+}
+
 /// The forward pass: `y = [relu](x·s + t [+ r])`, plane by plane.
 fn forward(
     x: &[f32],
@@ -34,33 +84,7 @@ fn forward(
     relu: bool,
 ) -> Vec<f32> {
     let mut y = vec![0f32; x.len()];
-    let (s, t) = params.split_at(c);
-    y.par_chunks_mut(hw.max(1))
-        .enumerate()
-        .with_min_len(planes_per_task(hw))
-        .for_each(|(k, yp)| {
-            let ch = k % c;
-            let (sc, sh) = (s[ch], t[ch]);
-            let xp = &x[k * hw..][..hw];
-            match r {
-                Some(r) => {
-                    let rp = &r[k * hw..][..hw];
-                    for ((y, &x), &r) in yp.iter_mut().zip(xp).zip(rp) {
-                        *y = x * sc + sh + r;
-                    }
-                }
-                None => {
-                    for (y, &x) in yp.iter_mut().zip(xp) {
-                        *y = x * sc + sh;
-                    }
-                }
-            }
-            if relu {
-                for y in yp.iter_mut() {
-                    *y = y.max(0.0);
-                }
-            }
-        });
+    apply(&mut y, Some(x), params, r, (c, hw), relu);
     y
 }
 
@@ -278,6 +302,100 @@ pub fn scale_shift(
     }
 }
 
+/// The map applied to `x`'s own storage (evaluation without gradients).
+struct AffineInPlace {
+    relu: bool,
+}
+
+impl AffineInPlace {
+    fn run(
+        &self,
+        (s1, l1): (&mut CpuStorage, &Layout),
+        (s2, l2): (&CpuStorage, &Layout),
+        residual: Option<(&CpuStorage, &Layout)>,
+    ) -> Result<()> {
+        let (_, c, hw) = dims(l1.dims())?;
+        let p = slice(s2, l2)?;
+        let r = residual.map(|(s3, l3)| slice(s3, l3)).transpose()?;
+        let (CpuStorage::F32(y), Some((a, b))) = (s1, l1.contiguous_offsets()) else {
+            candle_core::bail!("an in-place affine map takes a contiguous f32 tensor")
+        };
+        apply(&mut y[a..b], None, p, r, (c, hw), self.relu);
+        Ok(())
+    }
+}
+
+impl InplaceOp2 for AffineInPlace {
+    fn name(&self) -> &'static str {
+        "siam-scale-shift-in-place"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        self.run((s1, l1), (s2, l2), None)
+    }
+}
+
+impl InplaceOp3 for AffineInPlace {
+    fn name(&self) -> &'static str {
+        "siam-scale-shift-add-in-place"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        self.run((s1, l1), (s2, l2), Some((s3, l3)))
+    }
+}
+
+/// [`scale_shift`] written over `x`'s own values when no gradient can flow through it (no
+/// input tracked by autograd: evaluation, a frozen layer), with no fresh output to allocate,
+/// fill and fault in; [`scale_shift`] otherwise. `x` must own its storage — a fresh
+/// convolution output, say —: a tensor sharing it would see the change.
+pub(crate) fn scale_shift_owned(
+    x: Tensor,
+    scale: &Tensor,
+    shift: &Tensor,
+    relu: bool,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    let mut ts = vec![&x, scale, shift];
+    ts.extend(residual);
+    let in_place = super::fast_path(&ts)
+        && x.is_contiguous()
+        && residual.is_none_or(|r| r.is_contiguous() && r.dims() == x.dims())
+        && !ts.iter().any(|t| t.track_op());
+    if !in_place {
+        return scale_shift(&x, scale, shift, relu, residual);
+    }
+    let (_, c, _) = dims(x.dims())?;
+    if scale.elem_count() != c || shift.elem_count() != c {
+        candle_core::bail!(
+            "a per-channel affine map of {c} channels got {} scales and {} shifts",
+            scale.elem_count(),
+            shift.elem_count()
+        )
+    }
+    let params = Tensor::cat(&[scale.flatten_all()?, shift.flatten_all()?], 0)?;
+    let op = AffineInPlace { relu };
+    match residual {
+        Some(r) => x.inplace_op3(&params, r, &op)?,
+        None => x.inplace_op2(&params, &op)?,
+    }
+    Ok(x)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -336,6 +454,40 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    /// Written over an untracked input, the map gives the same values as the fresh-output op;
+    /// with any input tracked by autograd it leaves the input alone and gradients flow.
+    #[test]
+    fn scale_shift_owned_writes_in_place_only_without_gradients() {
+        let shape = [9, 5, 3, 4];
+        let (s, t) = ((rand(&[5], 2) * 3.0).unwrap(), rand(&[5], 3));
+        let r = rand(&shape, 4);
+        for (relu, with_r) in [(false, false), (true, false), (false, true), (true, true)] {
+            let rr = with_r.then_some(&r);
+            let x = rand(&shape, 1);
+            let expected = scale_shift(&x, &s, &t, relu, rr).unwrap();
+            let y = scale_shift_owned(x.clone(), &s, &t, relu, rr).unwrap();
+            assert_eq!(max_diff(&y, &expected), 0.0, "{relu} {with_r}");
+            assert_eq!(
+                max_diff(&x, &expected),
+                0.0,
+                "{relu} {with_r}: the input's own storage holds the result"
+            );
+            let xv = Var::from_tensor(&rand(&shape, 1)).unwrap();
+            let before = xv.as_tensor().copy().unwrap();
+            let y = scale_shift_owned(xv.as_tensor().clone(), &s, &t, relu, rr).unwrap();
+            assert_eq!(max_diff(&y, &expected), 0.0);
+            assert_eq!(
+                max_diff(xv.as_tensor(), &before),
+                0.0,
+                "a variable is not written"
+            );
+            assert!(grads_of(&y, &rand(&shape, 5)).get(&xv).is_some());
+        }
+        let x = rand(&shape, 1);
+        assert!(scale_shift_owned(x.clone(), &rand(&[4], 2), &rand(&[4], 3), true, None).is_err());
+        assert!(scale_shift_owned(x, &s, &t, true, Some(&rand(&[9, 5, 3, 3], 4))).is_err());
     }
 
     /// Central differences of `Σ u · relu(x·s + t + r)` in x, s and t, away from ReLU's kink.

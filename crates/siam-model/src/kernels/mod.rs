@@ -82,6 +82,7 @@ mod winograd;
 use candle_core::{DType, Result, Tensor};
 
 pub use affine::scale_shift;
+pub(crate) use affine::scale_shift_owned;
 pub use batchnorm::{batch_norm_relu_train, batch_norm_train};
 pub use conv::{conv2d, conv2d_im2col, conv2d_strided};
 pub use conv_pool::conv2d_relu_max_pool2;

@@ -319,14 +319,14 @@ impl SiameseModel {
     }
 
     fn encode_eval_here(&self, x: &Tensor) -> Result<Tensor> {
-        let e = self.encoder.forward_t(x, false)?.detach();
+        let e = self.encoder.forward_inference(x)?;
         if !self.meta.config.test_time_flip {
             return Ok(e);
         }
         let w = x.dim(3)?;
         let rev: Vec<u32> = (0..w as u32).rev().collect();
         let mirrored = x.index_select(&Tensor::new(rev.as_slice(), x.device())?, 3)?;
-        let m = self.encoder.forward_t(&mirrored, false)?.detach();
+        let m = self.encoder.forward_inference(&mirrored)?;
         Ok(((e + m)? * 0.5)?)
     }
 
@@ -335,7 +335,7 @@ impl SiameseModel {
     /// `fc = Identity()`). `None` for the other encoders.
     pub fn backbone_features(&self, x: &Tensor) -> Result<Option<Tensor>> {
         match &self.encoder {
-            Encoder::Resnet(r) => Ok(Some(r.features_t(x, false)?.detach())),
+            Encoder::Resnet(r) => Ok(Some(r.features_inference(x)?)),
             _ => Ok(None),
         }
     }
