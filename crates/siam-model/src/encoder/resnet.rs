@@ -211,6 +211,39 @@ fn conv(c: &Conv2d, x: &Tensor, stride: usize, pass: Pass) -> Result<Tensor> {
     crate::kernels::conv2d_strided(x, &w, None, k / 2, stride, true)
 }
 
+/// `[relu](bn(conv(x)) [+ residual])`: in inference a 3×3 stride-1 convolution by Winograd
+/// applies the BatchNorm (and the add and ReLU) to each image's output while it is in cache
+/// ([`crate::kernels::conv3x3_affine_inference`]); otherwise the convolution, then the
+/// BatchNorm pass of `pass`.
+fn conv_bn(
+    (c, bn): (&Conv2d, &BatchNorm),
+    x: &Tensor,
+    stride: usize,
+    pass: Pass,
+    relu: bool,
+    residual: Option<&Tensor>,
+) -> Result<Tensor> {
+    if pass == Pass::Inference && stride == 1 && c.weight().dim(2)? == 3 {
+        let (scale, shift) = bn_folded(bn)?;
+        let (w, scale, shift) = (c.weight().detach(), scale.detach(), shift.detach());
+        let fused =
+            crate::kernels::conv3x3_affine_inference(x, &w, 1, (&scale, &shift), relu, residual)?;
+        if let Some(y) = fused {
+            return Ok(y);
+        }
+    }
+    let y = conv(c, x, stride, pass)?;
+    if !pass.train() {
+        return bn_eval(bn, y, relu, residual, pass);
+    }
+    match (relu, residual) {
+        (true, None) => batchnorm::bn_relu(bn, &y, true),
+        (true, Some(r)) => crate::kernels::add_relu(&bn_plain(bn, y, pass)?, r),
+        (false, None) => bn_plain(bn, y, pass),
+        (false, Some(r)) => bn_plain(bn, y, pass)? + r,
+    }
+}
+
 /// torchvision's BasicBlock: two 3×3 convolutions with BatchNorm, the input added back
 /// (through a 1×1 convolution and BatchNorm when the shape changes), ReLU.
 #[derive(Debug)]
@@ -263,18 +296,13 @@ impl BasicBlock {
     }
 
     fn forward(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
-        let y = bn_relu(&self.bn1, conv(&self.conv1, x, self.stride, pass)?, pass)?;
-        let y = conv(&self.conv2, &y, 1, pass)?;
+        let y = conv_bn((&self.conv1, &self.bn1), x, self.stride, pass, true, None)?;
         let identity = match &self.downsample {
-            Some((c, bn)) => bn_plain(bn, conv(c, x, self.stride, pass)?, pass)?,
+            Some((c, bn)) => conv_bn((c, bn), x, self.stride, pass, false, None)?,
             None => x.clone(),
         };
-        if pass.train() {
-            crate::kernels::add_relu(&bn_plain(&self.bn2, y, pass)?, &identity)
-        } else {
-            // One pass: the second BatchNorm, the add and the ReLU.
-            bn_eval(&self.bn2, y, true, Some(&identity), pass)
-        }
+        // Outside training one pass: the second BatchNorm, the add and the ReLU.
+        conv_bn((&self.conv2, &self.bn2), &y, 1, pass, true, Some(&identity))
     }
 
     /// The block's ReLU outputs in evaluation (`bn1`'s and the block's own), for the probe.

@@ -28,7 +28,13 @@ fn dims(d: &[usize]) -> Result<(usize, usize, usize)> {
 
 /// One plane of the map: `y = [relu](x·sc + sh [+ r])`, with `x` the plane `y` itself when
 /// `None` (in place).
-fn plane(y: &mut [f32], x: Option<&[f32]>, r: Option<&[f32]>, (sc, sh): (f32, f32), relu: bool) {
+pub(super) fn plane(
+    y: &mut [f32],
+    x: Option<&[f32]>,
+    r: Option<&[f32]>,
+    (sc, sh): (f32, f32),
+    relu: bool,
+) {
     let act = |v: f32| if relu { v.max(0.0) } else { v };
     match (x, r) {
         (Some(x), Some(r)) => {

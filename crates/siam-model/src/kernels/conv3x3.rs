@@ -11,7 +11,7 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
 use super::ops::{cpu_values, hold, slice};
 use super::scratch::Buf;
-use super::transpose::transpose_images;
+use super::transpose::{transpose_images, transpose_images_then};
 use super::winograd::{self, MIN_CHANNELS, Wino};
 
 /// (N, C, P) → (N, P, C), images in parallel.
@@ -132,6 +132,77 @@ pub fn conv3x3(x: &Tensor, w: &Tensor, padding: usize, input_grad: bool) -> Resu
     x.contiguous()?.apply_op2(&w.contiguous()?, op)
 }
 
+/// `[relu](conv3x3(x, w)·scale[o] + shift[o] [+ residual])` — a convolution followed by a
+/// BatchNorm in evaluation folded into a scale and shift (with a residual block's add and its
+/// ReLU) — in evaluation without gradients, by Winograd: the map is applied to each image's
+/// output as its transpose to channel-first leaves it in cache, instead of a pass of its own.
+/// `None` where it does not apply (a tracked input, or a shape [`conv3x3`] would not run by
+/// Winograd): the caller runs the two ops.
+pub(crate) fn conv3x3_affine_inference(
+    x: &Tensor,
+    w: &Tensor,
+    padding: usize,
+    (scale, shift): (&Tensor, &Tensor),
+    relu: bool,
+    residual: Option<&Tensor>,
+) -> Result<Option<Tensor>> {
+    let mut ts = vec![x, w, scale, shift];
+    ts.extend(residual);
+    let op = Conv3x3 {
+        pad: padding,
+        input_grad: false,
+    };
+    if !super::fast_path(&ts)
+        || ts.iter().any(|t| t.track_op())
+        || w.dims().len() != 4
+        || w.dims()[1] < MIN_CHANNELS
+    {
+        return Ok(None);
+    }
+    let g = match op.geometry(x.dims(), w.dims()) {
+        Ok(g) if worth_it(&g) => g,
+        _ => return Ok(None),
+    };
+    let out = [g.n, g.o, g.ho, g.wo];
+    if scale.elem_count() != g.o || shift.elem_count() != g.o {
+        candle_core::bail!(
+            "conv3x3 with {} output channels got {} scales and {} shifts",
+            g.o,
+            scale.elem_count(),
+            shift.elem_count()
+        )
+    }
+    if let Some(r) = residual.filter(|r| r.dims() != out) {
+        candle_core::bail!("a residual of shape {:?} for {out:?}", r.dims())
+    }
+    let (s, t): (Vec<f32>, Vec<f32>) = (
+        scale.flatten_all()?.to_vec1()?,
+        shift.flatten_all()?.to_vec1()?,
+    );
+    let (x, w) = (x.contiguous()?, w.contiguous()?);
+    let r = residual.map(Tensor::contiguous).transpose()?;
+    let y = {
+        let held = hold([&x, &w, r.as_ref().unwrap_or(&x)]);
+        let [xv, wv, rv] = cpu_values(&held, "conv3x3 with BatchNorm")?;
+        let rv = r.is_some().then_some(rv);
+        let xt = to_channel_last(xv, g.n, g.c, g.h * g.w);
+        let u = winograd::kernel_transform(wv, g.o, g.c);
+        let mut yt = Buf::scratch(g.n * g.ho * g.wo * g.o);
+        winograd::forward(&g, &xt, &u, &mut yt, false);
+        drop((xt, u));
+        let p = g.ho * g.wo;
+        let mut y = vec![0f32; g.n * g.o * p];
+        transpose_images_then(&yt, &mut y, p, g.o, |i, img| {
+            for (ch, yp) in img.chunks_exact_mut(p).enumerate() {
+                let rp = rv.map(|r| &r[(i * g.o + ch) * p..][..p]);
+                super::affine::plane(yp, None, rp, (s[ch], t[ch]), relu);
+            }
+        });
+        y
+    };
+    Tensor::from_vec(y, &out, x.device()).map(Some)
+}
+
 /// [`conv3x3`] by Winograd whatever the shape (CPU, f32, at least four input channels; an
 /// error otherwise): for benchmarks and tests that compare it with im2col.
 pub fn conv3x3_winograd(
@@ -221,6 +292,49 @@ mod tests {
         let ours = conv3x3(&x, &w, 1, true).unwrap();
         let theirs = x.conv2d(&w, 1, 1, 1, 1).unwrap();
         assert!(max_diff(&ours, &theirs) < 1e-5);
+    }
+
+    /// The fused inference op equals the convolution followed by the affine map (same bits),
+    /// with and without the residual and the ReLU; it declines tracked inputs and shapes that
+    /// do not run by Winograd, and names a residual of the wrong shape.
+    #[test]
+    fn conv3x3_affine_inference_equals_the_two_ops() {
+        let (x, w) = (rand(&[3, 8, 9, 7], 1), rand(&[6, 8, 3, 3], 2));
+        let (s, t) = ((rand(&[6], 3) * 4.0).unwrap(), rand(&[6], 4));
+        let r = rand(&[3, 6, 9, 7], 5);
+        for (relu, res) in [
+            (false, None),
+            (true, None),
+            (true, Some(&r)),
+            (false, Some(&r)),
+        ] {
+            let fused = conv3x3_affine_inference(&x, &w, 1, (&s, &t), relu, res)
+                .unwrap()
+                .expect("runs by Winograd");
+            let y = conv3x3(&x, &w, 1, false).unwrap();
+            let two = crate::kernels::scale_shift(&y, &s, &t, relu, res).unwrap();
+            assert_eq!(
+                max_diff(&fused, &two),
+                0.0,
+                "relu {relu}, residual {}",
+                res.is_some()
+            );
+        }
+        let wv = Var::from_tensor(&w).unwrap();
+        let tracked = conv3x3_affine_inference(&x, &wv, 1, (&s, &t), true, None).unwrap();
+        assert!(tracked.is_none(), "a tracked weight keeps the graph's ops");
+        let few = conv3x3_affine_inference(
+            &rand(&[1, 3, 9, 7], 6),
+            &rand(&[6, 3, 3, 3], 7),
+            1,
+            (&s, &t),
+            true,
+            None,
+        );
+        assert!(few.unwrap().is_none(), "three input channels: not Winograd");
+        let bad =
+            conv3x3_affine_inference(&x, &w, 1, (&s, &t), true, Some(&rand(&[3, 6, 9, 6], 8)));
+        assert!(bad.is_err());
     }
 
     #[test]

@@ -52,13 +52,26 @@ pub(super) fn transpose_into(src: Strided<'_>, dst: &mut [f32], dst_stride: usiz
 /// Copies each image's `rows × cols` matrix in `src` into its transpose (`cols × rows`) in
 /// `dst`, images in parallel: (N, C, P) ⇄ (N, P, C).
 pub(super) fn transpose_images(src: &[f32], dst: &mut [f32], rows: usize, cols: usize) {
+    transpose_images_then(src, dst, rows, cols, |_, _| {});
+}
+
+/// [`transpose_images`], then `then(i, image)` on each image `i` of `dst` as soon as it is
+/// written (while it is in cache).
+pub(super) fn transpose_images_then(
+    src: &[f32],
+    dst: &mut [f32],
+    rows: usize,
+    cols: usize,
+    then: impl Fn(usize, &mut [f32]) + Sync,
+) {
     let img = rows * cols;
     if img == 0 {
         return;
     }
     dst.par_chunks_exact_mut(img)
         .zip(src.par_chunks_exact(img))
-        .for_each(|(d, s)| {
+        .enumerate()
+        .for_each(|(i, (d, s))| {
             let s = Strided {
                 data: s,
                 rows,
@@ -66,6 +79,7 @@ pub(super) fn transpose_images(src: &[f32], dst: &mut [f32], rows: usize, cols: 
                 stride: cols,
             };
             transpose_into(s, d, rows);
+            then(i, d);
         });
 }
 
