@@ -103,6 +103,18 @@ impl MaxPool {
         ))
     }
 
+    /// The outputs among `0..on` whose windows lie inside `0..n` (no clipping).
+    fn interior(&self, n: usize, on: usize) -> std::ops::Range<usize> {
+        let (s, k, p) = (self.s, self.k, self.p);
+        let lo = p.div_ceil(s).min(on);
+        let hi = if n + p >= k {
+            ((n + p - k) / s + 1).clamp(lo, on)
+        } else {
+            lo
+        };
+        lo..hi
+    }
+
     /// The window of output (oh, ow): its rows and columns clipped to the image.
     fn window(&self, o: usize, n: usize) -> std::ops::Range<usize> {
         let start = (o * self.s) as isize - self.p as isize;
@@ -160,9 +172,29 @@ fn pool_plane<'a>(
 ) {
     let (h, w) = hw;
     let wo = rows.len() / h.max(1);
+    // The outputs whose windows lie inside the row: no clipping, and for ResNet's 3-wide
+    // window three values in order.
+    let (s, k, p) = (pool.s, pool.k, pool.p);
+    let std::ops::Range { start: lo, end: hi } = pool.interior(w, wo);
+    let clipped = |xr: &[f32], ow: usize| {
+        xr[pool.window(ow, w)]
+            .iter()
+            .fold(f32::NEG_INFINITY, |m, &v| first_max(m, v))
+    };
     for (xr, hr) in xp.chunks_exact(w).zip(rows.chunks_exact_mut(wo)) {
-        for (ow, m) in hr.iter_mut().enumerate() {
-            *m = xr[pool.window(ow, w)].iter().fold(f32::NEG_INFINITY, |m, &v| first_max(m, v));
+        for ow in (0..lo).chain(hi..wo) {
+            hr[ow] = clipped(xr, ow);
+        }
+        let inner = &mut hr[lo..hi];
+        let from = lo * s - p;
+        if k == 3 {
+            for (m, v) in inner.iter_mut().zip(xr[from..].windows(3).step_by(s)) {
+                *m = first_max(first_max(v[0], v[1]), v[2]);
+            }
+        } else {
+            for (m, v) in inner.iter_mut().zip(xr[from..].windows(k).step_by(s)) {
+                *m = v[1..].iter().fold(v[0], |m, &v| first_max(m, v));
+            }
         }
     }
     for (oh, yr) in yp.chunks_exact_mut(wo).enumerate() {
@@ -210,15 +242,42 @@ impl CustomOp3 for MaxPoolGrad {
             .zip(y.par_chunks(ho * wo).zip(gy.par_chunks(ho * wo)))
             .with_min_len(planes_per_task(h * w))
             .for_each(|((gp, xp), (yp, gyp))| {
+                let (inner_h, inner_w) = (pool.interior(h, ho), pool.interior(w, wo));
+                // A 3×3 window inside the image: nine fixed offsets from its corner.
+                let nine = [0, 1, 2, w, w + 1, w + 2, 2 * w, 2 * w + 1, 2 * w + 2];
                 for oh in 0..ho {
                     let rows = pool.window(oh, h);
                     for ow in 0..wo {
-                        let cols = pool.window(ow, w);
                         let m = yp[oh * wo + ow];
-                        let at = rows
-                            .clone()
-                            .flat_map(|r| cols.clone().map(move |q| r * w + q))
-                            .find(|&i| xp[i] == m || (m.is_nan() && xp[i].is_nan()));
+                        if pool.k == 3
+                            && !m.is_nan()
+                            && inner_h.contains(&oh)
+                            && inner_w.contains(&ow)
+                        {
+                            let base = (oh * pool.s - pool.p) * w + ow * pool.s - pool.p;
+                            // Which of the nine equal the maximum, as bits, then the first:
+                            // no branch on where the maximum is (it is anywhere).
+                            let hits = nine
+                                .iter()
+                                .enumerate()
+                                .fold(0u32, |b, (j, &o)| b | (u32::from(xp[base + o] == m) << j));
+                            if hits != 0 {
+                                gp[base + nine[hits.trailing_zeros() as usize]] +=
+                                    gyp[oh * wo + ow];
+                            }
+                            continue;
+                        }
+                        let cols = pool.window(ow, w);
+                        // The window's first position holding the maximum, row by row.
+                        let at = rows.clone().find_map(|r| {
+                            let row = &xp[r * w..][cols.clone()];
+                            let q = if m.is_nan() {
+                                row.iter().position(|v| v.is_nan())
+                            } else {
+                                row.iter().position(|&v| v == m)
+                            };
+                            q.map(|q| r * w + cols.start + q)
+                        });
                         if let Some(i) = at {
                             gp[i] += gyp[oh * wo + ow];
                         }
@@ -332,6 +391,60 @@ mod tests {
             }
             let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&y), bits(&want), "{h}x{w} {k} {s} {p}");
+        }
+    }
+
+    /// On ties each output's gradient goes to the first maximum of its window in row-major
+    /// order (PyTorch's choice), inside the image and at its edges, NaN windows included: the
+    /// gradient equals the definition's bit for bit.
+    #[test]
+    fn gradient_goes_to_the_first_maximum_on_ties() {
+        let vals = [
+            0.0f32,
+            1.0,
+            1.0,
+            0.0,
+            1.0,
+            f32::NAN,
+            0.0,
+            1.0,
+            1.0,
+            1.0,
+            0.0,
+        ];
+        for (h, w, k, s, p) in [
+            (9, 8, 3, 2, 1),
+            (8, 9, 3, 1, 1),
+            (7, 7, 3, 2, 0),
+            (6, 5, 2, 2, 0),
+        ] {
+            let n = 2 * h * w;
+            let x: Vec<f32> = (0..n).map(|i| vals[(i * 5 + i / 7) % vals.len()]).collect();
+            let t = Tensor::from_vec(x.clone(), (1, 2, h, w), &candle_core::Device::Cpu).unwrap();
+            let v = candle_core::Var::from_tensor(&t).unwrap();
+            let pool = MaxPool { k, s, p };
+            let (ho, wo) = pool.sides(h, w).unwrap();
+            let wts: Vec<f32> = (0..2 * ho * wo).map(|i| 1.0 + i as f32).collect();
+            let wt = Tensor::from_vec(wts.clone(), (1, 2, ho, wo), t.device()).unwrap();
+            let y = max_pool2d(v.as_tensor(), k, s, p).unwrap();
+            let ys: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+            let g = (y * &wt).unwrap().sum_all().unwrap().backward().unwrap();
+            let got: Vec<f32> = g.get(&v).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+            let mut want = vec![0f32; n];
+            for c in 0..2 {
+                for oh in 0..ho {
+                    for ow in 0..wo {
+                        let o = (c * ho + oh) * wo + ow;
+                        let m = ys[o];
+                        let first = pool
+                            .window(oh, h)
+                            .flat_map(|r| pool.window(ow, w).map(move |q| (c * h + r) * w + q))
+                            .find(|&i| x[i] == m || (m.is_nan() && x[i].is_nan()));
+                        want[first.unwrap()] += wts[o];
+                    }
+                }
+            }
+            assert_eq!(got, want, "{h}x{w} {k} {s} {p}");
         }
     }
 
