@@ -69,6 +69,18 @@ fn backbone(model: &SiameseModel) -> Vec<(String, Vec<f32>)> {
     v
 }
 
+/// The largest absolute difference between two tensors of one shape.
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
 #[test]
 fn pooled_features_equal_torchvisions_in_evaluation() {
     let exp = expected();
@@ -95,14 +107,7 @@ fn pooled_features_equal_torchvisions_in_evaluation() {
             "{load:?}"
         );
         let got = model.backbone_features(x).unwrap().unwrap();
-        let diff: f32 = (&got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let diff = max_abs_diff(&got, want);
         let scale: f32 = want.abs().unwrap().max_all().unwrap().to_scalar().unwrap();
         eprintln!("{file}: max |siam − reference| = {diff:.2e} (features up to {scale:.3})");
         assert!(
@@ -110,28 +115,14 @@ fn pooled_features_equal_torchvisions_in_evaluation() {
             "{file}: max |siam − reference| = {diff} (features up to {scale})"
         );
         // The comparison can fail: the initial weights give other features.
-        let off: f32 = (&before - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let off = max_abs_diff(&before, want);
         assert!(off > 1e-2, "{file}: {off}");
         // The embedding goes through the head on top; embedding (no graph, BatchNorm written
         // over the convolutions' outputs) gives the tracked evaluation pass's values.
         let embedded = model.embed(x).unwrap();
         assert_eq!(embedded.dims(), [2, 8]);
         let tracked = model.forward_t(x, false).unwrap();
-        let d: f32 = (&embedded - &tracked)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar()
-            .unwrap();
+        let d = max_abs_diff(&embedded, &tracked);
         assert_eq!(d, 0.0, "{file}: embed and forward_t(eval) differ by {d}");
     }
 }
