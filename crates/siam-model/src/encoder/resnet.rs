@@ -186,9 +186,15 @@ fn bn_eval(
     residual: Option<&Tensor>,
     pass: Pass,
 ) -> Result<Tensor> {
-    let (scale, shift) = bn_folded(bn)?;
-    let (scale, shift) = (pass.weight(&scale), pass.weight(&shift));
+    let (scale, shift) = folded(bn, pass)?;
     crate::kernels::scale_shift_owned(x, &scale, &shift, relu, residual)
+}
+
+/// BatchNorm's running statistics as a scale and shift ([`bn_folded`]), as `pass` uses them
+/// (detached in inference).
+fn folded(bn: &BatchNorm, pass: Pass) -> Result<(Tensor, Tensor)> {
+    let (scale, shift) = bn_folded(bn)?;
+    Ok((pass.weight(&scale), pass.weight(&shift)))
 }
 
 /// `relu(bn(x))`: siam's fused training kernel, or [`bn_eval`].
@@ -223,19 +229,26 @@ fn conv_bn(
     relu: bool,
     residual: Option<&Tensor>,
 ) -> Result<Tensor> {
-    if pass == Pass::Inference && stride == 1 && c.weight().dim(2)? == 3 {
-        let (scale, shift) = bn_folded(bn)?;
-        let (w, scale, shift) = (c.weight().detach(), scale.detach(), shift.detach());
-        let fused =
-            crate::kernels::conv3x3_affine_inference(x, &w, 1, (&scale, &shift), relu, residual)?;
-        if let Some(y) = fused {
-            return Ok(y);
+    if !pass.train() {
+        let (scale, shift) = folded(bn, pass)?;
+        if pass == Pass::Inference && stride == 1 && c.weight().dim(2)? == 3 {
+            let w = pass.weight(c.weight());
+            let fused = crate::kernels::conv3x3_affine_inference(
+                x,
+                &w,
+                1,
+                (&scale, &shift),
+                relu,
+                residual,
+            )?;
+            if let Some(y) = fused {
+                return Ok(y);
+            }
         }
+        let y = conv(c, x, stride, pass)?;
+        return crate::kernels::scale_shift_owned(y, &scale, &shift, relu, residual);
     }
     let y = conv(c, x, stride, pass)?;
-    if !pass.train() {
-        return bn_eval(bn, y, relu, residual, pass);
-    }
     match (relu, residual) {
         (true, None) => batchnorm::bn_relu(bn, &y, true),
         (true, Some(r)) => crate::kernels::add_relu(&bn_plain(bn, y, pass)?, r),

@@ -80,6 +80,18 @@ fn apply(
         });
 }
 
+/// The scales and shifts of a `c`-channel map, checked: `c` of each.
+fn params<'a>(s: &'a CpuStorage, l: &Layout, c: usize) -> Result<&'a [f32]> {
+    let p = slice(s, l)?;
+    if p.len() != 2 * c {
+        candle_core::bail!(
+            "a per-channel affine map of {c} channels got {} parameters",
+            p.len()
+        )
+    }
+    Ok(p)
+}
+
 /// The forward pass: `y = [relu](x·s + t [+ r])`, plane by plane.
 fn forward(
     x: &[f32],
@@ -167,13 +179,7 @@ fn forward_op(
     relu: bool,
 ) -> Result<(CpuStorage, Shape)> {
     let (_, c, hw) = dims(l1.dims())?;
-    let (x, p) = (slice(s1, l1)?, slice(s2, l2)?);
-    if p.len() != 2 * c {
-        candle_core::bail!(
-            "a per-channel affine map of {c} channels got {} parameters",
-            p.len()
-        )
-    }
+    let (x, p) = (slice(s1, l1)?, params(s2, l2, c)?);
     let r = match residual {
         Some((_, l3)) if l3.dims() != l1.dims() => {
             candle_core::bail!("a residual of shape {:?} for {:?}", l3.dims(), l1.dims())
@@ -274,6 +280,18 @@ impl CustomOp3 for AffineAdd {
     }
 }
 
+/// The `c` scales then the `c` shifts as the ops' one parameter tensor.
+fn packed(scale: &Tensor, shift: &Tensor, c: usize) -> Result<Tensor> {
+    if scale.elem_count() != c || shift.elem_count() != c {
+        candle_core::bail!(
+            "a per-channel affine map of {c} channels got {} scales and {} shifts",
+            scale.elem_count(),
+            shift.elem_count()
+        )
+    }
+    Tensor::cat(&[scale.flatten_all()?, shift.flatten_all()?], 0)
+}
+
 /// `[relu](x·scale[c] + shift[c] [+ residual])` for channel-first `x` (N, C, ...) and per-channel
 /// `scale` and `shift` (C): a BatchNorm in evaluation folded into one pass (with the ReLU and a
 /// residual block's add), differentiable in all its inputs. f32 on the CPU; candle's broadcast
@@ -300,7 +318,7 @@ pub fn scale_shift(
         };
         return if relu { y.relu() } else { Ok(y) };
     }
-    let params = Tensor::cat(&[scale.flatten_all()?, shift.flatten_all()?], 0)?;
+    let params = packed(scale, shift, c)?;
     let x = x.contiguous()?;
     match residual {
         Some(r) => x.apply_op3(&params, &r.contiguous()?, AffineAdd { relu }),
@@ -321,7 +339,7 @@ impl AffineInPlace {
         residual: Option<(&CpuStorage, &Layout)>,
     ) -> Result<()> {
         let (_, c, hw) = dims(l1.dims())?;
-        let p = slice(s2, l2)?;
+        let p = params(s2, l2, c)?;
         let r = residual.map(|(s3, l3)| slice(s3, l3)).transpose()?;
         let (CpuStorage::F32(y), Some((a, b))) = (s1, l1.contiguous_offsets()) else {
             candle_core::bail!("an in-place affine map takes a contiguous f32 tensor")
@@ -385,15 +403,7 @@ pub(crate) fn scale_shift_owned(
     if !in_place {
         return scale_shift(&x, scale, shift, relu, residual);
     }
-    let (_, c, _) = dims(x.dims())?;
-    if scale.elem_count() != c || shift.elem_count() != c {
-        candle_core::bail!(
-            "a per-channel affine map of {c} channels got {} scales and {} shifts",
-            scale.elem_count(),
-            shift.elem_count()
-        )
-    }
-    let params = Tensor::cat(&[scale.flatten_all()?, shift.flatten_all()?], 0)?;
+    let params = packed(scale, shift, dims(x.dims())?.1)?;
     let op = AffineInPlace { relu };
     match residual {
         Some(r) => x.inplace_op3(&params, r, &op)?,

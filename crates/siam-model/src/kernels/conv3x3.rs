@@ -28,6 +28,16 @@ fn to_channel_first(x: &[f32], n: usize, c: usize, p: usize) -> Vec<f32> {
     y
 }
 
+/// The convolution of channel-first `x` by `w`, by Winograd: its output channel-last
+/// (N, HO·WO, O).
+fn forward_channel_last(g: &Wino, x: &[f32], w: &[f32]) -> Buf {
+    let xt = to_channel_last(x, g.n, g.c, g.h * g.w);
+    let u = winograd::kernel_transform(w, g.o, g.c);
+    let mut y = Buf::scratch(g.n * g.ho * g.wo * g.o);
+    winograd::forward(g, &xt, &u, &mut y, false);
+    y
+}
+
 /// The op: zero padding, and whether the input's gradient is wanted.
 struct Conv3x3 {
     pad: usize,
@@ -61,10 +71,7 @@ impl CustomOp2 for Conv3x3 {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = self.geometry(l1.dims(), l2.dims())?;
-        let x = to_channel_last(slice(s1, l1)?, g.n, g.c, g.h * g.w);
-        let u = winograd::kernel_transform(slice(s2, l2)?, g.o, g.c);
-        let mut y = Buf::scratch(g.n * g.ho * g.wo * g.o);
-        winograd::forward(&g, &x, &u, &mut y, false);
+        let y = forward_channel_last(&g, slice(s1, l1)?, slice(s2, l2)?);
         let y = to_channel_first(&y, g.n, g.o, g.ho * g.wo);
         Ok((CpuStorage::F32(y), Shape::from((g.n, g.o, g.ho, g.wo))))
     }
@@ -118,18 +125,28 @@ fn worth_it(g: &Wino) -> bool {
 /// the others).
 /// `input_grad = false` skips the input's gradient.
 pub fn conv3x3(x: &Tensor, w: &Tensor, padding: usize, input_grad: bool) -> Result<Tensor> {
+    if by_winograd(x, w, padding).is_none() {
+        return super::conv2d(x, w, None, padding, input_grad);
+    }
     let op = Conv3x3 {
         pad: padding,
         input_grad,
     };
-    let winograd = super::fast_path(&[x, w])
-        && w.dims().len() == 4
-        && w.dims()[1] >= MIN_CHANNELS
-        && op.geometry(x.dims(), w.dims()).is_ok_and(|g| worth_it(&g));
-    if !winograd {
-        return super::conv2d(x, w, None, padding, input_grad);
-    }
     x.contiguous()?.apply_op2(&w.contiguous()?, op)
+}
+
+/// The geometry when [`conv3x3`] runs by Winograd (CPU, f32, at least four input channels,
+/// [`worth_it`]); `None` otherwise.
+fn by_winograd(x: &Tensor, w: &Tensor, padding: usize) -> Option<Wino> {
+    let op = Conv3x3 {
+        pad: padding,
+        input_grad: false,
+    };
+    let eligible = super::fast_path(&[x, w]) && w.dims().len() == 4 && w.dims()[1] >= MIN_CHANNELS;
+    eligible
+        .then(|| op.geometry(x.dims(), w.dims()).ok())
+        .flatten()
+        .filter(worth_it)
 }
 
 /// `[relu](conv3x3(x, w)·scale[o] + shift[o] [+ residual])` — a convolution followed by a
@@ -148,20 +165,11 @@ pub(crate) fn conv3x3_affine_inference(
 ) -> Result<Option<Tensor>> {
     let mut ts = vec![x, w, scale, shift];
     ts.extend(residual);
-    let op = Conv3x3 {
-        pad: padding,
-        input_grad: false,
-    };
-    if !super::fast_path(&ts)
-        || ts.iter().any(|t| t.track_op())
-        || w.dims().len() != 4
-        || w.dims()[1] < MIN_CHANNELS
-    {
+    if !super::fast_path(&ts) || ts.iter().any(|t| t.track_op()) {
         return Ok(None);
     }
-    let g = match op.geometry(x.dims(), w.dims()) {
-        Ok(g) if worth_it(&g) => g,
-        _ => return Ok(None),
+    let Some(g) = by_winograd(x, w, padding) else {
+        return Ok(None);
     };
     let out = [g.n, g.o, g.ho, g.wo];
     if scale.elem_count() != g.o || shift.elem_count() != g.o {
@@ -185,11 +193,7 @@ pub(crate) fn conv3x3_affine_inference(
         let held = hold([&x, &w, r.as_ref().unwrap_or(&x)]);
         let [xv, wv, rv] = cpu_values(&held, "conv3x3 with BatchNorm")?;
         let rv = r.is_some().then_some(rv);
-        let xt = to_channel_last(xv, g.n, g.c, g.h * g.w);
-        let u = winograd::kernel_transform(wv, g.o, g.c);
-        let mut yt = Buf::scratch(g.n * g.ho * g.wo * g.o);
-        winograd::forward(&g, &xt, &u, &mut yt, false);
-        drop((xt, u));
+        let yt = forward_channel_last(&g, xv, wv);
         let p = g.ho * g.wo;
         let mut y = vec![0f32; g.n * g.o * p];
         transpose_images_then(&yt, &mut y, p, g.o, |i, img| {
