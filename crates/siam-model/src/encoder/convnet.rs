@@ -12,6 +12,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::batchnorm::{bn_folded, bn_gamma_beta, bn_relu, update_running};
 use super::{InputSpec, Pooling, convnet_side};
+use crate::kernels::BlockEnd;
 
 /// Dropout whose masks come from a seeded ChaCha stream (candle's CPU RNG cannot be seeded).
 #[derive(Debug)]
@@ -126,8 +127,9 @@ impl Block {
             0,
         )?;
         let eps = train.then(|| self.b1.eps());
+        let end = if pool { BlockEnd::Pool } else { BlockEnd::Relu };
         let (y, stats) =
-            crate::kernels::conv_block(x, &params, (cin, cout), pool, !self.first, eps)?;
+            crate::kernels::conv_block(x, &params, (cin, cout), end, !self.first, eps)?;
         if let Some(stats) = stats {
             let (n, h, w, _) = x.dims4()?;
             let count = (n * h * w) as f64;

@@ -11,7 +11,8 @@
 use candle_core::{D, Module, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, VarBuilder};
 
-use super::batchnorm::{self, bn_folded, update_running};
+use super::batchnorm::{self, bn_folded, bn_gamma_beta, update_running};
+use crate::kernels::BlockEnd;
 
 /// The first layers of a ResNet.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -318,6 +319,58 @@ impl BasicBlock {
         conv_bn((&self.conv2, &self.bn2), &y, 1, pass, true, Some(&identity))
     }
 
+    /// Whether the block runs as one fused operation ([`Self::forward_fused`]) on input of
+    /// `x`'s shape: it keeps the shape (stride 1, no downsampling), both BatchNorms share ε,
+    /// and its convolutions would run by Winograd ([`crate::kernels::residual_block_fits`]).
+    fn fuses(&self, x: &Tensor) -> bool {
+        self.downsample.is_none()
+            && self.stride == 1
+            && self.bn1.eps() == self.bn2.eps()
+            && crate::kernels::residual_block_fits(x)
+    }
+
+    /// The block as one CPU operation on channel-last `x` (N, H, W, C), output channel-last:
+    /// `kernels::conv_block` with the residual end — each BatchNorm and ReLU applied by what
+    /// reads it next, no transposes around the convolutions, and a backward pass that sees only
+    /// the block's input, output and parameters. The same computation as [`Self::forward`]
+    /// (within rounding); the running statistics are updated the same way in training.
+    fn forward_fused(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
+        // Training: γ and β, the batch statistics normalise; otherwise the running statistics
+        // folded into a scale and shift.
+        let bn_params = |bn: &BatchNorm| -> Result<(Tensor, Tensor)> {
+            if pass.train() {
+                bn_gamma_beta(bn)
+            } else {
+                folded(bn, pass)
+            }
+        };
+        let (p1, q1) = bn_params(&self.bn1)?;
+        let (p2, q2) = bn_params(&self.bn2)?;
+        let params = Tensor::cat(
+            &[
+                &pass.weight(self.conv1.weight()).flatten_all()?,
+                &p1,
+                &q1,
+                &pass.weight(self.conv2.weight()).flatten_all()?,
+                &p2,
+                &q2,
+            ],
+            0,
+        )?;
+        let (n, h, w, c) = x.dims4()?;
+        let eps = pass.train().then(|| self.bn1.eps());
+        let (y, stats) =
+            crate::kernels::conv_block(x, &params, (c, c), BlockEnd::Residual, true, eps)?;
+        if let Some(stats) = stats {
+            let dev = x.device();
+            for (bn, (mean, var)) in [&self.bn1, &self.bn2].into_iter().zip(stats) {
+                let (mean, var) = (Tensor::new(mean, dev)?, Tensor::new(var, dev)?);
+                update_running(bn, &mean, &var, (n * h * w) as f64)?;
+            }
+        }
+        Ok(y)
+    }
+
     /// The block's ReLU outputs in evaluation (`bn1`'s and the block's own), for the probe.
     fn relu_layers(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
         let a = self
@@ -429,8 +482,22 @@ impl ResNet {
 
     fn features(&self, x: &Tensor, pass: Pass) -> Result<Tensor> {
         let mut y = self.stem_forward(x, pass)?;
-        for b in self.stages.iter().flatten() {
-            y = b.forward(&y, pass)?;
+        let blocks: Vec<&BasicBlock> = self.stages.iter().flatten().collect();
+        let mut i = 0;
+        while i < blocks.len() {
+            if !blocks[i].fuses(&y) {
+                y = blocks[i].forward(&y, pass)?;
+                i += 1;
+                continue;
+            }
+            // A run of fused blocks stays channel-last: one transpose each way for the run.
+            // They keep the shape, so `y`'s (not yet updated) says whether the next one fuses.
+            let mut z = crate::kernels::channels_last(&y)?;
+            while i < blocks.len() && blocks[i].fuses(&y) {
+                z = blocks[i].forward_fused(&z, pass)?;
+                i += 1;
+            }
+            y = crate::kernels::channels_first(&z)?;
         }
         y.mean(D::Minus1)?.mean(D::Minus1)
     }
@@ -471,5 +538,147 @@ impl ResNet {
 impl ModuleT for ResNet {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.head(&self.features_t(x, train)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::tests::{max_diff, rand};
+    use candle_core::{DType, Device, Var};
+    use candle_nn::VarMap;
+
+    /// A BasicBlock that keeps its shape, with non-trivial γ, β and running statistics.
+    fn block(c: usize) -> (VarMap, BasicBlock) {
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let b = BasicBlock::new(c, c, 1, vb).unwrap();
+        for (k, (name, v)) in vm.data().lock().unwrap().iter().enumerate() {
+            if name.starts_with("bn") {
+                let t = (rand(v.dims(), 40 + k as u64) + 1.0).unwrap();
+                v.set(&t).unwrap();
+            }
+        }
+        (vm, b)
+    }
+
+    /// The fused channel-last block computes what the per-layer path computes, in every pass:
+    /// the output, the gradients of the input, the convolutions' weights, γ and β, and the
+    /// running statistics after two training steps.
+    #[test]
+    fn fused_block_equals_the_per_layer_path() {
+        let (n, c, h, w) = (3, 16, 8, 8);
+        let (vm, b) = block(c);
+        let x = rand(&[n, c, h, w], 1);
+        assert!(b.fuses(&x), "this shape takes the fused block");
+        let up = rand(&[n, c, h, w], 2);
+        let stats = || -> Vec<Vec<f32>> {
+            let d = vm.data().lock().unwrap();
+            let mut names: Vec<&String> = d.keys().filter(|k| k.contains("running")).collect();
+            names.sort();
+            names
+                .iter()
+                .map(|k| d[*k].flatten_all().unwrap().to_vec1().unwrap())
+                .collect()
+        };
+        let before = stats();
+        for pass in [Pass::Train, Pass::Train, Pass::Eval, Pass::Inference] {
+            let fused = |x: &Tensor| -> Tensor {
+                let z = crate::kernels::channels_last(x).unwrap();
+                crate::kernels::channels_first(&b.forward_fused(&z, pass).unwrap()).unwrap()
+            };
+            let xv = Var::from_tensor(&x).unwrap();
+            // In inference the input is a plain tensor, as `embed` gets it.
+            let xin = match pass {
+                Pass::Inference => x.clone(),
+                _ => xv.as_tensor().clone(),
+            };
+            // The per-layer path first: in training, its update of the running statistics is
+            // undone before the fused block runs, and the fused block's compared with it.
+            let saved = stats();
+            let theirs = b.forward(&xin, pass).unwrap();
+            let after_theirs = stats();
+            {
+                let d = vm.data().lock().unwrap();
+                let mut names: Vec<&String> = d.keys().filter(|k| k.contains("running")).collect();
+                names.sort();
+                for (k, v) in names.iter().zip(&saved) {
+                    d[*k]
+                        .set(&Tensor::new(v.as_slice(), &Device::Cpu).unwrap())
+                        .unwrap();
+                }
+            }
+            let ours = fused(&xin);
+            let scale = max_diff(&theirs, &theirs.zeros_like().unwrap());
+            let d = max_diff(&ours, &theirs);
+            assert!(d < 1e-5 * (1.0 + scale), "{pass:?}: output differs by {d}");
+            for (s1, s2) in stats().iter().zip(&after_theirs) {
+                let d = s1
+                    .iter()
+                    .zip(s2)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(d < 1e-5, "{pass:?}: running statistics differ by {d}");
+            }
+            if pass == Pass::Train {
+                assert_ne!(stats(), saved, "training updates the running statistics");
+            } else {
+                assert_eq!(stats(), saved, "{pass:?} leaves the running statistics");
+            }
+            if pass == Pass::Inference {
+                assert!(!ours.track_op(), "no graph in inference");
+                continue;
+            }
+            let g1 = (&ours * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g2 = (&theirs * &up)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let d = max_diff(g1.get(&xv).unwrap(), g2.get(&xv).unwrap());
+            assert!(d < 1e-4, "{pass:?}: dx differs by {d}");
+            let d = vm.data().lock().unwrap();
+            for (name, v) in d.iter().filter(|(k, _)| !k.contains("running")) {
+                let (a, e) = (g1.get(v).unwrap(), g2.get(v).unwrap());
+                let scale = max_diff(e, &e.zeros_like().unwrap());
+                let diff = max_diff(a, e);
+                assert!(
+                    diff < 1e-4 * (1.0 + scale),
+                    "{pass:?}: gradient of {name} differs by {diff} (scale {scale})"
+                );
+            }
+        }
+        assert_ne!(stats(), before);
+    }
+
+    /// The network takes the fused block where it applies and gives what the per-layer path
+    /// gives (a narrow ResNet-18 on 32×32: stages 1 and 2 fused, 3 and 4 not).
+    #[test]
+    fn resnet_features_equal_with_and_without_fused_blocks() {
+        let vm = VarMap::new();
+        let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+        let cfg = ResnetConfig {
+            widths: vec![8, 16, 16, 32],
+            stem: Stem::Small,
+            ..Default::default()
+        };
+        let net = ResNet::new(18, &cfg, 3, vb).unwrap();
+        let x = rand(&[4, 3, 16, 16], 3);
+        let stem = net.stem_forward(&x, Pass::Eval).unwrap();
+        assert!(net.stages[0][0].fuses(&stem), "stage 1 fuses");
+        let ours = net.features(&x, Pass::Eval).unwrap();
+        let mut y = stem;
+        for b in net.stages.iter().flatten() {
+            y = b.forward(&y, Pass::Eval).unwrap();
+        }
+        let theirs = y.mean(D::Minus1).unwrap().mean(D::Minus1).unwrap();
+        let d = max_diff(&ours, &theirs);
+        assert!(d < 1e-5, "features differ by {d}");
     }
 }

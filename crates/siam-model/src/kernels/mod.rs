@@ -86,8 +86,8 @@ pub(crate) use affine::scale_shift_owned;
 pub use batchnorm::{batch_norm_relu_train, batch_norm_train};
 pub use conv::{conv2d, conv2d_im2col, conv2d_strided};
 pub use conv_pool::conv2d_relu_max_pool2;
-pub(crate) use conv3x3::conv3x3_affine_inference;
 pub use conv3x3::{conv3x3, conv3x3_winograd};
+pub(crate) use conv3x3::{conv3x3_affine_inference, residual_block_fits};
 pub use layout::{channels_first, channels_last};
 pub use linear::linear;
 pub use maxpool::max_pool2d;
@@ -95,7 +95,7 @@ pub use pool::relu_max_pool2;
 pub use residual::add_relu;
 pub use taps::conv2d_taps;
 
-pub(crate) use block::BatchStats;
+pub(crate) use block::{BatchStats, BlockEnd};
 
 /// Runs `f` on a worker of the current rayon pool (inline when already on one) and returns
 /// its result. A step or a forward pass starts hundreds of parallel regions; started from a
@@ -109,20 +109,21 @@ pub fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     rayon::scope(|_| f())
 }
 
-/// The convnet block `[pool2](relu(bn2(conv2(relu(bn1(conv1(x)))))))` on channel-last `x`
-/// (N, H, W, C) as one CPU operation; `params` packs `[w1, p1, q1, w2, p2, q2]` (see
-/// [`block`]). With `batch_eps`, BatchNorm uses the batch statistics (returned, for the running
+/// The convnet block `[pool2](relu(bn2(conv2(relu(bn1(conv1(x)))))))`, or a ResNet BasicBlock
+/// without downsampling `relu(bn2(conv2(relu(bn1(conv1(x))))) + x)` ([`BlockEnd`]), on
+/// channel-last `x` (N, H, W, C) as one CPU operation; `params` packs `[w1, p1, q1, w2, p2, q2]`
+/// (see [`block`]). With `batch_eps`, BatchNorm uses the batch statistics (returned, for the running
 /// statistics) and (p, q) are (γ, β); without, (p, q) are the folded per-channel scale and
 /// shift. The output is channel-last too. CPU and f32 only: callers check [`fast_path`].
 pub(crate) fn conv_block(
     x: &Tensor,
     params: &Tensor,
     (cin, cout): (usize, usize),
-    pool: bool,
+    end: BlockEnd,
     input_grad: bool,
     batch_eps: Option<f64>,
 ) -> Result<(Tensor, Option<BatchStats>)> {
-    let (op, stats) = block::BlockOp::new(cin, cout, pool, input_grad, batch_eps);
+    let (op, stats) = block::BlockOp::new(cin, cout, end, input_grad, batch_eps);
     let y = x.contiguous()?.apply_op2(&params.contiguous()?, op)?;
     let stats = stats
         .lock()

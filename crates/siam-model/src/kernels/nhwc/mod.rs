@@ -18,7 +18,8 @@ mod pool;
 
 pub(super) use direct::{direct_backward, direct_forward};
 pub(super) use norm::{
-    Norm, NormGrad, NormSaved, affine_relu, norm_grad, norm_relu_backward, norm_saved,
+    Norm, NormGrad, NormSaved, affine_add_relu, affine_relu, norm_grad, norm_relu_backward,
+    norm_saved,
 };
 #[cfg(test)]
 pub(super) use pool::NO_MAX;

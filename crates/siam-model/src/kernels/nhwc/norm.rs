@@ -85,6 +85,32 @@ fn affine_relu_run<'a>(yc: &'a [f32], a: &'a [f32], b: &'a [f32], zc: &'a mut [f
 }
 }
 
+/// `z = relu(a·y + b + r)` over (pixels, C): a residual block's end, its second BatchNorm, the
+/// add of the block's input `r` and the ReLU in one pass.
+pub(in crate::kernels) fn affine_add_relu(
+    y: &[f32],
+    (a, b): (&[f32], &[f32]),
+    r: &[f32],
+    z: &mut [f32],
+) {
+    let c = a.len();
+    z.par_chunks_mut(c * 1024)
+        .zip(y.par_chunks(c * 1024).zip(r.par_chunks(c * 1024)))
+        .for_each(|(zc, (yc, rc))| affine_add_relu_run(yc, rc, a, b, zc));
+}
+
+simd_kernel! {
+fn affine_add_relu_run<'a>(yc: &'a [f32], rc: &'a [f32], a: &'a [f32], b: &'a [f32], zc: &'a mut [f32]) {
+    let c = a.len();
+    let (a, b) = (&a[..c], &b[..c]);
+    for ((zp, yp), rp) in zc.chunks_exact_mut(c).zip(yc.chunks_exact(c)).zip(rc.chunks_exact(c)) {
+        for ((((z, &y), &r), &a), &b) in zp.iter_mut().zip(yp).zip(rp).zip(a).zip(b) {
+            *z = (a * y + b + r).max(0.0);
+        }
+    }
+}
+}
+
 /// How a block's BatchNorm normalises.
 #[derive(Debug, Clone, Copy)]
 pub(in crate::kernels) enum Norm<'a> {
@@ -109,6 +135,19 @@ pub(in crate::kernels) struct NormSaved {
     pub(in crate::kernels) mean: Vec<f32>,
     pub(in crate::kernels) inv_std: Vec<f32>,
     pub(in crate::kernels) var: Vec<f32>,
+}
+
+impl NormSaved {
+    /// The same BatchNorm without its ReLU, for the backward pass of a BatchNorm whose output
+    /// is added to something before the ReLU (a residual block's second one, whose output
+    /// gradient comes already masked by that ReLU): the shift enters the backward pass only
+    /// in the test `scale·y + shift > 0`, which a shift of +∞ makes pass everywhere.
+    pub(in crate::kernels) fn without_relu(&self) -> Self {
+        Self {
+            shift: vec![f32::INFINITY; self.shift.len()],
+            ..self.clone()
+        }
+    }
 }
 
 /// `relu(bn(y))` over (N, pixels, C) as the per-channel scale and shift of
