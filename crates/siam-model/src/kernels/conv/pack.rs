@@ -57,7 +57,8 @@ pub(super) fn im2col_rows(
 }
 
 /// [`im2col`] at a stride above 1: output column `ow` of tap `j` reads input column
-/// `ow·stride + j − pad`, gathered one value at a time.
+/// `ow·stride + j − pad`; the columns that read inside the row are gathered without a test
+/// each, the padding's on either side filled with zeros.
 fn im2col_strided(
     g: &Geom,
     x: &[f32],
@@ -79,18 +80,37 @@ fn im2col_strided(
                         continue;
                     }
                     let src = &x[(c * g.h + ih as usize) * g.w..][..g.w];
-                    for (ow, d) in dst.iter_mut().enumerate() {
-                        let iw = ow as isize * s + j as isize - pad;
-                        *d = if iw >= 0 && iw < g.w as isize {
-                            src[iw as usize]
-                        } else {
-                            0.0
-                        };
+                    let (lo, hi) = inside(g.w, g.wo, s, j as isize - pad);
+                    dst[..lo].fill(0.0);
+                    if hi > lo {
+                        let s0 = (lo as isize * s + j as isize - pad) as usize;
+                        for (d, &v) in dst[lo..hi]
+                            .iter_mut()
+                            .zip(src[s0..].iter().step_by(g.stride))
+                        {
+                            *d = v;
+                        }
                     }
+                    dst[hi.max(lo)..].fill(0.0);
                 }
             }
         }
     }
+}
+
+/// The output columns `lo..hi` whose input column `ow·stride + shift` lies in `0..w`, of `wo`
+/// (`lo == hi` when none does).
+fn inside(w: usize, wo: usize, stride: isize, shift: isize) -> (usize, usize) {
+    // ow·stride + shift ≥ 0 from ⌈−shift / stride⌉; ≤ w − 1 up to ⌊(w − 1 − shift) / stride⌋.
+    let lo = if shift >= 0 {
+        0
+    } else {
+        (-shift + stride - 1) / stride
+    };
+    let last = w as isize - 1 - shift;
+    let hi = if last < 0 { 0 } else { last / stride + 1 };
+    let lo = (lo as usize).min(wo);
+    (lo, (hi as usize).clamp(lo, wo))
 }
 
 /// The adjoint of [`im2col_strided`].
@@ -150,6 +170,32 @@ pub(super) fn col2im_ld(g: &Geom, col: &[f32], x: &mut [f32], ld: usize, off: us
                         for (d, s) in dst[s0..s0 + hi - lo].iter_mut().zip(&src[lo..hi]) {
                             *d += s;
                         }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `inside` is exactly the output columns whose input column lies in the row, for every
+    /// small width, output width, stride and shift (padding on either side, none inside).
+    #[test]
+    fn inside_is_the_columns_that_read_the_row() {
+        for w in 0..9 {
+            for wo in 0..9 {
+                for stride in 1..4isize {
+                    for shift in -6..7isize {
+                        let (lo, hi) = super::inside(w, wo, stride, shift);
+                        let expected: Vec<usize> = (0..wo)
+                            .filter(|&ow| (0..w as isize).contains(&(ow as isize * stride + shift)))
+                            .collect();
+                        let got: Vec<usize> = (lo..hi).collect();
+                        assert_eq!(
+                            got, expected,
+                            "w {w}, wo {wo}, stride {stride}, shift {shift}"
+                        );
                     }
                 }
             }
