@@ -1,9 +1,12 @@
 //! BatchNorm helpers shared by the convnet and ResNet: γ and β, the running statistics folded
-//! into a scale and shift for evaluation, the fused BatchNorm + ReLU in training, and the
-//! running statistics' update (candle's momentum and unbiased variance).
+//! into a scale and shift for evaluation, the fused BatchNorm + ReLU in training, the running
+//! statistics' update (candle's momentum and unbiased variance), and the fused block's call
+//! with that update.
 
 use candle_core::{ModuleT, Result, Tensor};
 use candle_nn::BatchNorm;
+
+use crate::kernels::BlockEnd;
 
 /// BatchNorm's γ and β (ones and zeros, shaped as its running mean, for a BatchNorm without
 /// them).
@@ -59,4 +62,34 @@ pub(super) fn update_running(
     rm.slice_set(&new_mean.to_dtype(rm.dtype())?, 0, 0)?;
     rv.slice_set(&new_var.to_dtype(rv.dtype())?, 0, 0)?;
     Ok(())
+}
+
+/// `kernels::conv_block` on channel-last `x` (N, H, W, C): two 3×3 convolutions, each given as
+/// its weights, its BatchNorm and that BatchNorm's (p, q) — (γ, β) in training, where the
+/// batch statistics normalise, the folded scale and shift otherwise. In training both
+/// BatchNorms' running statistics are updated from the batch's (over N·H·W values each).
+pub(super) fn fused_block(
+    x: &Tensor,
+    convs: [(&Tensor, &BatchNorm, (Tensor, Tensor)); 2],
+    end: BlockEnd,
+    input_grad: bool,
+    train: bool,
+) -> Result<Tensor> {
+    let [(w1, bn1, (p1, q1)), (w2, bn2, (p2, q2))] = convs;
+    let (cout, cin) = (w1.dim(0)?, w1.dim(1)?);
+    let params = Tensor::cat(
+        &[&w1.flatten_all()?, &p1, &q1, &w2.flatten_all()?, &p2, &q2],
+        0,
+    )?;
+    let eps = train.then(|| bn1.eps());
+    let (y, stats) = crate::kernels::conv_block(x, &params, (cin, cout), end, input_grad, eps)?;
+    if let Some(stats) = stats {
+        let (n, h, w, _) = x.dims4()?;
+        let dev = x.device();
+        for (bn, (mean, var)) in [bn1, bn2].into_iter().zip(stats) {
+            let (mean, var) = (Tensor::new(mean, dev)?, Tensor::new(var, dev)?);
+            update_running(bn, &mean, &var, (n * h * w) as f64)?;
+        }
+    }
+    Ok(y)
 }

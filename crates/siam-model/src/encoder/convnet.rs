@@ -10,7 +10,7 @@ use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, VarBui
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::batchnorm::{bn_folded, bn_gamma_beta, bn_relu, update_running};
+use super::batchnorm::{bn_folded, bn_gamma_beta, bn_relu, fused_block};
 use super::{InputSpec, Pooling, convnet_side};
 use crate::kernels::BlockEnd;
 
@@ -104,7 +104,6 @@ impl Block {
     /// The block as one fused CPU operation on channel-last (N, H, W, C) activations, ending
     /// with 2×2 max-pooling when `pool`; the output is channel-last too.
     fn forward_fused(&self, x: &Tensor, train: bool, pool: bool) -> Result<Tensor> {
-        let (cout, cin) = (self.c1.weight().dim(0)?, self.c1.weight().dim(1)?);
         // Training: γ and β; evaluation: the running statistics folded in.
         let bn_params = |bn: &BatchNorm| -> Result<(Tensor, Tensor)> {
             if train {
@@ -113,32 +112,17 @@ impl Block {
                 bn_folded(bn)
             }
         };
-        let (p1, q1) = bn_params(&self.b1)?;
-        let (p2, q2) = bn_params(&self.b2)?;
-        let params = Tensor::cat(
-            &[
-                &self.c1.weight().flatten_all()?,
-                &p1,
-                &q1,
-                &self.c2.weight().flatten_all()?,
-                &p2,
-                &q2,
-            ],
-            0,
-        )?;
-        let eps = train.then(|| self.b1.eps());
         let end = if pool { BlockEnd::Pool } else { BlockEnd::Relu };
-        let (y, stats) =
-            crate::kernels::conv_block(x, &params, (cin, cout), end, !self.first, eps)?;
-        if let Some(stats) = stats {
-            let (n, h, w, _) = x.dims4()?;
-            let count = (n * h * w) as f64;
-            let dev = x.device();
-            for (bn, (mean, var)) in [&self.b1, &self.b2].into_iter().zip(stats) {
-                update_running(bn, &Tensor::new(mean, dev)?, &Tensor::new(var, dev)?, count)?;
-            }
-        }
-        Ok(y)
+        fused_block(
+            x,
+            [
+                (self.c1.weight(), &self.b1, bn_params(&self.b1)?),
+                (self.c2.weight(), &self.b2, bn_params(&self.b2)?),
+            ],
+            end,
+            !self.first,
+            train,
+        )
     }
 }
 

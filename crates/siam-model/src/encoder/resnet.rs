@@ -11,7 +11,7 @@
 use candle_core::{D, Module, ModuleT, Result, Tensor};
 use candle_nn::{BatchNorm, BatchNormConfig, Conv2d, Conv2dConfig, Linear, VarBuilder};
 
-use super::batchnorm::{self, bn_folded, bn_gamma_beta, update_running};
+use super::batchnorm::{self, bn_folded, bn_gamma_beta, fused_block, update_running};
 use crate::kernels::BlockEnd;
 
 /// The first layers of a ResNet.
@@ -321,12 +321,12 @@ impl BasicBlock {
 
     /// Whether the block runs as one fused operation ([`Self::forward_fused`]) on input of
     /// `x`'s shape: it keeps the shape (stride 1, no downsampling), both BatchNorms share ε,
-    /// and its convolutions would run by Winograd ([`crate::kernels::residual_block_fits`]).
+    /// and its convolutions would run by Winograd (`kernels::conv3x3`'s choice).
     fn fuses(&self, x: &Tensor) -> bool {
         self.downsample.is_none()
             && self.stride == 1
             && self.bn1.eps() == self.bn2.eps()
-            && crate::kernels::residual_block_fits(x)
+            && crate::kernels::conv3x3_by_winograd(x, self.conv1.weight(), 1)
     }
 
     /// The block as one CPU operation on channel-last `x` (N, H, W, C), output channel-last:
@@ -344,31 +344,20 @@ impl BasicBlock {
                 folded(bn, pass)
             }
         };
-        let (p1, q1) = bn_params(&self.bn1)?;
-        let (p2, q2) = bn_params(&self.bn2)?;
-        let params = Tensor::cat(
-            &[
-                &pass.weight(self.conv1.weight()).flatten_all()?,
-                &p1,
-                &q1,
-                &pass.weight(self.conv2.weight()).flatten_all()?,
-                &p2,
-                &q2,
+        let (w1, w2) = (
+            pass.weight(self.conv1.weight()),
+            pass.weight(self.conv2.weight()),
+        );
+        fused_block(
+            x,
+            [
+                (&w1, &self.bn1, bn_params(&self.bn1)?),
+                (&w2, &self.bn2, bn_params(&self.bn2)?),
             ],
-            0,
-        )?;
-        let (n, h, w, c) = x.dims4()?;
-        let eps = pass.train().then(|| self.bn1.eps());
-        let (y, stats) =
-            crate::kernels::conv_block(x, &params, (c, c), BlockEnd::Residual, true, eps)?;
-        if let Some(stats) = stats {
-            let dev = x.device();
-            for (bn, (mean, var)) in [&self.bn1, &self.bn2].into_iter().zip(stats) {
-                let (mean, var) = (Tensor::new(mean, dev)?, Tensor::new(var, dev)?);
-                update_running(bn, &mean, &var, (n * h * w) as f64)?;
-            }
-        }
-        Ok(y)
+            BlockEnd::Residual,
+            true,
+            pass.train(),
+        )
     }
 
     /// The block's ReLU outputs in evaluation (`bn1`'s and the block's own), for the probe.

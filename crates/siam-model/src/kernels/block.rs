@@ -1,8 +1,9 @@
 //! The convnet's block as one operation on channel-last (N, H, W, C) activations:
 //! `[pool2](relu(bn2(conv2(relu(bn1(conv1(x)))))))`, both convolutions 3×3 with padding 1 and no
-//! bias; or a ResNet's BasicBlock without downsampling, `relu(bn2(conv2(relu(bn1(conv1(x))))) +
-//! x)` ([`BlockEnd`]). The convolutions run by Winograd F(4×4, 3×3) (a direct convolution for inputs of fewer
-//! than four channels, the first layer on images); BatchNorm, ReLU and pooling are vector
+//! bias; or a ResNet's BasicBlock without downsampling,
+//! `relu(bn2(conv2(relu(bn1(conv1(x))))) + x)` ([`BlockEnd`]). The convolutions run by Winograd
+//! F(4×4, 3×3) (a direct convolution for inputs of fewer than four channels, the first layer on
+//! images); BatchNorm, ReLU and pooling are vector
 //! operations over the channels. No full-size activation or gradient passes through candle's
 //! graph: its backward pass sees only the block's input, output and one parameter vector.
 //!

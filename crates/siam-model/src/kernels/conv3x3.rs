@@ -119,17 +119,10 @@ fn worth_it(g: &Wino) -> bool {
     filled && 4 * g.n * tiles >= g.c
 }
 
-/// Whether a ResNet BasicBlock that keeps its shape (stride 1, no downsampling) runs on `x`
-/// (N, C, H, W) as the fused channel-last block ([`super::conv_block`] with
-/// [`super::BlockEnd::Residual`]): on the CPU in f32, where its two convolutions would run by
-/// Winograd ([`worth_it`]).
-pub(crate) fn residual_block_fits(x: &Tensor) -> bool {
-    let Ok((n, c, h, w)) = x.dims4() else {
-        return false;
-    };
-    super::fast_path(&[x])
-        && c >= MIN_CHANNELS
-        && Wino::new(n, c, c, h, w, 1).is_ok_and(|g| worth_it(&g))
+/// Whether [`conv3x3`] runs this convolution by Winograd (and so whether a ResNet block of
+/// two such convolutions fits the fused channel-last block, [`super::conv_block`]).
+pub(crate) fn conv3x3_by_winograd(x: &Tensor, w: &Tensor, padding: usize) -> bool {
+    by_winograd(x, w, padding).is_some()
 }
 
 /// A 3×3 convolution without bias, stride 1, zero `padding`, of (N, C, H, W) by (O, C, 3, 3):
