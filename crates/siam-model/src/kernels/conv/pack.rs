@@ -56,10 +56,137 @@ pub(super) fn im2col_rows(
     }
 }
 
-/// [`im2col`] at a stride above 1: output column `ow` of tap `j` reads input column
+/// [`im2col`] at a stride above 1. Kernels of at least stride² taps (7×7/2, 3×3/2) read each
+/// input value several times: the channel is first split into its stride² phases
+/// ([`Phases`]), in which every tap's view is a contiguous run, so the rows are copies;
+/// smaller kernels (1×1/2) gather the columns straight from the input.
+fn im2col_strided(
+    g: &Geom,
+    x: &[f32],
+    col: &mut [f32],
+    ld: usize,
+    off: usize,
+    chans: std::ops::Range<usize>,
+) {
+    if g.kh * g.kw < g.stride * g.stride {
+        return im2col_gather(g, x, col, ld, off, chans);
+    }
+    let (p, c0) = (g.p(), chans.start);
+    PHASES.with_borrow_mut(|buf| {
+        for c in chans {
+            let ph = Phases::split(g, &x[c * g.h * g.w..][..g.h * g.w], buf);
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    let row = &mut col[(((c - c0) * g.kh + i) * g.kw + j) * ld + off..][..p];
+                    let (plane, rows, cols, di, dj) = ph.tap(g, i, j);
+                    let (lo, hi) = inside(cols, g.wo, 1, dj);
+                    for oh in 0..g.ho {
+                        let dst = &mut row[oh * g.wo..][..g.wo];
+                        let r = oh as isize + di;
+                        if r < 0 || r >= rows as isize {
+                            dst.fill(0.0);
+                            continue;
+                        }
+                        let src = &plane[r as usize * ph.wp..][..cols];
+                        dst[..lo].fill(0.0);
+                        if hi > lo {
+                            let s0 = (lo as isize + dj) as usize;
+                            dst[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
+                        }
+                        dst[hi.max(lo)..].fill(0.0);
+                    }
+                }
+            }
+        }
+    });
+}
+
+thread_local! {
+    /// [`Phases`]' buffer, one per thread (a channel's values: at most a few tens of KB).
+    static PHASES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// One channel (H, W) split by a stride s into its s² phases: phase (a, b) holds the values at
+/// rows ≡ a and columns ≡ b (mod s), as a plane of `hp` × `wp` (of which
+/// ⌈(H − a)/s⌉ × ⌈(W − b)/s⌉ are real). Tap (i, j) of output (oh, ow) reads input
+/// (oh·s + i − pad, ow·s + j − pad): with i − pad = s·di + a and j − pad = s·dj + b, that is
+/// phase (a, b) at (oh + di, ow + dj) — a contiguous run of the phase's row.
+struct Phases<'a> {
+    v: &'a mut Vec<f32>,
+    hp: usize,
+    wp: usize,
+}
+
+impl<'a> Phases<'a> {
+    fn split(g: &Geom, x: &[f32], v: &'a mut Vec<f32>) -> Self {
+        let s = g.stride;
+        let (hp, wp) = (g.h.div_ceil(s), g.w.div_ceil(s));
+        v.resize(s * s * hp * wp, 0.0);
+        for a in 0..s {
+            for r in 0..g.h.saturating_sub(a).div_ceil(s) {
+                let src = &x[(r * s + a) * g.w..][..g.w];
+                for b in 0..s {
+                    let dst = &mut v[((a * s + b) * hp + r) * wp..][..wp];
+                    for (d, &val) in dst.iter_mut().zip(src[b..].iter().step_by(s)) {
+                        *d = val;
+                    }
+                }
+            }
+        }
+        Self { v, hp, wp }
+    }
+
+    /// Tap (i, j)'s phase plane, its real rows and columns, and the shifts (di, dj).
+    fn tap(&self, g: &Geom, i: usize, j: usize) -> (&[f32], usize, usize, isize, isize) {
+        let s = g.stride as isize;
+        let (ti, tj) = (i as isize - g.pad as isize, j as isize - g.pad as isize);
+        let (a, b) = (ti.rem_euclid(s) as usize, tj.rem_euclid(s) as usize);
+        let plane = &self.v[(a * g.stride + b) * self.hp * self.wp..][..self.hp * self.wp];
+        let rows = g.h.saturating_sub(a).div_ceil(g.stride);
+        let cols = g.w.saturating_sub(b).div_ceil(g.stride);
+        (plane, rows, cols, ti.div_euclid(s), tj.div_euclid(s))
+    }
+
+    /// Tap (i, j)'s plane (to add into), as [`Self::tap`].
+    fn tap_mut(&mut self, g: &Geom, i: usize, j: usize) -> (&mut [f32], usize, usize, isize, isize) {
+        let (_, rows, cols, di, dj) = self.tap(g, i, j);
+        let s = g.stride as isize;
+        let a = (i as isize - g.pad as isize).rem_euclid(s) as usize;
+        let b = (j as isize - g.pad as isize).rem_euclid(s) as usize;
+        let len = self.hp * self.wp;
+        (&mut self.v[(a * g.stride + b) * len..][..len], rows, cols, di, dj)
+    }
+
+    /// Zeroed phases of an (H, W) channel, to accumulate a gradient in.
+    fn zeroed(g: &Geom, v: &'a mut Vec<f32>) -> Self {
+        let s = g.stride;
+        let (hp, wp) = (g.h.div_ceil(s), g.w.div_ceil(s));
+        v.clear();
+        v.resize(s * s * hp * wp, 0.0);
+        Self { v, hp, wp }
+    }
+
+    /// Writes the phases back into the channel `x` (H, W): the inverse of [`Self::split`].
+    fn merge(&self, g: &Geom, x: &mut [f32]) {
+        let s = g.stride;
+        for a in 0..s {
+            for r in 0..g.h.saturating_sub(a).div_ceil(s) {
+                let dst = &mut x[(r * s + a) * g.w..][..g.w];
+                for b in 0..s {
+                    let src = &self.v[((a * s + b) * self.hp + r) * self.wp..][..self.wp];
+                    for (d, &val) in dst[b..].iter_mut().step_by(s).zip(src) {
+                        *d = val;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`im2col`] at a stride above 1, gathering: output column `ow` of tap `j` reads input column
 /// `ow·stride + j − pad`; the columns that read inside the row are gathered without a test
 /// each, the padding's on either side filled with zeros.
-fn im2col_strided(
+fn im2col_gather(
     g: &Geom,
     x: &[f32],
     col: &mut [f32],
@@ -113,8 +240,46 @@ fn inside(w: usize, wo: usize, stride: isize, shift: isize) -> (usize, usize) {
     (lo, (hi as usize).clamp(lo, wo))
 }
 
-/// The adjoint of [`im2col_strided`].
+/// The adjoint of [`im2col_strided`]: through the phases where it splits them (each row
+/// added as a contiguous run, then the phases merged into the channel), value by value
+/// otherwise.
 fn col2im_strided(g: &Geom, col: &[f32], x: &mut [f32], ld: usize, off: usize) {
+    if g.kh * g.kw < g.stride * g.stride {
+        return col2im_scatter(g, col, x, ld, off);
+    }
+    let p = g.p();
+    PHASES.with_borrow_mut(|buf| {
+        for c in 0..g.c {
+            let mut ph = Phases::zeroed(g, buf);
+            for i in 0..g.kh {
+                for j in 0..g.kw {
+                    let row = &col[((c * g.kh + i) * g.kw + j) * ld + off..][..p];
+                    let wp = ph.wp;
+                    let (plane, rows, cols, di, dj) = ph.tap_mut(g, i, j);
+                    let (lo, hi) = inside(cols, g.wo, 1, dj);
+                    if hi <= lo {
+                        continue;
+                    }
+                    for oh in 0..g.ho {
+                        let r = oh as isize + di;
+                        if r < 0 || r >= rows as isize {
+                            continue;
+                        }
+                        let s0 = (lo as isize + dj) as usize;
+                        let dst = &mut plane[r as usize * wp + s0..][..hi - lo];
+                        for (d, v) in dst.iter_mut().zip(&row[oh * g.wo + lo..oh * g.wo + hi]) {
+                            *d += v;
+                        }
+                    }
+                }
+            }
+            ph.merge(g, &mut x[c * g.h * g.w..][..g.h * g.w]);
+        }
+    });
+}
+
+/// [`col2im_strided`] value by value (kernels of fewer than stride² taps).
+fn col2im_scatter(g: &Geom, col: &[f32], x: &mut [f32], ld: usize, off: usize) {
     let (p, pad, s) = (g.p(), g.pad as isize, g.stride as isize);
     x.fill(0.0);
     for c in 0..g.c {

@@ -89,7 +89,7 @@ fn central_differences(
 #[test]
 fn strided_conv2d_matches_candle_and_finite_differences() {
     type Conv = fn(&Tensor, &Tensor, Option<&Tensor>, usize, usize, bool) -> Result<Tensor>;
-    // conv2d_strided sends small maps to the tap products (cases 3 and 5): im2col is checked on
+    // conv2d_strided sends small maps to the tap products: im2col is checked on
     // every case through conv2d_im2col.
     let routes: [(&str, Conv); 2] = [("strided", conv2d_strided), ("im2col", conv2d_im2col)];
     for ((route, conv), (i, (n, c, h, w, o, k, pad, stride))) in routes.into_iter().flat_map(|r| {
@@ -100,6 +100,9 @@ fn strided_conv2d_matches_candle_and_finite_differences() {
             (2, 4, 8, 7, 6, 1, 0, 2),
             (1, 2, 7, 6, 3, 3, 0, 3),
             (2, 3, 10, 10, 4, 7, 3, 2),
+            // Maps smaller than the stride: phases with one row or none.
+            (2, 2, 3, 2, 3, 7, 3, 2),
+            (2, 2, 1, 2, 3, 3, 1, 3),
             // Two parts of images, the second partial; and a stride-1 one packed by part.
             (11, 2, 6, 6, 3, 3, 1, 2),
             (10, 3, 6, 6, 4, 3, 1, 1),
