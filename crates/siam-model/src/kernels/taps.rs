@@ -23,7 +23,7 @@ use super::conv::Geom;
 use super::gemm::{Mat, gemm_into};
 use super::ops::{cpu_values, hold, slice};
 use super::scratch::Buf;
-use super::transpose::{Strided, transpose_into};
+use super::transpose::{Strided, transpose_into, transposed};
 
 /// Channels per block of the parallel split (a constant, so the values do not depend on the
 /// thread count).
@@ -129,11 +129,15 @@ fn blocks(c: usize) -> impl IndexedParallelIterator<Item = usize> {
     (0..c.div_ceil(BLOCK)).into_par_iter().map(|b| b * BLOCK)
 }
 
-/// y (N, O, HO, WO) = conv(x, w); each tap's W_tapᵀ is read in place from the weights (the
-/// gemm packs its operands anyway, so a transposed copy saves nothing).
+/// y (N, O, HO, WO) = conv(x, w). The weights are first transposed to (C·KH·KW, O), so that
+/// each tap's W_tapᵀ block is a row-major operand whose rows are contiguous runs of output
+/// channels: the gemm's packing of it is a copy of contiguous runs instead of a gather of one
+/// value per cache line (the weights' own layout puts a tap's values KH·KW apart along C and
+/// C·KH·KW apart along O).
 fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (n, c, o, kk) = (g.n, g.c, g.o, g.kh * g.kw);
     let xt = to_rows(x, n, c, g.h * g.w);
+    let wt = transposed(w, o, c * kk);
     let taps = all_runs(g);
     let out: Vec<Buf> = blocks(o)
         .map(|o0| {
@@ -146,11 +150,11 @@ fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
                         rs: c,
                         cs: 1,
                     };
-                    // W_tapᵀ (C × width) read in place: (c, k) is w[(o0 + k)·C·KK + c·KK + t].
+                    // W_tapᵀ (C × width): (c, k) is wt[(c·KK + t)·O + o0 + k].
                     let b = Mat {
-                        data: &w[o0 * c * kk + t..],
-                        rs: kk,
-                        cs: c * kk,
+                        data: &wt[t * o + o0..],
+                        rs: kk * o,
+                        cs: 1,
                     };
                     gemm_into(&mut y[r.out * width..], r.len, width, c, a, b, true);
                 }
@@ -168,23 +172,35 @@ fn backward(g: &Geom, x: &[f32], w: Option<&[f32]>, gy: &[f32]) -> (Option<Vec<f
     let taps = all_runs(g);
     let gyt = to_rows(gy, n, o, g.p());
     let gx = w.map(|w| {
+        // The weights as (O, KH·KW, C): each tap's W_tap block (O × width) then has rows that
+        // are contiguous runs of input channels (see `forward`).
+        let mut wr = Buf::scratch(w.len());
+        wr.par_chunks_mut(kk * c).enumerate().for_each(|(oo, dst)| {
+            let src = Strided {
+                data: &w[oo * c * kk..],
+                rows: c,
+                cols: kk,
+                stride: kk,
+            };
+            transpose_into(src, dst, c);
+        });
         let out: Vec<Buf> = blocks(c)
             .map(|c0| {
                 let width = BLOCK.min(c - c0);
                 let mut dx = Buf::zeroed(g.h * g.w * n * width);
                 for (t, runs) in taps.iter().enumerate() {
                     for r in runs {
-                        // dX rows += dY rows · W_tap, W_tap (O × width) read in place:
-                        // (o, k) is w[o·C·KK + (c0 + k)·KK + t].
+                        // dX rows += dY rows · W_tap, W_tap (O × width): (o, k) is
+                        // wr[(o·KK + t)·C + c0 + k].
                         let a = Mat {
                             data: &gyt[r.out * o..][..r.len * o],
                             rs: o,
                             cs: 1,
                         };
                         let b = Mat {
-                            data: &w[c0 * kk + t..],
-                            rs: c * kk,
-                            cs: kk,
+                            data: &wr[t * c + c0..],
+                            rs: kk * c,
+                            cs: 1,
                         };
                         gemm_into(&mut dx[r.inp * width..], r.len, width, o, a, b, true);
                     }
