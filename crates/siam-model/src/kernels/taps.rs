@@ -306,10 +306,23 @@ impl CustomOp2 for Taps {
 /// docs/BENCHMARKS.md): 4×4 and 2×2 maps, at stride 1 and 2.
 const SMALL_MAP: usize = 16;
 
+/// [`SMALL_MAP`] at a stride above 1, where im2col packs a gathered copy of the input per
+/// tap: ResNet-18's stride-2 3×3 layers to 8×8 and 7×7 maps (stage 2 at 64×64, stage 3 at
+/// 112×112) run faster as tap products, forward and backward (docs/BENCHMARKS.md, 2026-12-06
+/// evening); to 14×14 maps (stage 2 at 112×112) im2col stays faster.
+const SMALL_STRIDED_MAP: usize = 64;
+
 /// Whether a convolution of (N, C, H, W) by (O, C, KH, KW) at `padding` and `stride` goes to
 /// [`conv2d_taps`] (see [`SMALL_MAP`]); false for shapes that do not fit.
 pub(super) fn worth_it(x: &[usize], w: &[usize], padding: usize, stride: usize) -> bool {
-    Geom::strided(x, w, padding, stride).is_ok_and(|g| g.kh * g.kw > 1 && g.p() <= SMALL_MAP)
+    Geom::strided(x, w, padding, stride).is_ok_and(|g| {
+        let small = if g.stride > 1 {
+            SMALL_STRIDED_MAP
+        } else {
+            SMALL_MAP
+        };
+        g.kh * g.kw > 1 && g.p() <= small
+    })
 }
 
 /// 2-D convolution without bias at any stride, zero `padding`, of (N, C, H, W) by
