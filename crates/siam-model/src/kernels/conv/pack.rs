@@ -148,13 +148,24 @@ impl<'a> Phases<'a> {
     }
 
     /// Tap (i, j)'s plane (to add into), as [`Self::tap`].
-    fn tap_mut(&mut self, g: &Geom, i: usize, j: usize) -> (&mut [f32], usize, usize, isize, isize) {
+    fn tap_mut(
+        &mut self,
+        g: &Geom,
+        i: usize,
+        j: usize,
+    ) -> (&mut [f32], usize, usize, isize, isize) {
         let (_, rows, cols, di, dj) = self.tap(g, i, j);
         let s = g.stride as isize;
         let a = (i as isize - g.pad as isize).rem_euclid(s) as usize;
         let b = (j as isize - g.pad as isize).rem_euclid(s) as usize;
         let len = self.hp * self.wp;
-        (&mut self.v[(a * g.stride + b) * len..][..len], rows, cols, di, dj)
+        (
+            &mut self.v[(a * g.stride + b) * len..][..len],
+            rows,
+            cols,
+            di,
+            dj,
+        )
     }
 
     /// Zeroed phases of an (H, W) channel, to accumulate a gradient in.
