@@ -42,18 +42,23 @@ pub(super) fn im2col_rows(
                     }
                     let src = &x[(c * g.h + ih as usize) * g.w..][..g.w];
                     // Output column ow reads input column ow + j − pad.
-                    let lo = (pad - j as isize).clamp(0, g.wo as isize) as usize;
-                    let hi = (g.w as isize + pad - j as isize).clamp(0, g.wo as isize) as usize;
-                    dst[..lo].fill(0.0);
-                    if hi > lo {
-                        let s0 = (lo as isize + j as isize - pad) as usize;
-                        dst[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
-                    }
-                    dst[hi.max(lo)..].fill(0.0);
+                    copy_shifted(dst, src, j as isize - pad);
                 }
             }
         }
     }
+}
+
+/// `dst[k] = src[k + shift]` where that lies in `src`, zero elsewhere: one output row of
+/// im2col at stride 1 (or of a stride phase), the padding's columns on either side zeroed.
+fn copy_shifted(dst: &mut [f32], src: &[f32], shift: isize) {
+    let (lo, hi) = inside(src.len(), dst.len(), 1, shift);
+    dst[..lo].fill(0.0);
+    if hi > lo {
+        let s0 = (lo as isize + shift) as usize;
+        dst[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
+    }
+    dst[hi..].fill(0.0);
 }
 
 /// [`im2col`] at a stride above 1. Kernels of at least stride² taps (7×7/2, 3×3/2) read each
@@ -79,7 +84,6 @@ fn im2col_strided(
                 for j in 0..g.kw {
                     let row = &mut col[(((c - c0) * g.kh + i) * g.kw + j) * ld + off..][..p];
                     let (plane, rows, cols, di, dj) = ph.tap(g, i, j);
-                    let (lo, hi) = inside(cols, g.wo, 1, dj);
                     for oh in 0..g.ho {
                         let dst = &mut row[oh * g.wo..][..g.wo];
                         let r = oh as isize + di;
@@ -87,13 +91,7 @@ fn im2col_strided(
                             dst.fill(0.0);
                             continue;
                         }
-                        let src = &plane[r as usize * ph.wp..][..cols];
-                        dst[..lo].fill(0.0);
-                        if hi > lo {
-                            let s0 = (lo as isize + dj) as usize;
-                            dst[lo..hi].copy_from_slice(&src[s0..s0 + hi - lo]);
-                        }
-                        dst[hi.max(lo)..].fill(0.0);
+                        copy_shifted(dst, &plane[r as usize * ph.wp..][..cols], dj);
                     }
                 }
             }
