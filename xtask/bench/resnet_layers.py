@@ -4,6 +4,7 @@ no_grad) per layer shape.
 
 python3 xtask/bench/resnet_layers.py SIDE IMAGES train|infer [LAYER [REPS]]
 """
+import math
 import sys
 import time
 
@@ -12,11 +13,12 @@ import torch
 
 def layers(side):
     out = [(3, 64, 7, 2, side)]
-    cin, m = 64, -(-(-(-side // 2)) // 2)
+    # The stem halves the side, max-pooling halves it again (both rounding up).
+    cin, m = 64, math.ceil(math.ceil(side / 2) / 2)
     for stage, w in enumerate([64, 128, 256, 512]):
         if stage > 0:
             out += [(cin, w, 3, 2, m), (cin, w, 1, 2, m)]
-            m = -(-m // 2)
+            m = math.ceil(m / 2)
         out.append((w, w, 3, 1, m))
         cin = w
     return out

@@ -23,7 +23,7 @@ use super::conv::Geom;
 use super::gemm::{Mat, gemm_into};
 use super::ops::{cpu_values, hold, slice};
 use super::scratch::Buf;
-use super::transpose::{Strided, transpose_into, transposed};
+use super::transpose::{Strided, transpose_images, transpose_into, transposed};
 
 /// Channels per block of the parallel split (a constant, so the values do not depend on the
 /// thread count).
@@ -175,15 +175,7 @@ fn backward(g: &Geom, x: &[f32], w: Option<&[f32]>, gy: &[f32]) -> (Option<Vec<f
         // The weights as (O, KH·KW, C): each tap's W_tap block (O × width) then has rows that
         // are contiguous runs of input channels (see `forward`).
         let mut wr = Buf::scratch(w.len());
-        wr.par_chunks_mut(kk * c).enumerate().for_each(|(oo, dst)| {
-            let src = Strided {
-                data: &w[oo * c * kk..],
-                rows: c,
-                cols: kk,
-                stride: kk,
-            };
-            transpose_into(src, dst, c);
-        });
+        transpose_images(w, &mut wr, c, kk);
         let out: Vec<Buf> = blocks(c)
             .map(|c0| {
                 let width = BLOCK.min(c - c0);

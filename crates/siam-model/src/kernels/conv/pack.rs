@@ -84,6 +84,7 @@ fn im2col_strided(
                 for j in 0..g.kw {
                     let row = &mut col[(((c - c0) * g.kh + i) * g.kw + j) * ld + off..][..p];
                     let (plane, rows, cols, di, dj) = ph.tap(g, i, j);
+                    let plane = &ph.v[plane];
                     for oh in 0..g.ho {
                         let dst = &mut row[oh * g.wo..][..g.wo];
                         let r = oh as isize + di;
@@ -116,63 +117,54 @@ struct Phases<'a> {
 }
 
 impl<'a> Phases<'a> {
-    fn split(g: &Geom, x: &[f32], v: &'a mut Vec<f32>) -> Self {
+    /// The phases of an (H, W) channel in `v`, sized but not filled.
+    fn sized(g: &Geom, v: &'a mut Vec<f32>) -> Self {
         let s = g.stride;
         let (hp, wp) = (g.h.div_ceil(s), g.w.div_ceil(s));
         v.resize(s * s * hp * wp, 0.0);
+        Self { v, hp, wp }
+    }
+
+    /// The phases of channel `x` (H, W).
+    fn split(g: &Geom, x: &[f32], v: &'a mut Vec<f32>) -> Self {
+        let ph = Self::sized(g, v);
+        let s = g.stride;
         for a in 0..s {
             for r in 0..g.h.saturating_sub(a).div_ceil(s) {
                 let src = &x[(r * s + a) * g.w..][..g.w];
                 for b in 0..s {
-                    let dst = &mut v[((a * s + b) * hp + r) * wp..][..wp];
+                    let dst = &mut ph.v[((a * s + b) * ph.hp + r) * ph.wp..][..ph.wp];
                     for (d, &val) in dst.iter_mut().zip(src[b..].iter().step_by(s)) {
                         *d = val;
                     }
                 }
             }
         }
-        Self { v, hp, wp }
-    }
-
-    /// Tap (i, j)'s phase plane, its real rows and columns, and the shifts (di, dj).
-    fn tap(&self, g: &Geom, i: usize, j: usize) -> (&[f32], usize, usize, isize, isize) {
-        let s = g.stride as isize;
-        let (ti, tj) = (i as isize - g.pad as isize, j as isize - g.pad as isize);
-        let (a, b) = (ti.rem_euclid(s) as usize, tj.rem_euclid(s) as usize);
-        let plane = &self.v[(a * g.stride + b) * self.hp * self.wp..][..self.hp * self.wp];
-        let rows = g.h.saturating_sub(a).div_ceil(g.stride);
-        let cols = g.w.saturating_sub(b).div_ceil(g.stride);
-        (plane, rows, cols, ti.div_euclid(s), tj.div_euclid(s))
-    }
-
-    /// Tap (i, j)'s plane (to add into), as [`Self::tap`].
-    fn tap_mut(
-        &mut self,
-        g: &Geom,
-        i: usize,
-        j: usize,
-    ) -> (&mut [f32], usize, usize, isize, isize) {
-        let (_, rows, cols, di, dj) = self.tap(g, i, j);
-        let s = g.stride as isize;
-        let a = (i as isize - g.pad as isize).rem_euclid(s) as usize;
-        let b = (j as isize - g.pad as isize).rem_euclid(s) as usize;
-        let len = self.hp * self.wp;
-        (
-            &mut self.v[(a * g.stride + b) * len..][..len],
-            rows,
-            cols,
-            di,
-            dj,
-        )
+        ph
     }
 
     /// Zeroed phases of an (H, W) channel, to accumulate a gradient in.
     fn zeroed(g: &Geom, v: &'a mut Vec<f32>) -> Self {
-        let s = g.stride;
-        let (hp, wp) = (g.h.div_ceil(s), g.w.div_ceil(s));
         v.clear();
-        v.resize(s * s * hp * wp, 0.0);
-        Self { v, hp, wp }
+        Self::sized(g, v)
+    }
+
+    /// Where tap (i, j) reads: its phase plane's range in the buffer, the plane's real rows
+    /// and columns, and the shifts (di, dj).
+    fn tap(
+        &self,
+        g: &Geom,
+        i: usize,
+        j: usize,
+    ) -> (std::ops::Range<usize>, usize, usize, isize, isize) {
+        let s = g.stride as isize;
+        let (ti, tj) = (i as isize - g.pad as isize, j as isize - g.pad as isize);
+        let (a, b) = (ti.rem_euclid(s) as usize, tj.rem_euclid(s) as usize);
+        let len = self.hp * self.wp;
+        let plane = (a * g.stride + b) * len..(a * g.stride + b + 1) * len;
+        let rows = g.h.saturating_sub(a).div_ceil(g.stride);
+        let cols = g.w.saturating_sub(b).div_ceil(g.stride);
+        (plane, rows, cols, ti.div_euclid(s), tj.div_euclid(s))
     }
 
     /// Writes the phases back into the channel `x` (H, W): the inverse of [`Self::split`].
@@ -259,12 +251,13 @@ fn col2im_strided(g: &Geom, col: &[f32], x: &mut [f32], ld: usize, off: usize) {
     let p = g.p();
     PHASES.with_borrow_mut(|buf| {
         for c in 0..g.c {
-            let mut ph = Phases::zeroed(g, buf);
+            let ph = Phases::zeroed(g, buf);
             for i in 0..g.kh {
                 for j in 0..g.kw {
                     let row = &col[((c * g.kh + i) * g.kw + j) * ld + off..][..p];
+                    let (plane, rows, cols, di, dj) = ph.tap(g, i, j);
                     let wp = ph.wp;
-                    let (plane, rows, cols, di, dj) = ph.tap_mut(g, i, j);
+                    let plane = &mut ph.v[plane];
                     let (lo, hi) = inside(cols, g.wo, 1, dj);
                     if hi <= lo {
                         continue;
