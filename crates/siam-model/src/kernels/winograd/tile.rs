@@ -278,32 +278,28 @@ pub(super) fn position_offsets(nt: usize, width: usize) -> [usize; P] {
 
 /// `U = G g Gᵀ` for every kernel of (O, C, 3, 3) weights, laid out `[36][C][O]`: the weights
 /// transposed to (C·9, O), so each input channel's transforms run on lanes of output channels
-/// (16 or 8 kernels at a time, read and written contiguously), input channels in parallel, then
-/// laid out by position.
+/// (16 or 8 kernels at a time, read and written contiguously), input channels in parallel, each
+/// writing its 36 rows of `U` in place.
 pub(in crate::kernels) fn kernel_transform(w: &[f32], o: usize, c: usize) -> Buf {
     let wt = transposed(w, o, c * 9);
-    // By input channel ([C][36][O]) in parallel, then laid out by position; both buffers are
-    // written whole.
-    let mut by_channel = Buf::scratch(c * P * o);
-    by_channel
-        .par_chunks_exact_mut(P * o)
-        .zip(wt.par_chunks_exact(9 * o))
-        .for_each(|(part, rows)| kernel_transform_channel(rows, o, part));
     let mut u = Buf::scratch(P * c * o);
-    u.par_chunks_exact_mut(c * o)
-        .enumerate()
-        .for_each(|(pos, up)| {
-            for (cc, row) in up.chunks_exact_mut(o).enumerate() {
-                row.copy_from_slice(&by_channel[(cc * P + pos) * o..][..o]);
-            }
-        });
+    // Input channel cc's rows: position pos at `u[(pos·C + cc)·O ..]`; every row written whole.
+    let mut rows: Vec<Vec<&mut [f32]>> = (0..c).map(|_| Vec::with_capacity(P)).collect();
+    for block in u.chunks_exact_mut(c * o) {
+        for (cc, row) in block.chunks_exact_mut(o).enumerate() {
+            rows[cc].push(row);
+        }
+    }
+    rows.into_par_iter()
+        .zip(wt.par_chunks_exact(9 * o))
+        .for_each(|(mut part, taps)| kernel_transform_channel(taps, o, &mut part));
     u
 }
 
 /// Lanes `j…j+N` of one input channel's kernel transforms: `rows` holds its 9 taps' rows of O
 /// values, `part` its 36 positions' rows.
 #[inline(always)]
-fn transform_lanes<const N: usize>(rows: &[f32], o: usize, j: usize, part: &mut [f32]) {
+fn transform_lanes<const N: usize>(rows: &[f32], o: usize, j: usize, part: &mut [&mut [f32]]) {
     let g: [Fx<N>; 9] = std::array::from_fn(|k| Fx::load(&rows[k * o + j..]));
     let cols = [
         gk([g[0], g[3], g[6]]),
@@ -313,14 +309,14 @@ fn transform_lanes<const N: usize>(rows: &[f32], o: usize, j: usize, part: &mut 
     for i in 0..A6 {
         let row = gk([cols[0][i], cols[1][i], cols[2][i]]);
         for (jj, v) in row.into_iter().enumerate() {
-            v.store(&mut part[(i * A6 + jj) * o + j..]);
+            v.store(&mut part[i * A6 + jj][j..]);
         }
     }
 }
 
 simd_kernel! {
-    /// The transforms `[36][O]` of one input channel's kernels, from its taps' rows `[9][O]`.
-    fn kernel_transform_channel<'a>(rows: &'a [f32], o: usize, part: &'a mut [f32]) {
+    /// The transforms (36 rows of O) of one input channel's kernels, from its taps' rows `[9][O]`.
+    fn kernel_transform_channel<'a, 'b>(rows: &'a [f32], o: usize, part: &'a mut [&'b mut [f32]]) {
         let mut j = 0;
         while j + 16 <= o {
             transform_lanes::<16>(rows, o, j, part);
