@@ -10,7 +10,8 @@
 //! `s…s+len` · W_tapᵀ, with `len` = N·(the tap's valid run of output columns), merged across
 //! output rows where both sides stay contiguous (a 2×2 map's centre tap is one product of all
 //! 4·N rows). Only the real products are computed, forward and backward, and the weight
-//! gradient of a tap is one product over the rows it reads.
+//! gradient of a tap is one product over the rows it reads. At stride 2 the input's positions
+//! are grouped by stride phase ([`Order`]), so a tap's runs are whole output rows there too.
 //!
 //! The op takes and returns channel-first tensors (N, C, H, W), rearranging on the way in and
 //! out (cheap on small maps). Work is split in fixed blocks of output channels (the output and
@@ -39,9 +40,10 @@ struct Run {
 }
 
 /// The runs of tap `(di, dj)`: output position (oh, ow) reads input
-/// (oh·stride + di − pad, ow·stride + dj − pad) when it lies inside the map; consecutive
-/// positions whose rows are contiguous on both sides merge into one run.
-fn runs(g: &Geom, di: usize, dj: usize) -> Vec<Run> {
+/// (oh·stride + di − pad, ow·stride + dj − pad) when it lies inside the map, at row block
+/// `index[ih·W + iw]` of the input's rows ([`Order`]); consecutive positions whose rows are
+/// contiguous on both sides merge into one run.
+fn runs(g: &Geom, index: &[usize], di: usize, dj: usize) -> Vec<Run> {
     let mut out: Vec<Run> = Vec::new();
     let inside = |o: usize, d: usize, side: usize| {
         let i = (o * g.stride + d) as isize - g.pad as isize;
@@ -57,7 +59,7 @@ fn runs(g: &Geom, di: usize, dj: usize) -> Vec<Run> {
             };
             let run = Run {
                 out: (oh * g.wo + ow) * g.n,
-                inp: (ih * g.w + iw) * g.n,
+                inp: index[ih * g.w + iw] * g.n,
                 len: g.n,
             };
             match out.last_mut() {
@@ -69,12 +71,79 @@ fn runs(g: &Geom, di: usize, dj: usize) -> Vec<Run> {
     out
 }
 
-/// Every tap's runs, taps in the weights' order (row-major over the kernel).
-fn all_runs(g: &Geom) -> Vec<Vec<Run>> {
+/// Every tap's runs, taps in the weights' order (row-major over the kernel), on the input's
+/// rows in `order`.
+fn all_runs(g: &Geom, order: &Order) -> Vec<Vec<Run>> {
     (0..g.kh)
         .flat_map(|i| (0..g.kw).map(move |j| (i, j)))
-        .map(|(i, j)| runs(g, i, j))
+        .map(|(i, j)| runs(g, &order.index, i, j))
         .collect()
+}
+
+/// The order of the input's positions in its rows. At stride 1, raster order: a tap's
+/// consecutive output positions read consecutive inputs. At stride s > 1 they read every s-th
+/// input, so in raster order every run would be one position (N rows: products too small to
+/// run at gemm's speed); the positions are grouped instead by stride phase (ih mod s,
+/// iw mod s), each phase in raster order, where a tap's consecutive output positions read
+/// consecutive rows of one phase — runs of whole output rows, as at stride 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Order {
+    /// The raster position (ih·W + iw) of each row block; `None` for raster order.
+    raster: Option<Vec<usize>>,
+    /// The row block of each raster position.
+    index: Vec<usize>,
+}
+
+impl Order {
+    fn new(g: &Geom) -> Self {
+        let s = g.stride;
+        if s == 1 {
+            return Self {
+                raster: None,
+                index: (0..g.h * g.w).collect(),
+            };
+        }
+        let mut raster = Vec::with_capacity(g.h * g.w);
+        for a in 0..s.min(g.h) {
+            for b in 0..s.min(g.w) {
+                for ih in (a..g.h).step_by(s) {
+                    raster.extend((b..g.w).step_by(s).map(|iw| ih * g.w + iw));
+                }
+            }
+        }
+        let mut index = vec![0; g.h * g.w];
+        for (k, &r) in raster.iter().enumerate() {
+            index[r] = k;
+        }
+        Self {
+            raster: Some(raster),
+            index,
+        }
+    }
+
+    /// Rows (P, N, C) in raster order → in this order (blocks of `row` values per position).
+    fn gather(&self, x: Buf, row: usize) -> Buf {
+        let Some(raster) = self.raster.as_ref().filter(|_| row > 0) else {
+            return x;
+        };
+        let mut y = Buf::scratch(x.len());
+        y.par_chunks_exact_mut(row)
+            .zip(raster.par_iter())
+            .for_each(|(dst, &r)| dst.copy_from_slice(&x[r * row..][..row]));
+        y
+    }
+
+    /// The inverse of [`Self::gather`]: rows in this order → in raster order.
+    fn scatter(&self, x: Buf, row: usize) -> Buf {
+        if self.raster.is_none() || row == 0 {
+            return x;
+        }
+        let mut y = Buf::scratch(x.len());
+        y.par_chunks_exact_mut(row)
+            .zip(self.index.par_iter())
+            .for_each(|(dst, &k)| dst.copy_from_slice(&x[k * row..][..row]));
+        y
+    }
 }
 
 /// Positions per task of [`to_rows`] (one register tile of the transpose).
@@ -136,9 +205,10 @@ fn blocks(c: usize) -> impl IndexedParallelIterator<Item = usize> {
 /// C·KH·KW apart along O).
 fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
     let (n, c, o, kk) = (g.n, g.c, g.o, g.kh * g.kw);
-    let xt = to_rows(x, n, c, g.h * g.w);
+    let order = Order::new(g);
+    let xt = order.gather(to_rows(x, n, c, g.h * g.w), n * c);
     let wt = transposed(w, o, c * kk);
-    let taps = all_runs(g);
+    let taps = all_runs(g, &order);
     let out: Vec<Buf> = blocks(o)
         .map(|o0| {
             let width = BLOCK.min(o - o0);
@@ -169,7 +239,8 @@ fn forward(g: &Geom, x: &[f32], w: &[f32]) -> Vec<f32> {
 /// weights `w` it is computed from.
 fn backward(g: &Geom, x: &[f32], w: Option<&[f32]>, gy: &[f32]) -> (Option<Vec<f32>>, Vec<f32>) {
     let (n, c, o, kk) = (g.n, g.c, g.o, g.kh * g.kw);
-    let taps = all_runs(g);
+    let order = Order::new(g);
+    let taps = all_runs(g, &order);
     let gyt = to_rows(gy, n, o, g.p());
     let gx = w.map(|w| {
         // The weights as (O, KH·KW, C): each tap's W_tap block (O × width) then has rows that
@@ -197,12 +268,12 @@ fn backward(g: &Geom, x: &[f32], w: Option<&[f32]>, gy: &[f32]) -> (Option<Vec<f
                         gemm_into(&mut dx[r.inp * width..], r.len, width, o, a, b, true);
                     }
                 }
-                dx
+                order.scatter(dx, n * width)
             })
             .collect();
         from_row_blocks(&out, n, c, g.h * g.w)
     });
-    let xt = to_rows(x, n, c, g.h * g.w);
+    let xt = order.gather(to_rows(x, n, c, g.h * g.w), n * c);
     let out: Vec<Buf> = blocks(o)
         .map(|o0| {
             let width = BLOCK.min(o - o0);
@@ -389,12 +460,12 @@ mod tests {
     }
 
     /// Runs merge where rows are contiguous on both sides: a 2×2 map's centre tap is one
-    /// product of every row, its corner taps one image-row each; at stride 2 no position
-    /// merges with the next.
+    /// product of every row, its corner taps one image-row each; at stride 2, on the input's
+    /// phases, whole output rows merge as at stride 1.
     #[test]
     fn runs_merge_contiguous_rows() {
         let g = Geom::strided(&[5, 1, 2, 2], &[1, 1, 3, 3], 1, 1).unwrap();
-        let all = all_runs(&g);
+        let all = all_runs(&g, &Order::new(&g));
         assert_eq!(
             all[4],
             vec![Run {
@@ -429,8 +500,71 @@ mod tests {
         );
         let total: usize = all.iter().flatten().map(|r| r.len).sum();
         assert_eq!(total, 16 * 5, "every output position reads all four inputs");
+        // A 1×1 kernel at stride 2 reads phase (0, 0) only: the whole output is one run.
         let s2 = Geom::strided(&[2, 1, 4, 4], &[1, 1, 1, 1], 0, 2).unwrap();
-        assert_eq!(all_runs(&s2)[0].len(), 4);
+        assert_eq!(
+            all_runs(&s2, &Order::new(&s2))[0],
+            vec![Run {
+                out: 0,
+                inp: 0,
+                len: 8
+            }]
+        );
+        // 3×3, padding 1, stride 2, 7×7 → 4×4 (ResNet-18's stage 4 at 112×112), one image:
+        // the centre tap (1, 1) reads (2·oh, 2·ow), phase (0, 0) of 4×4 positions, every
+        // output position in one run; tap (0, 0) reads (2·oh − 1, 2·ow − 1), phase (1, 1) of
+        // 3×3, output rows 1–3 and columns 1–3: three runs of three.
+        let g7 = Geom::strided(&[1, 1, 7, 7], &[1, 1, 3, 3], 1, 2).unwrap();
+        let all = all_runs(&g7, &Order::new(&g7));
+        assert_eq!(
+            all[4],
+            vec![Run {
+                out: 0,
+                inp: 0,
+                len: 16
+            }]
+        );
+        let phase11 = 16 + 12 + 12;
+        assert_eq!(
+            all[0],
+            (0..3)
+                .map(|r| Run {
+                    out: (r + 1) * 4 + 1,
+                    inp: phase11 + r * 3,
+                    len: 3
+                })
+                .collect::<Vec<_>>()
+        );
+        let total: usize = all.iter().flatten().map(|r| r.len).sum();
+        // Along each side the three taps read 3, 4 and 3 of the four outputs' inputs.
+        assert_eq!(total, 10 * 10, "every real product once");
+    }
+
+    /// The phase order holds every position once; gather and scatter invert each other.
+    #[test]
+    fn phase_order_is_a_permutation() {
+        for (h, w, s) in [(7, 7, 2), (4, 5, 2), (1, 3, 2), (9, 8, 3)] {
+            let g = Geom::strided(&[2, 1, h, w], &[1, 1, 1, 1], 0, s).unwrap();
+            let order = Order::new(&g);
+            let raster = order.raster.clone().expect("stride > 1 reorders");
+            let mut sorted = raster.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..h * w).collect::<Vec<_>>(), "{h}x{w}/{s}");
+            let row = 3;
+            let mut x = Buf::scratch(h * w * row);
+            x.iter_mut().enumerate().for_each(|(i, v)| *v = i as f32);
+            let back = order.scatter(order.gather(Buf::scratch(0), 0), 0);
+            assert!(back.is_empty());
+            let gathered = order.gather(x, row);
+            assert_eq!(gathered[row], (raster[1] * row) as f32);
+            let back = order.scatter(gathered, row);
+            assert!(back.iter().enumerate().all(|(i, &v)| v == i as f32));
+        }
+        assert!(
+            Order::new(&Geom::strided(&[1, 1, 4, 4], &[1, 1, 3, 3], 1, 1).unwrap())
+                .raster
+                .is_none()
+        );
     }
 
     /// The values do not depend on the thread count.
