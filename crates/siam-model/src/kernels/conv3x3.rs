@@ -123,9 +123,9 @@ fn worth_it(g: &Wino, eval: bool) -> bool {
     filled && per_tile * g.n * tiles >= g.c
 }
 
-/// Whether [`conv3x3`] runs this convolution by Winograd (and so whether a ResNet block of
-/// two such convolutions fits the fused channel-last block, [`super::conv_block`]).
-/// `eval`: for an evaluation pass ([`conv3x3_eval`]'s choice), else a training one.
+/// Whether [`conv3x3`] (with `eval`, [`conv3x3_eval`]) runs this convolution by Winograd (and
+/// so whether a ResNet block of two such convolutions fits the fused channel-last block,
+/// [`super::conv_block`]).
 pub(crate) fn conv3x3_by_winograd(x: &Tensor, w: &Tensor, padding: usize, eval: bool) -> bool {
     by_winograd(x, w, padding, eval).is_some()
 }

@@ -86,7 +86,7 @@ fn all_runs(g: &Geom, order: &Order) -> Vec<Vec<Run>> {
 /// run at gemm's speed); the positions are grouped instead by stride phase (ih mod s,
 /// iw mod s), each phase in raster order, where a tap's consecutive output positions read
 /// consecutive rows of one phase — runs of whole output rows, as at stride 1.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 struct Order {
     /// The raster position (ih·W + iw) of each row block; `None` for raster order.
     raster: Option<Vec<usize>>,
@@ -104,8 +104,8 @@ impl Order {
             };
         }
         let mut raster = Vec::with_capacity(g.h * g.w);
-        for a in 0..s.min(g.h) {
-            for b in 0..s.min(g.w) {
+        for a in 0..s {
+            for b in 0..s {
                 for ih in (a..g.h).step_by(s) {
                     raster.extend((b..g.w).step_by(s).map(|iw| ih * g.w + iw));
                 }

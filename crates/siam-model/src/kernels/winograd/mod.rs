@@ -134,10 +134,17 @@ pub(super) use tile::{kernel_grad, kernel_transform};
 /// For each image, the 36 blocks (one per position) of its T rows in a `[36][N·T][width]`
 /// buffer: what one image's transform writes.
 fn per_image<'a>(buf: &'a mut [f32], g: &Wino, width: usize) -> Vec<Vec<&'a mut [f32]>> {
-    let mut out: Vec<Vec<&mut [f32]>> = (0..g.n).map(|_| Vec::with_capacity(P)).collect();
-    for block in buf.chunks_exact_mut(g.nt() * width) {
-        for (n, piece) in block.chunks_exact_mut(g.t() * width).enumerate() {
-            out[n].push(piece);
+    by_part(buf, g.n, g.t() * width)
+}
+
+/// A `[36][parts][len]` buffer split by part: for each of the `parts`, its 36 pieces of `len`
+/// values, in position order (what one image's tile transforms, or one input channel's kernel
+/// transforms, write).
+fn by_part(buf: &mut [f32], parts: usize, len: usize) -> Vec<Vec<&mut [f32]>> {
+    let mut out: Vec<Vec<&mut [f32]>> = (0..parts).map(|_| Vec::with_capacity(P)).collect();
+    for block in buf.chunks_exact_mut(parts * len) {
+        for (k, piece) in block.chunks_exact_mut(len).enumerate() {
+            out[k].push(piece);
         }
     }
     out

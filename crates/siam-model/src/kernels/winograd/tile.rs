@@ -284,13 +284,8 @@ pub(in crate::kernels) fn kernel_transform(w: &[f32], o: usize, c: usize) -> Buf
     let wt = transposed(w, o, c * 9);
     let mut u = Buf::scratch(P * c * o);
     // Input channel cc's rows: position pos at `u[(pos·C + cc)·O ..]`; every row written whole.
-    let mut rows: Vec<Vec<&mut [f32]>> = (0..c).map(|_| Vec::with_capacity(P)).collect();
-    for block in u.chunks_exact_mut(c * o) {
-        for (cc, row) in block.chunks_exact_mut(o).enumerate() {
-            rows[cc].push(row);
-        }
-    }
-    rows.into_par_iter()
+    super::by_part(&mut u, c, o)
+        .into_par_iter()
         .zip(wt.par_chunks_exact(9 * o))
         .for_each(|(mut part, taps)| kernel_transform_channel(taps, o, &mut part));
     u
