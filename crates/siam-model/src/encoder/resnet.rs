@@ -213,11 +213,7 @@ fn conv(c: &Conv2d, x: &Tensor, stride: usize, pass: Pass) -> Result<Tensor> {
     let w = pass.weight(c.weight());
     let k = w.dim(2)?;
     if k == 3 && stride == 1 {
-        return if pass.train() {
-            crate::kernels::conv3x3(x, &w, 1, true)
-        } else {
-            crate::kernels::conv3x3_eval(x, &w, 1, true)
-        };
+        return crate::kernels::conv3x3(x, &w, 1, true);
     }
     crate::kernels::conv2d_strided(x, &w, None, k / 2, stride, true)
 }
@@ -325,13 +321,13 @@ impl BasicBlock {
 
     /// Whether the block runs as one fused operation ([`Self::forward_fused`]) on input of
     /// `x`'s shape: it keeps the shape (stride 1, no downsampling), both BatchNorms share ε,
-    /// and its convolutions would run by Winograd in `pass` (`kernels::conv3x3`'s choice in
-    /// training, `kernels::conv3x3_eval`'s otherwise).
-    fn fuses(&self, x: &Tensor, pass: Pass) -> bool {
+    /// and its convolutions would run by Winograd (`kernels::conv3x3`'s choice, the same in
+    /// every pass).
+    fn fuses(&self, x: &Tensor) -> bool {
         self.downsample.is_none()
             && self.stride == 1
             && self.bn1.eps() == self.bn2.eps()
-            && crate::kernels::conv3x3_by_winograd(x, self.conv1.weight(), 1, !pass.train())
+            && crate::kernels::conv3x3_by_winograd(x, self.conv1.weight(), 1)
     }
 
     /// The block as one CPU operation on channel-last `x` (N, H, W, C), output channel-last:
@@ -479,7 +475,7 @@ impl ResNet {
         let blocks: Vec<&BasicBlock> = self.stages.iter().flatten().collect();
         let mut i = 0;
         while i < blocks.len() {
-            if !blocks[i].fuses(&y, pass) {
+            if !blocks[i].fuses(&y) {
                 y = blocks[i].forward(&y, pass)?;
                 i += 1;
                 continue;
@@ -487,7 +483,7 @@ impl ResNet {
             // A run of fused blocks stays channel-last: one transpose each way for the run.
             // They keep the shape, so `y`'s (not yet updated) says whether the next one fuses.
             let mut z = crate::kernels::channels_last(&y)?;
-            while i < blocks.len() && blocks[i].fuses(&y, pass) {
+            while i < blocks.len() && blocks[i].fuses(&y) {
                 z = blocks[i].forward_fused(&z, pass)?;
                 i += 1;
             }
@@ -564,7 +560,7 @@ mod tests {
         let (n, c, h, w) = (3, 16, 8, 8);
         let (vm, b) = block(c);
         let x = rand(&[n, c, h, w], 1);
-        assert!(b.fuses(&x, Pass::Train), "this shape takes the fused block");
+        assert!(b.fuses(&x), "this shape takes the fused block");
         let up = rand(&[n, c, h, w], 2);
         let stats = || -> Vec<Vec<f32>> {
             let d = vm.data().lock().unwrap();
@@ -665,7 +661,7 @@ mod tests {
         let net = ResNet::new(18, &cfg, 3, vb).unwrap();
         let x = rand(&[4, 3, 16, 16], 3);
         let stem = net.stem_forward(&x, Pass::Eval).unwrap();
-        assert!(net.stages[0][0].fuses(&stem, Pass::Train), "stage 1 fuses");
+        assert!(net.stages[0][0].fuses(&stem), "stage 1 fuses");
         let ours = net.features(&x, Pass::Eval).unwrap();
         let mut y = stem;
         for b in net.stages.iter().flatten() {

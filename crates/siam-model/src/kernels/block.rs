@@ -100,7 +100,7 @@ fn conv_norm_backward(
         ConvSaved::Wino(s) => {
             let (grad, dp, dq) = norm_grad(y, gz, n, o, norm, gamma);
             let gy = GradOut::Norm { y, gz, grad: &grad };
-            let (gx, gw) = winograd::backward_from(g, s, gy, input_grad);
+            let (gx, gw) = winograd::backward_from(g, s, gy, w, input_grad);
             (gx, gw, dp, dq)
         }
         ConvSaved::Direct(x) => {
@@ -624,7 +624,8 @@ mod tests {
         assert_eq!(fused_arg, plain_arg);
         assert!(plain_arg.contains(&NO_MAX), "some windows all negative");
         // The convolution's forward pass.
-        let u = winograd::kernel_transform(&values(o * c * 9, 4), o, c);
+        let wt = values(o * c * 9, 4);
+        let u = winograd::kernel_transform(&wt, o, c);
         let (mut y_fused, mut y_plain) = (vec![0f32; n * h * w * o], vec![1f32; n * h * w * o]);
         let s_fused = winograd::forward_act(&g, &y, Some(act), &u, &mut y_fused, true);
         let s_plain = winograd::forward(&g, &z, &u, &mut y_plain, true);
@@ -645,13 +646,13 @@ mod tests {
         let (gy, dp, dq) = norm_relu_backward(&y_fused, &gz, n, o, &no, Some(&go));
         let (grad, dp2, dq2) = norm_grad(&y_fused, &gz, n, o, &no, Some(&go));
         assert_eq!((bits(&dp), bits(&dq)), (bits(&dp2), bits(&dq2)));
-        let (gx_plain, gw_plain) = winograd::backward(&g, &s_plain, &gy, true);
+        let (gx_plain, gw_plain) = winograd::backward(&g, &s_plain, &gy, &wt, true);
         let fused_gy = GradOut::Norm {
             y: &y_fused,
             gz: &gz,
             grad: &grad,
         };
-        let (gx_fused, gw_fused) = winograd::backward_from(&g, &s_fused, fused_gy, true);
+        let (gx_fused, gw_fused) = winograd::backward_from(&g, &s_fused, fused_gy, &wt, true);
         assert_eq!(bits(&gw_fused), bits(&gw_plain));
         assert_eq!(bits(&gx_fused.unwrap()), bits(&gx_plain.unwrap()));
     }

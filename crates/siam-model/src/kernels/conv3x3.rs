@@ -92,10 +92,10 @@ impl CustomOp2 for Conv3x3 {
             let held = hold([x, w, &gy]);
             let [xv, wv, gv] = cpu_values(&held, "the winograd conv3x3 backward")?;
             let xt = to_channel_last(xv, g.n, g.c, g.h * g.w);
-            let saved = winograd::saved(&g, &xt, winograd::kernel_transform(wv, g.o, g.c));
+            let saved = winograd::saved(&g, &xt);
             drop(xt);
             let gyt = to_channel_last(gv, g.n, g.o, g.ho * g.wo);
-            let (gx, gw) = winograd::backward(&g, &saved, &gyt, self.input_grad);
+            let (gx, gw) = winograd::backward(&g, &saved, &gyt, wv, self.input_grad);
             (gx.map(|gx| to_channel_first(&gx, g.n, g.c, g.h * g.w)), gw)
         };
         let gx = gx
@@ -107,53 +107,38 @@ impl CustomOp2 for Conv3x3 {
 }
 
 /// Whether Winograd beats the direct convolutions on this convolution. Its multiply stage
-/// reads the weights' transform, 4× the weights, once per batch: with few tiles in the batch (a
-/// ResNet's last stages: 2×2 or 4×4 maps, 512 channels) that read, the transform and its
-/// gradient cost more than the products saved, and a 2×2 map fills a quarter of its one 4×4
-/// tile. Measured on ResNet-18's shapes (`cargo bench -p siam-model --bench conv3x3` and
-/// `xtask/examples/resnet_layers.rs`, figures in docs/BENCHMARKS.md): in training (forward and
-/// backward) Winograd wins when the batch has at least a quarter as many tiles as there are
-/// input channels and the tiles are at least half filled; in evaluation, with no weight
-/// gradient to transform back and no input gradient, from an eighth (stage 4 at 112×112, 512
-/// channels on 4×4 maps: 14 against 18 ms for 64 images, level at 32).
-fn worth_it(g: &Wino, eval: bool) -> bool {
+/// reads the weights' transform, 4× the weights, once per batch (and a training pass makes
+/// the transposed transform and the weights' gradient from the transform's): with few tiles in
+/// the batch (a ResNet's last stages: 2×2 or 4×4 maps, 256 or 512 channels) these cost more than
+/// the products saved, and a 2×2 map fills a quarter of its one 4×4 tile. Measured on
+/// ResNet-18's shapes (`xtask/examples/resnet_layers.rs` against the same layer forced through
+/// [`conv3x3_winograd`], figures in docs/BENCHMARKS.md), in training and in evaluation alike:
+/// Winograd wins when the batch has at least a sixteenth as many tiles as there are input
+/// channels and the tiles are at least half filled — stage 4 at 112×112 (512 channels, 4×4
+/// maps) from 32 images (training 23 against 29 ms; level at 16, 11 against 18 ms the other
+/// way at 8), stage 3 at 64×64 (256 channels, 4×4 maps) from 16.
+fn worth_it(g: &Wino) -> bool {
     let tiles = g.ho.div_ceil(4) * g.wo.div_ceil(4);
     let filled = 2 * g.ho * g.wo >= 16 * tiles;
-    let per_tile = if eval { 8 } else { 4 };
-    filled && per_tile * g.n * tiles >= g.c
+    filled && TILES_PER_CHANNEL * g.n * tiles >= g.c
 }
 
-/// Whether [`conv3x3`] (with `eval`, [`conv3x3_eval`]) runs this convolution by Winograd (and
-/// so whether a ResNet block of two such convolutions fits the fused channel-last block,
-/// [`super::conv_block`]).
-pub(crate) fn conv3x3_by_winograd(x: &Tensor, w: &Tensor, padding: usize, eval: bool) -> bool {
-    by_winograd(x, w, padding, eval).is_some()
+/// The batch's tiles, per sixteen input channels, from which Winograd is faster ([`worth_it`]).
+const TILES_PER_CHANNEL: usize = 16;
+
+/// Whether [`conv3x3`] runs this convolution by Winograd (and so whether a ResNet block of two
+/// such convolutions fits the fused channel-last block, [`super::conv_block`]).
+pub(crate) fn conv3x3_by_winograd(x: &Tensor, w: &Tensor, padding: usize) -> bool {
+    by_winograd(x, w, padding).is_some()
 }
 
 /// A 3×3 convolution without bias, stride 1, zero `padding`, of (N, C, H, W) by (O, C, 3, 3):
 /// Winograd F(4×4, 3×3) on the CPU in f32 with at least four input channels where it is faster
-/// in training (`worth_it`), [`super::conv2d`] otherwise (one product per tap on small maps,
-/// im2col on the others).
+/// (`worth_it`), [`super::conv2d`] otherwise (one product per tap on small maps, im2col on the
+/// others).
 /// `input_grad = false` skips the input's gradient.
 pub fn conv3x3(x: &Tensor, w: &Tensor, padding: usize, input_grad: bool) -> Result<Tensor> {
-    conv3x3_for(x, w, padding, input_grad, false)
-}
-
-/// [`conv3x3`] as an evaluation pass chooses it: gradients, when asked for, are still exact,
-/// but the choice between Winograd and the direct convolutions is made for the forward pass
-/// alone, so Winograd takes smaller batches (ResNet-18's stage 4 at 112×112 from 64 images).
-pub fn conv3x3_eval(x: &Tensor, w: &Tensor, padding: usize, input_grad: bool) -> Result<Tensor> {
-    conv3x3_for(x, w, padding, input_grad, true)
-}
-
-fn conv3x3_for(
-    x: &Tensor,
-    w: &Tensor,
-    padding: usize,
-    input_grad: bool,
-    eval: bool,
-) -> Result<Tensor> {
-    if by_winograd(x, w, padding, eval).is_none() {
+    if by_winograd(x, w, padding).is_none() {
         return super::conv2d(x, w, None, padding, input_grad);
     }
     let op = Conv3x3 {
@@ -164,8 +149,8 @@ fn conv3x3_for(
 }
 
 /// The geometry when a 3×3 convolution runs by Winograd (CPU, f32, at least four input
-/// channels, [`worth_it`] for a training or an evaluation pass); `None` otherwise.
-fn by_winograd(x: &Tensor, w: &Tensor, padding: usize, eval: bool) -> Option<Wino> {
+/// channels, [`worth_it`]); `None` otherwise.
+fn by_winograd(x: &Tensor, w: &Tensor, padding: usize) -> Option<Wino> {
     let op = Conv3x3 {
         pad: padding,
         input_grad: false,
@@ -174,7 +159,7 @@ fn by_winograd(x: &Tensor, w: &Tensor, padding: usize, eval: bool) -> Option<Win
     eligible
         .then(|| op.geometry(x.dims(), w.dims()).ok())
         .flatten()
-        .filter(|g| worth_it(g, eval))
+        .filter(worth_it)
 }
 
 /// `[relu](conv3x3(x, w)·scale[o] + shift[o] [+ residual])` — a convolution followed by a
@@ -196,7 +181,7 @@ pub(crate) fn conv3x3_affine_inference(
     if !super::fast_path(&ts) || ts.iter().any(|t| t.track_op()) {
         return Ok(None);
     }
-    let Some(g) = by_winograd(x, w, padding, true) else {
+    let Some(g) = by_winograd(x, w, padding) else {
         return Ok(None);
     };
     let out = [g.n, g.o, g.ho, g.wo];
@@ -316,29 +301,29 @@ mod tests {
         );
     }
 
-    /// The evaluation rule takes Winograd from half the tiles the training rule needs (one
-    /// 4×4 tile per image, 8 channels: one image in evaluation, two in training), and what it
-    /// computes there, gradients included, is still candle's convolution.
+    /// Winograd from a sixteenth as many tiles in the batch as input channels (one 4×4 tile
+    /// per image, 32 channels: two images, not one), never on 2×2 maps; what it computes there,
+    /// gradients included, is candle's convolution.
     #[test]
-    fn evaluation_takes_winograd_from_fewer_tiles() {
-        let w = Var::from_tensor(&rand(&[8, 8, 3, 3], 5)).unwrap();
-        let one = rand(&[1, 8, 4, 4], 6);
-        let two = rand(&[2, 8, 4, 4], 7);
-        assert!(conv3x3_by_winograd(&one, &w, 1, true));
-        assert!(!conv3x3_by_winograd(&one, &w, 1, false));
-        assert!(conv3x3_by_winograd(&two, &w, 1, false));
-        // A 2×2 map fills a quarter of its tile: direct in both passes.
-        let small = rand(&[64, 8, 2, 2], 8);
-        assert!(!conv3x3_by_winograd(&small, &w, 1, true));
-        let x = Var::from_tensor(&one).unwrap();
-        let ours = conv3x3_eval(&x, &w, 1, true).unwrap();
+    fn winograd_from_a_tile_per_sixteen_channels() {
+        let w = Var::from_tensor(&rand(&[8, 32, 3, 3], 5)).unwrap();
+        let one = rand(&[1, 32, 4, 4], 6);
+        let two = rand(&[2, 32, 4, 4], 7);
+        assert!(!conv3x3_by_winograd(&one, &w, 1));
+        assert!(conv3x3_by_winograd(&two, &w, 1));
+        // A 2×2 map fills a quarter of its tile: direct whatever the batch.
+        let small = rand(&[64, 32, 2, 2], 8);
+        assert!(!conv3x3_by_winograd(&small, &w, 1));
+        let x = Var::from_tensor(&two).unwrap();
+        let ours = conv3x3(&x, &w, 1, true).unwrap();
         let theirs = x.conv2d(&w, 1, 1, 1, 1).unwrap();
-        assert!(max_diff(&ours, &theirs) < 1e-5 * 18.0);
-        let r = rand(&[1, 8, 4, 4], 9);
+        let scale = 9.0 * 32.0;
+        assert!(max_diff(&ours, &theirs) < 1e-5 * scale);
+        let r = rand(&[2, 8, 4, 4], 9);
         let (g1, g2) = (grads_of(&ours, &r), grads_of(&theirs, &r));
         for v in [&x, &w] {
             let d = max_diff(g1.get(v).unwrap(), g2.get(v).unwrap());
-            assert!(d < 1e-5 * 18.0, "gradient: {d}");
+            assert!(d < 1e-5 * scale, "gradient: {d}");
         }
     }
 

@@ -86,7 +86,7 @@ pub(crate) use affine::scale_shift_owned;
 pub use batchnorm::{batch_norm_relu_train, batch_norm_train};
 pub use conv::{conv2d, conv2d_im2col, conv2d_strided};
 pub use conv_pool::conv2d_relu_max_pool2;
-pub use conv3x3::{conv3x3, conv3x3_eval, conv3x3_winograd};
+pub use conv3x3::{conv3x3, conv3x3_winograd};
 pub(crate) use conv3x3::{conv3x3_affine_inference, conv3x3_by_winograd};
 pub use layout::{channels_first, channels_last};
 pub use linear::linear;

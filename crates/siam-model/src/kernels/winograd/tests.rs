@@ -116,7 +116,7 @@ fn gradients_match_finite_differences() {
         };
         let mut y = vec![0f32; up.len()];
         let saved = forward(&g, &x, &kernel_transform(&wt, o, c), &mut y, true);
-        let (gx, gw) = backward(&g, &saved, &up, true);
+        let (gx, gw) = backward(&g, &saved, &up, &wt, true);
         let gx = gx.unwrap().to_vec();
         // The objective is linear in each value, so the difference quotient is exact up to
         // rounding; a sample of the positions keeps the test fast.
@@ -139,5 +139,40 @@ fn gradients_match_finite_differences() {
                 );
             }
         }
+    }
+}
+
+/// `Uᵀ` made directly holds the bits of `U` transposed position by position, and the weight
+/// gradient from `dUᵀ` is the adjoint of that transform: ⟨Uᵀ(w), d⟩ = ⟨w, grad(d)⟩ (channel
+/// counts with sixteen-lane, eight-lane and single-lane groups on either side).
+#[test]
+fn transposed_kernel_transform_and_its_adjoint() {
+    for (o, c) in [(17, 25), (4, 33), (26, 9), (1, 1)] {
+        let w = values(o * c * 9, 81);
+        let (u, ut) = (kernel_transform(&w, o, c), kernel_transform_t(&w, o, c));
+        for pos in 0..P {
+            for oo in 0..o {
+                for cc in 0..c {
+                    assert_eq!(
+                        ut[(pos * o + oo) * c + cc].to_bits(),
+                        u[(pos * c + cc) * o + oo].to_bits(),
+                        "{o}x{c}: position {pos}, kernel ({oo}, {cc})"
+                    );
+                }
+            }
+        }
+        let d = values(P * o * c, 82);
+        let gw = kernel_grad_t(&d, o, c);
+        let dot = |a: &[f32], b: &[f32]| -> f64 {
+            a.iter()
+                .zip(b)
+                .map(|(p, q)| f64::from(*p) * f64::from(*q))
+                .sum()
+        };
+        let (lhs, rhs) = (dot(&ut, &d), dot(&w, &gw));
+        assert!(
+            (lhs - rhs).abs() < 1e-5 * (1.0 + lhs.abs()),
+            "{o}x{c}: {lhs} vs {rhs}"
+        );
     }
 }

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use super::{A6, M4, P};
 use crate::kernels::lane::{Fx, Lane};
 use crate::kernels::scratch::Buf;
-use crate::kernels::transpose::{transposed, transposed_into};
+use crate::kernels::transpose::{Strided, transpose_into, transposed};
 
 // The 1-D transforms: Bᵀ (input), Aᵀ (output), G (kernel) of F(4, 3) with the points 0, ±1,
 // ±2, ∞, and their adjoints for the backward pass; generic over the lane type.
@@ -276,10 +276,10 @@ pub(super) fn position_offsets(nt: usize, width: usize) -> [usize; P] {
     o
 }
 
-/// `U = G g Gᵀ` for every kernel of (O, C, 3, 3) weights, laid out `[36][C][O]`: the weights
-/// transposed to (C·9, O), so each input channel's transforms run on lanes of output channels
-/// (16 or 8 kernels at a time, read and written contiguously), input channels in parallel, each
-/// writing its 36 rows of `U` in place.
+/// `U = G g Gᵀ` for every kernel of (O, C, 3, 3) weights, laid out `[36][C][O]` (what the
+/// forward products read): the weights transposed to (C·9, O), so each input channel's
+/// transforms run on lanes of output channels (16 or 8 kernels at a time, read and written
+/// contiguously), input channels in parallel, each writing its 36 rows of `U` in place.
 pub(in crate::kernels) fn kernel_transform(w: &[f32], o: usize, c: usize) -> Buf {
     let wt = transposed(w, o, c * 9);
     let mut u = Buf::scratch(P * c * o);
@@ -287,15 +287,46 @@ pub(in crate::kernels) fn kernel_transform(w: &[f32], o: usize, c: usize) -> Buf
     super::by_part(&mut u, c, o)
         .into_par_iter()
         .zip(wt.par_chunks_exact(9 * o))
-        .for_each(|(mut part, taps)| kernel_transform_channel(taps, o, &mut part));
+        .for_each(|(mut part, taps)| kernel_transform_rows(taps, o, &mut part));
     u
 }
 
-/// Lanes `j…j+N` of one input channel's kernel transforms: `rows` holds its 9 taps' rows of O
-/// values, `part` its 36 positions' rows.
+/// `Uᵀ [36][O][C]`, the same values as [`kernel_transform`] transposed position by position
+/// (what the input-gradient products read): each output channel's kernels (C, 9), already
+/// contiguous in the weights, transposed in cache to (9, C), their transforms on lanes of input
+/// channels, output channels in parallel, each writing its 36 rows in place. No transpose of
+/// the whole weights or of `U`.
+pub(in crate::kernels) fn kernel_transform_t(w: &[f32], o: usize, c: usize) -> Buf {
+    let mut ut = Buf::scratch(P * o * c);
+    super::by_part(&mut ut, o, c)
+        .into_par_iter()
+        .zip(w.par_chunks_exact(c * 9))
+        .for_each_init(
+            || vec![0f32; 9 * c],
+            |rows, (mut part, kernels)| {
+                let src = Strided {
+                    data: kernels,
+                    rows: c,
+                    cols: 9,
+                    stride: 9,
+                };
+                transpose_into(src, rows, c);
+                kernel_transform_rows(rows, c, &mut part);
+            },
+        );
+    ut
+}
+
+/// Lanes `j…j+N` of one row of kernels' transforms: `rows` holds their 9 taps' rows of `len`
+/// values, `part` their 36 positions' rows.
 #[inline(always)]
-fn transform_lanes<const N: usize>(rows: &[f32], o: usize, j: usize, part: &mut [&mut [f32]]) {
-    let g: [Fx<N>; 9] = std::array::from_fn(|k| Fx::load(&rows[k * o + j..]));
+fn transform_lanes<const N: usize>(rows: &[f32], len: usize, j: usize, part: &mut [&mut [f32]]) {
+    // Loops, not `array::from_fn`: a closure compiled out of line would lose the vector
+    // width of the `simd_kernel!` that calls this.
+    let mut g = [Fx::<N>::ZERO; 9];
+    for (k, v) in g.iter_mut().enumerate() {
+        *v = Fx::load(&rows[k * len + j..]);
+    }
     let cols = [
         gk([g[0], g[3], g[6]]),
         gk([g[1], g[4], g[7]]),
@@ -310,77 +341,90 @@ fn transform_lanes<const N: usize>(rows: &[f32], o: usize, j: usize, part: &mut 
 }
 
 simd_kernel! {
-    /// The transforms (36 rows of O) of one input channel's kernels, from its taps' rows `[9][O]`.
-    fn kernel_transform_channel<'a, 'b>(rows: &'a [f32], o: usize, part: &'a mut [&'b mut [f32]]) {
+    /// The transforms (36 rows of `len`) of a row of `len` kernels (one input channel's for
+    /// `U`, one output channel's for `Uᵀ`), from their taps' rows `[9][len]`. Each kernel's
+    /// arithmetic is the same whatever its lane, so `U` and `Uᵀ` hold the same bits.
+    fn kernel_transform_rows<'a, 'b>(rows: &'a [f32], len: usize, part: &'a mut [&'b mut [f32]]) {
         let mut j = 0;
-        while j + 16 <= o {
-            transform_lanes::<16>(rows, o, j, part);
+        while j + 16 <= len {
+            transform_lanes::<16>(rows, len, j, part);
             j += 16;
         }
-        while j + 8 <= o {
-            transform_lanes::<8>(rows, o, j, part);
+        while j + 8 <= len {
+            transform_lanes::<8>(rows, len, j, part);
             j += 8;
         }
-        while j < o {
-            transform_lanes::<1>(rows, o, j, part);
+        while j < len {
+            transform_lanes::<1>(rows, len, j, part);
             j += 1;
         }
     }
 }
 
-/// The weight gradient (O, C, 3, 3) from `dU [36][C][O]`: `Gᵀ dU G` per kernel on lanes of
-/// output channels, input channels in parallel, into (C·9, O), then transposed.
-pub(in crate::kernels) fn kernel_grad(du: &[f32], o: usize, c: usize) -> Vec<f32> {
-    let mut by_channel = Buf::scratch(c * 9 * o);
-    by_channel
-        .par_chunks_exact_mut(9 * o)
-        .enumerate()
-        .for_each(|(cc, part)| kernel_grad_channel(du, o, c, cc, part));
+/// The weight gradient (O, C, 3, 3) from `dUᵀ [36][O][C]`: `Gᵀ dU G` per kernel on lanes of
+/// input channels, output channels in parallel, each into (9, C) and transposed in cache to
+/// its (C, 9) rows of the result.
+pub(in crate::kernels) fn kernel_grad_t(dut: &[f32], o: usize, c: usize) -> Vec<f32> {
     let mut dw = vec![0f32; o * c * 9];
-    transposed_into(&by_channel, c * 9, o, &mut dw);
+    dw.par_chunks_exact_mut(c * 9).enumerate().for_each_init(
+        || vec![0f32; 9 * c],
+        |rows, (oo, out)| {
+            kernel_grad_row(dut, c, o, oo, rows);
+            let src = Strided {
+                data: rows,
+                rows: 9,
+                cols: c,
+                stride: c,
+            };
+            transpose_into(src, out, 9);
+        },
+    );
     dw
 }
 
-/// Lanes `j…j+N` of input channel `cc`'s kernel gradients, written to its 9 taps' rows.
+/// Lanes `j…j+N` of row `r`'s kernel gradients (`dUᵀ` holds `rows` rows of `len` per
+/// position), written to its 9 taps' rows.
 #[inline(always)]
 fn grad_lanes<const N: usize>(
     du: &[f32],
-    o: usize,
-    c: usize,
-    cc: usize,
+    (len, rows, r): (usize, usize, usize),
     j: usize,
     part: &mut [f32],
 ) {
     // Gᵀ along the columns, then along the rows.
-    let cols: [[Fx<N>; 3]; 6] = std::array::from_fn(|jc| {
-        gkt(std::array::from_fn(|i| {
-            Fx::load(&du[((i * A6 + jc) * c + cc) * o + j..])
-        }))
-    });
+    // Loops, not `array::from_fn`: see `transform_lanes`.
+    let mut cols = [[Fx::<N>::ZERO; 3]; 6];
+    for (jc, col) in cols.iter_mut().enumerate() {
+        let mut d = [Fx::<N>::ZERO; 6];
+        for (i, v) in d.iter_mut().enumerate() {
+            *v = Fx::load(&du[((i * A6 + jc) * rows + r) * len + j..]);
+        }
+        *col = gkt(d);
+    }
     for i in 0..3 {
         let row = gkt([
             cols[0][i], cols[1][i], cols[2][i], cols[3][i], cols[4][i], cols[5][i],
         ]);
         for (k, v) in row.into_iter().enumerate() {
-            v.store(&mut part[(i * 3 + k) * o + j..]);
+            v.store(&mut part[(i * 3 + k) * len + j..]);
         }
     }
 }
 
 simd_kernel! {
-    /// Input channel `cc`'s kernel gradients `[9][O]` from `dU`.
-    fn kernel_grad_channel<'a>(du: &'a [f32], o: usize, c: usize, cc: usize, part: &'a mut [f32]) {
+    /// Row `r`'s kernel gradients `[9][len]` from a `[36][rows][len]` transform gradient.
+    fn kernel_grad_row<'a>(du: &'a [f32], len: usize, rows: usize, r: usize, part: &'a mut [f32]) {
         let mut j = 0;
-        while j + 16 <= o {
-            grad_lanes::<16>(du, o, c, cc, j, part);
+        while j + 16 <= len {
+            grad_lanes::<16>(du, (len, rows, r), j, part);
             j += 16;
         }
-        while j + 8 <= o {
-            grad_lanes::<8>(du, o, c, cc, j, part);
+        while j + 8 <= len {
+            grad_lanes::<8>(du, (len, rows, r), j, part);
             j += 8;
         }
-        while j < o {
-            grad_lanes::<1>(du, o, c, cc, j, part);
+        while j < len {
+            grad_lanes::<1>(du, (len, rows, r), j, part);
             j += 1;
         }
     }
