@@ -6,15 +6,18 @@
 //! gemms, spread over rayon, each on one thread.
 //!
 //! The backward pass is the exact adjoint of that computation (so it is the convolution's
-//! gradient up to rounding): `Ŷ = A dY Aᵀ` per output tile, then `dU[ξ] = V[ξ]ᵀ · Ŷ[ξ]` — the
+//! gradient up to rounding): `Ŷ = A dY Aᵀ` per output tile, then `dU[ξ]ᵀ = Ŷ[ξ]ᵀ · V[ξ]` — the
 //! weight gradient as one gemm per ξ over every tile of the batch, summed in a fixed order, so
 //! the result does not depend on the thread count — and `dV[ξ] = Ŷ[ξ] · U[ξ]ᵀ`, folded back to
-//! the input by `B dV Bᵀ`, each image's overlapping patches added in tile order.
+//! the input by `B dV Bᵀ`, each image's overlapping patches added in tile order. Every product
+//! reads its right operand row by row (gemm runs a transposed one with few rows at a quarter
+//! of its speed), so the backward pass makes `Uᵀ` from the weights itself.
 //!
-//! Layouts: weights (O, C, 3, 3) as candle has them; `U` and `dU` are `[36][C][O]`; `V` and `dV`
-//! are `[36][N·T][C]`, `M` and `Ŷ` are `[36][N·T][O]`, the tiles of image n at rows
-//! `n·T .. n·T + T`, row-major over the tile grid. With channels last, every 1-D transform is a
-//! vector operation over the channels of a pixel, read from and written to memory directly.
+//! Layouts: weights (O, C, 3, 3) as candle has them; `U` is `[36][C][O]`, `Uᵀ` and `dUᵀ` are
+//! `[36][O][C]`; `V` and `dV` are `[36][N·T][C]`, `M` and `Ŷ` are `[36][N·T][O]`, the tiles of
+//! image n at rows `n·T .. n·T + T`, row-major over the tile grid. With channels last, every 1-D
+//! transform is a vector operation over the channels of a pixel, read from and written to
+//! memory directly.
 //!
 //! Rounding: the transforms multiply by at most 8 (Aᵀ) and 5 (Bᵀ), so each output carries an
 //! error of a few hundred ulps of `Σ|w|·|x|` over its window; the tests bound it at 1e-4 of
@@ -23,7 +26,7 @@
 //! - this file: the geometry, the batch's transforms into and out of the 36 position blocks,
 //!   the products, the forward and backward passes;
 //! - `tile.rs`: one tile's arithmetic (the 1-D transforms, the 2-D tile transforms on lanes
-//!   of channels, the kernel transform and its adjoint);
+//!   of channels, the kernel transform `U`, its transpose `Uᵀ`, and the adjoint from `dUᵀ`);
 //! - `tests.rs`: adjoints, a direct f64 convolution, finite differences.
 
 use rayon::prelude::*;
