@@ -123,7 +123,7 @@ fn worth_it(g: &Wino) -> bool {
     filled && TILES_PER_CHANNEL * g.n * tiles >= g.c
 }
 
-/// The batch's tiles, per sixteen input channels, from which Winograd is faster ([`worth_it`]).
+/// Input channels per tile of the batch up to which Winograd is faster ([`worth_it`]).
 const TILES_PER_CHANNEL: usize = 16;
 
 /// Whether [`conv3x3`] runs this convolution by Winograd (and so whether a ResNet block of two
