@@ -50,26 +50,36 @@ enum ConvSaved {
     Direct(Vec<f32>),
 }
 
-/// A convolution's weights as its forward pass uses them: Winograd's transform `U`, or as
-/// they are for a direct convolution.
-fn prepare(w: &[f32], c: usize, o: usize) -> Buf {
-    if c >= MIN_CHANNELS {
-        winograd::kernel_transform(w, o, c)
+/// A convolution's weights as its forward pass uses them: Winograd's ([`winograd::Weights`]),
+/// or as they are for a direct convolution.
+#[derive(Debug)]
+enum Prepared {
+    Wino(winograd::Weights),
+    Direct(Buf),
+}
+
+/// The weights `w` prepared for convolutions of geometry `g`.
+fn prepare(w: &[f32], g: &Wino) -> Prepared {
+    if g.c >= MIN_CHANNELS {
+        Prepared::Wino(winograd::Weights::new(g, w))
     } else {
         let mut b = Buf::scratch(w.len());
         b.copy_from_slice(w);
-        b
+        Prepared::Direct(b)
     }
 }
 
 /// One convolution of `act` applied to `x`; `w` as [`prepare`] made it. Winograd applies the
 /// activation as it reads `x`; a direct convolution gets it written out first.
-fn conv_forward(g: &Wino, x: &[f32], act: Act<'_>, w: &[f32], keep: bool) -> (Buf, ConvSaved) {
+fn conv_forward(g: &Wino, x: &[f32], act: Act<'_>, w: &Prepared, keep: bool) -> (Buf, ConvSaved) {
     let mut y = Buf::scratch(g.n * g.ho * g.wo * g.o);
-    if g.c >= MIN_CHANNELS {
-        let s = winograd::forward_act(g, x, act, w, &mut y, keep);
-        return (y, ConvSaved::Wino(s));
-    }
+    let w = match w {
+        Prepared::Wino(k) => {
+            let s = winograd::forward_act(g, x, act, k, &mut y, keep);
+            return (y, ConvSaved::Wino(s));
+        }
+        Prepared::Direct(w) => w,
+    };
     let z = act.map(|(a, b)| {
         let mut z = Buf::scratch(x.len());
         affine_relu(x, a, b, &mut z);
@@ -230,7 +240,7 @@ impl BlockOp {
         &self,
         x: &[f32],
         params: Params<'_>,
-        prepared: &(Buf, Buf),
+        prepared: &(Prepared, Prepared),
         (g1, g2): (Wino, Wino),
         keep: bool,
     ) -> (Buf, Saved) {
@@ -270,11 +280,13 @@ impl BlockOp {
         (out, saved)
     }
 
-    fn prepare(&self, (w1, _, _, w2, _, _): Params<'_>) -> (Buf, Buf) {
-        (
-            prepare(w1, self.cin, self.cout),
-            prepare(w2, self.cout, self.cout),
-        )
+    /// Both convolutions' weights prepared for the geometries `(g1, g2)`.
+    fn prepare(
+        &self,
+        (w1, _, _, w2, _, _): Params<'_>,
+        (g1, g2): (&Wino, &Wino),
+    ) -> (Prepared, Prepared) {
+        (prepare(w1, g1), prepare(w2, g2))
     }
 
     fn out_shape(&self, g2: &Wino) -> (usize, usize, usize, usize) {
@@ -302,7 +314,13 @@ impl CustomOp2 for BlockOp {
         let params = self.split(p)?;
         let (g1, g2) = self.geometry(l1.dims())?;
         let shape = self.out_shape(&g2);
-        let prepared = self.prepare(params);
+        // Evaluation goes a chunk of images at a time: the weights are prepared for a chunk.
+        let prepared = if self.batch_eps.is_some() || g1.n <= EVAL_CHUNK {
+            self.prepare(params, (&g1, &g2))
+        } else {
+            let (c1, c2) = self.geometry(&[EVAL_CHUNK, g1.h, g1.w, g1.c])?;
+            self.prepare(params, (&c1, &c2))
+        };
         if self.batch_eps.is_some() {
             // Training: the whole batch at once (its statistics normalise every image).
             let (out, saved) = self.run(x, params, &prepared, (g1, g2), true);
@@ -353,7 +371,8 @@ impl CustomOp2 for BlockOp {
             .map_err(|_| candle_core::Error::Msg("conv block state poisoned".into()))?;
         if lock.is_none() {
             let geo = self.geometry(x.dims())?;
-            *lock = Some(self.run(xv, ps, &self.prepare(ps), geo, true).1);
+            let prepared = self.prepare(ps, (&geo.0, &geo.1));
+            *lock = Some(self.run(xv, ps, &prepared, geo, true).1);
         }
         let Some(s) = lock.as_ref() else {
             unreachable!("filled above")
@@ -625,7 +644,7 @@ mod tests {
         assert!(plain_arg.contains(&NO_MAX), "some windows all negative");
         // The convolution's forward pass.
         let wt = values(o * c * 9, 4);
-        let u = winograd::kernel_transform(&wt, o, c);
+        let u = winograd::Weights::new(&g, &wt);
         let (mut y_fused, mut y_plain) = (vec![0f32; n * h * w * o], vec![1f32; n * h * w * o]);
         let s_fused = winograd::forward_act(&g, &y, Some(act), &u, &mut y_fused, true);
         let s_plain = winograd::forward(&g, &z, &u, &mut y_plain, true);

@@ -32,7 +32,7 @@ fn to_channel_first(x: &[f32], n: usize, c: usize, p: usize) -> Vec<f32> {
 /// (N, HO·WO, O).
 fn forward_channel_last(g: &Wino, x: &[f32], w: &[f32]) -> Buf {
     let xt = to_channel_last(x, g.n, g.c, g.h * g.w);
-    let u = winograd::kernel_transform(w, g.o, g.c);
+    let u = winograd::Weights::new(g, w);
     let mut y = Buf::scratch(g.n * g.ho * g.wo * g.o);
     winograd::forward(g, &xt, &u, &mut y, false);
     y

@@ -23,8 +23,15 @@
 //! error of a few hundred ulps of `Σ|w|·|x|` over its window; the tests bound it at 1e-4 of
 //! that scale.
 //!
+//! Where `U` is large beside the batch's tiles (a ResNet's last stage: 38 MB at 512 channels
+//! for 32 tiles), the products go by blocks of 16 channels instead, each block's share of `U`,
+//! `dUᵀ` and `Uᵀ` made and used in cache (`blocked.rs`); `M` and `dV` then come block by
+//! block, `[O/16][36][N·T][16]` and `[C/16][36][N·T][16]`, as the output and input-gradient
+//! transforms read them.
+//!
 //! - this file: the geometry, the batch's transforms into and out of the 36 position blocks,
 //!   the products, the forward and backward passes;
+//! - `blocked.rs`: the products by blocks of channels, and when they are taken;
 //! - `tile.rs`: one tile's arithmetic (the 1-D transforms, the 2-D tile transforms on lanes
 //!   of channels, the kernel transform `U`, its transpose `Uᵀ`, and the adjoint from `dUᵀ`);
 //! - `tests.rs`: adjoints, a direct f64 convolution, finite differences.
@@ -127,6 +134,7 @@ impl Wino {
     }
 }
 
+mod blocked;
 mod tile;
 
 use tile::{
@@ -230,28 +238,32 @@ fn multiply(g: &Wino, u: &[f32], v: &[f32], m: &mut [f32]) {
     );
 }
 
-/// The convolution output, channel-last (N, HO, WO, O), from `M`: `Aᵀ m A` per tile into a
-/// plane of whole tiles, cropped to the output.
-fn output_transform(g: &Wino, m: &[f32], y: &mut [f32]) {
+/// The convolution output, channel-last (N, HO, WO, O), from `M` in blocks of `width`
+/// output channels (`[O/width][36][N·T][width]`; `width = O`: `[36][N·T][O]`): `Aᵀ m A` per
+/// tile into a plane of whole tiles, cropped to the output.
+fn output_transform(g: &Wino, m: &[f32], width: usize, y: &mut [f32]) {
     let img = g.ho * g.wo * g.o;
     y.par_chunks_exact_mut(img).enumerate().for_each_init(
         || vec![0f32; M4 * g.th * M4 * g.tw * g.o],
-        |plane, (n, yn)| output_image(g, m, n, yn, plane),
+        |plane, (n, yn)| output_image(g, m, width, n, yn, plane),
     );
 }
 
 simd_kernel! {
     /// One image of [`output_transform`].
-    fn output_image<'a>(g: &'a Wino, m: &'a [f32], n: usize, yn: &'a mut [f32], plane: &'a mut [f32]) {
+    fn output_image<'a>(g: &'a Wino, m: &'a [f32], width: usize, n: usize, yn: &'a mut [f32], plane: &'a mut [f32]) {
         let (o, t, nt) = (g.o, g.t(), g.nt());
         let pw = M4 * g.tw;
-        let src: [usize; P] = position_offsets(nt, o);
+        let src: [usize; P] = position_offsets(nt, width);
         let offs: [usize; 16] = tile_offsets(pw, o);
         for ti in 0..g.th {
             for tj in 0..g.tw {
-                let row = (n * t + ti * g.tw + tj) * o;
-                let mut dst = Flat { buf: &mut *plane, offs: &offs, base: (M4 * ti * pw + M4 * tj) * o };
-                lanes::<P, 16, OUTPUT>(m, (&src, row), &mut dst, o, false);
+                let row = (n * t + ti * g.tw + tj) * width;
+                let base = (M4 * ti * pw + M4 * tj) * o;
+                for (b, block) in m.chunks_exact(P * nt * width).enumerate() {
+                    let mut dst = Flat { buf: &mut *plane, offs: &offs, base: base + b * width };
+                    lanes::<P, 16, OUTPUT>(block, (&src, row), &mut dst, width, false);
+                }
             }
         }
         for (r, out) in yn.chunks_exact_mut(g.wo * o).enumerate() {
@@ -308,30 +320,34 @@ simd_kernel! {
     }
 }
 
-/// The input's gradient, channel-last (N, H, W, C), from `dV`: `B dv Bᵀ` per tile, the
-/// overlapping patches added into a padded plane in tile order, then cropped.
-fn grad_input_transform(g: &Wino, dv: &[f32], gx: &mut [f32]) {
+/// The input's gradient, channel-last (N, H, W, C), from `dV` in blocks of `width` input
+/// channels (as `M` in [`output_transform`]): `B dv Bᵀ` per tile, the overlapping patches
+/// added into a padded plane in tile order, then cropped.
+fn grad_input_transform(g: &Wino, dv: &[f32], width: usize, gx: &mut [f32]) {
     let img = g.h * g.w * g.c;
     let (ph, pw) = g.padded();
     gx.par_chunks_exact_mut(img).enumerate().for_each_init(
         || vec![0f32; ph * pw * g.c],
-        |plane, (n, gxn)| grad_input_image(g, dv, n, gxn, plane),
+        |plane, (n, gxn)| grad_input_image(g, dv, width, n, gxn, plane),
     );
 }
 
 simd_kernel! {
     /// One image of [`grad_input_transform`].
-    fn grad_input_image<'a>(g: &'a Wino, dv: &'a [f32], n: usize, gxn: &'a mut [f32], plane: &'a mut [f32]) {
+    fn grad_input_image<'a>(g: &'a Wino, dv: &'a [f32], width: usize, n: usize, gxn: &'a mut [f32], plane: &'a mut [f32]) {
         let (c, t, nt) = (g.c, g.t(), g.nt());
         let (_, pw) = g.padded();
         plane.fill(0.0);
-        let src: [usize; P] = position_offsets(nt, c);
+        let src: [usize; P] = position_offsets(nt, width);
         let offs: [usize; P] = tile_offsets(pw, c);
         for ti in 0..g.th {
             for tj in 0..g.tw {
-                let row = (n * t + ti * g.tw + tj) * c;
-                let mut dst = Flat { buf: &mut *plane, offs: &offs, base: (M4 * ti * pw + M4 * tj) * c };
-                lanes::<P, P, INPUT_GRAD>(dv, (&src, row), &mut dst, c, true);
+                let row = (n * t + ti * g.tw + tj) * width;
+                let base = (M4 * ti * pw + M4 * tj) * c;
+                for (b, block) in dv.chunks_exact(P * nt * width).enumerate() {
+                    let mut dst = Flat { buf: &mut *plane, offs: &offs, base: base + b * width };
+                    lanes::<P, P, INPUT_GRAD>(block, (&src, row), &mut dst, width, true);
+                }
             }
         }
         for (r, out) in gxn.chunks_exact_mut(g.w * c).enumerate() {
@@ -348,11 +364,42 @@ pub(super) struct Saved {
     v: Buf,
 }
 
-/// The convolution of channel-last `x` (N, H, W, C) by the weights whose transform is `u`
-/// ([`kernel_transform`]) into `y` (N, HO, WO, O), with what its backward pass needs (`keep`)
-/// or nothing.
-pub(super) fn forward(g: &Wino, x: &[f32], u: &[f32], y: &mut [f32], keep: bool) -> Saved {
-    forward_act(g, x, None, u, y, keep)
+/// The weights (O, C, 3, 3) as [`forward`] reads them: their transform `U`
+/// ([`kernel_transform`]), or, where the products go by blocks of channels
+/// ([`blocked::by_blocks`]), a copy of the weights, each block's `U` made as it is needed.
+#[derive(Debug)]
+pub(in crate::kernels) struct Weights {
+    k: Buf,
+    by_blocks: bool,
+}
+
+impl Weights {
+    /// The weights for convolutions of geometry `g` (the form chosen for its batch; another
+    /// batch of the same channels may use them).
+    pub(in crate::kernels) fn new(g: &Wino, w: &[f32]) -> Self {
+        Self::with(w, (g.o, g.c), blocked::by_blocks(g))
+    }
+
+    fn with(w: &[f32], (o, c): (usize, usize), by_blocks: bool) -> Self {
+        let k = if by_blocks {
+            assert!(
+                o.is_multiple_of(blocked::BLOCK) && c.is_multiple_of(blocked::BLOCK),
+                "winograd: {o}x{c} weights are not whole blocks"
+            );
+            let mut b = Buf::scratch(w.len());
+            b.copy_from_slice(w);
+            b
+        } else {
+            kernel_transform(w, o, c)
+        };
+        Self { k, by_blocks }
+    }
+}
+
+/// The convolution of channel-last `x` (N, H, W, C) by the weights `k` into `y`
+/// (N, HO, WO, O), with what its backward pass needs (`keep`) or nothing.
+pub(super) fn forward(g: &Wino, x: &[f32], k: &Weights, y: &mut [f32], keep: bool) -> Saved {
+    forward_act(g, x, None, k, y, keep)
 }
 
 /// [`forward`] of `act` applied to `x`.
@@ -360,15 +407,20 @@ pub(super) fn forward_act(
     g: &Wino,
     x: &[f32],
     act: Act<'_>,
-    u: &[f32],
+    k: &Weights,
     y: &mut [f32],
     keep: bool,
 ) -> Saved {
     let mut v = Buf::scratch(g.v_len());
     input_transform(g, x, act, &mut v);
     let mut m = Buf::scratch(P * g.nt() * g.o);
-    multiply(g, u, &v, &mut m);
-    output_transform(g, &m, y);
+    if k.by_blocks {
+        blocked::multiply(g, &k.k, &v, &mut m);
+        output_transform(g, &m, blocked::BLOCK, y);
+    } else {
+        multiply(g, &k.k, &v, &mut m);
+        output_transform(g, &m, g.o, y);
+    }
     if keep { Saved { v } } else { Saved::default() }
 }
 
@@ -406,6 +458,17 @@ pub(super) fn backward_from(
     w: &[f32],
     input_grad: bool,
 ) -> (Option<Buf>, Vec<f32>) {
+    backward_in(g, saved, gy, w, input_grad, blocked::by_blocks(g))
+}
+
+fn backward_in(
+    g: &Wino,
+    saved: &Saved,
+    gy: GradOut<'_>,
+    w: &[f32],
+    input_grad: bool,
+    by_blocks: bool,
+) -> (Option<Buf>, Vec<f32>) {
     assert_eq!(
         saved.v.len(),
         g.v_len(),
@@ -414,6 +477,17 @@ pub(super) fn backward_from(
     let (nt, c, o) = (g.nt(), g.c, g.o);
     let mut dy = Buf::scratch(P * nt * o);
     grad_output_transform(g, gy, &mut dy);
+    if by_blocks {
+        let gw = blocked::weight_grad(g, &dy, &saved.v);
+        let gx = input_grad.then(|| {
+            let mut dv = Buf::scratch(P * nt * c);
+            blocked::input_grad_products(g, &dy, w, &mut dv);
+            let mut gx = Buf::scratch(g.n * g.h * g.w * c);
+            grad_input_transform(g, &dv, blocked::BLOCK, &mut gx);
+            gx
+        });
+        return (gx, gw);
+    }
     let mut dut = Buf::scratch(P * o * c);
     per_position(
         &mut dut,
@@ -450,7 +524,7 @@ pub(super) fn backward_from(
         );
         drop(ut);
         let mut gx = Buf::scratch(g.n * g.h * g.w * c);
-        grad_input_transform(g, &dv, &mut gx);
+        grad_input_transform(g, &dv, c, &mut gx);
         gx
     });
     (gx, gw)

@@ -87,7 +87,7 @@ fn forward_matches_direct_convolution() {
         let x = values(n * c * h * w, 10 + i as u64);
         let wt = values(o * c * 9, 20 + i as u64);
         let mut y = vec![0f32; n * g.ho * g.wo * o];
-        forward(&g, &x, &kernel_transform(&wt, o, c), &mut y, false);
+        forward(&g, &x, &Weights::new(&g, &wt), &mut y, false);
         let (r, s) = direct(&g, &x, &wt);
         for k in 0..y.len() {
             let err = (f64::from(y[k]) - r[k]).abs();
@@ -115,7 +115,7 @@ fn gradients_match_finite_differences() {
             y.iter().zip(&up).map(|(a, b)| a * f64::from(*b)).sum()
         };
         let mut y = vec![0f32; up.len()];
-        let saved = forward(&g, &x, &kernel_transform(&wt, o, c), &mut y, true);
+        let saved = forward(&g, &x, &Weights::new(&g, &wt), &mut y, true);
         let (gx, gw) = backward(&g, &saved, &up, &wt, true);
         let gx = gx.unwrap().to_vec();
         // The objective is linear in each value, so the difference quotient is exact up to
@@ -175,4 +175,74 @@ fn transposed_kernel_transform_and_its_adjoint() {
             "{o}x{c}: {lhs} vs {rhs}"
         );
     }
+}
+
+/// The products by blocks of channels (what a ResNet's stages 3 and 4 take) compute what the
+/// whole-batch products compute: the forward pass against the direct f64 convolution, and
+/// the output, dX and dW against the whole-batch path within rounding, on shapes of one, two
+/// and four blocks, padding 0 and 1, partial tiles, through an activation and BatchNorm's
+/// backward.
+#[test]
+fn products_by_blocks_match_the_whole_batch() {
+    use super::blocked::BLOCK;
+    for (i, &(n, c, o, h, w, pad)) in [
+        (2, 16, 32, 9, 7, 1),
+        (1, 32, 16, 4, 4, 1),
+        (3, 16, 16, 6, 5, 0),
+        (2, 64, 48, 3, 3, 1),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let g = Wino::new(n, c, o, h, w, pad).unwrap();
+        assert!(c % BLOCK == 0 && o % BLOCK == 0);
+        let x = values(n * c * h * w, 90 + i as u64);
+        let wt = values(o * c * 9, 91 + i as u64);
+        let up = values(n * g.ho * g.wo * o, 92 + i as u64);
+        let (a, b) = (values(c, 93), values(c, 94));
+        let act: Act<'_> = Some((&a, &b));
+        let run = |blocks: bool| {
+            let k = Weights::with(&wt, (o, c), blocks);
+            let mut y = vec![0f32; up.len()];
+            let plain = forward(&g, &x, &k, &mut y, false);
+            assert_eq!(plain.v.len(), 0, "nothing kept");
+            let mut ya = vec![0f32; up.len()];
+            let saved = forward_act(&g, &x, act, &k, &mut ya, true);
+            let (gx, gw) = backward_in(&g, &saved, GradOut::Plain(&up), &wt, true, blocks);
+            (y, ya, gx.unwrap().to_vec(), gw)
+        };
+        let (blocked, whole) = (run(true), run(false));
+        let (r, s) = direct(&g, &x, &wt);
+        for k in 0..r.len() {
+            let err = (f64::from(blocked.0[k]) - r[k]).abs();
+            assert!(err <= 1e-4 * s[k].max(1e-3), "case {i}, output {k}");
+        }
+        for (what, p, q) in [
+            ("output", &blocked.0, &whole.0),
+            ("output through the activation", &blocked.1, &whole.1),
+            ("dX", &blocked.2, &whole.2),
+            ("dW", &blocked.3, &whole.3),
+        ] {
+            let scale = q.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (k, (u, v)) in p.iter().zip(q.iter()).enumerate() {
+                assert!(
+                    (u - v).abs() <= 1e-5 * scale,
+                    "case {i}: {what}[{k}] by blocks {u} vs whole {v}"
+                );
+            }
+        }
+    }
+}
+
+/// Which convolutions go by blocks: a ResNet-18's stage 4 at 112×112 and stage 3 at 64×64
+/// (32 images, or 64 in inference), not stage 3 at 112×112 (128 tiles for 256 channels), nor
+/// stage 2 (128 channels), nor channel counts off the block.
+#[test]
+fn the_rule_for_products_by_blocks() {
+    let blocks =
+        |n, c, o, side| super::blocked::by_blocks(&Wino::new(n, c, o, side, side, 1).unwrap());
+    assert!(blocks(32, 512, 512, 4) && blocks(64, 512, 512, 4) && blocks(32, 256, 256, 4));
+    assert!(blocks(64, 256, 256, 4) && blocks(16, 256, 512, 7));
+    assert!(!blocks(32, 256, 256, 7) && !blocks(65, 256, 256, 4) && !blocks(32, 128, 128, 4));
+    assert!(!blocks(1, 520, 520, 4) && !blocks(1, 512, 260, 4) && !blocks(1, 64, 64, 4));
 }

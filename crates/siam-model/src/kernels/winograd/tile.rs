@@ -303,18 +303,56 @@ pub(in crate::kernels) fn kernel_transform_t(w: &[f32], o: usize, c: usize) -> B
         .zip(w.par_chunks_exact(c * 9))
         .for_each_init(
             || vec![0f32; 9 * c],
-            |rows, (mut part, kernels)| {
-                let src = Strided {
-                    data: kernels,
-                    rows: c,
-                    cols: 9,
-                    stride: 9,
-                };
-                transpose_into(src, rows, c);
-                kernel_transform_rows(rows, c, &mut part);
-            },
+            |rows, (mut part, kernels)| kernel_transform_t_row(kernels, c, rows, &mut part),
         );
     ut
+}
+
+/// One output channel's row of `Uᵀ` (36 pieces of `len`) from its `len` kernels (len, 3, 3),
+/// transposed to (9, len) in `rows` first.
+fn kernel_transform_t_row(kernels: &[f32], len: usize, rows: &mut [f32], part: &mut [&mut [f32]]) {
+    let src = Strided {
+        data: kernels,
+        rows: len,
+        cols: 9,
+        stride: 9,
+    };
+    transpose_into(src, rows, len);
+    kernel_transform_rows(rows, len, part);
+}
+
+/// `U [36][C][o]` of a block of `o` output channels' kernels `w` (o, C, 3, 3), on the calling
+/// thread, into `u`: the same values as their columns of [`kernel_transform`]. `wt` is room
+/// for the (C·9, o) transpose of the block's weights.
+pub(super) fn kernel_transform_block(w: &[f32], o: usize, c: usize, wt: &mut [f32], u: &mut [f32]) {
+    let src = Strided {
+        data: w,
+        rows: o,
+        cols: c * 9,
+        stride: c * 9,
+    };
+    transpose_into(src, wt, o);
+    for (mut part, taps) in super::by_part(u, c, o)
+        .into_iter()
+        .zip(wt.chunks_exact(9 * o))
+    {
+        kernel_transform_rows(taps, o, &mut part);
+    }
+}
+
+/// `Uᵀ [36][O][len]` of input channels `from..from + len` of the weights (O, C, 3, 3), on the
+/// calling thread, into `ut`: the same values as those columns of [`kernel_transform_t`].
+/// `rows` is room for 9·len values.
+pub(super) fn kernel_transform_t_block(
+    w: &[f32],
+    (o, c): (usize, usize),
+    (from, len): (usize, usize),
+    rows: &mut [f32],
+    ut: &mut [f32],
+) {
+    for (oo, mut part) in super::by_part(ut, o, len).into_iter().enumerate() {
+        kernel_transform_t_row(&w[(oo * c + from) * 9..][..len * 9], len, rows, &mut part);
+    }
 }
 
 /// Lanes `j…j+N` of one row of kernels' transforms: `rows` holds their 9 taps' rows of `len`
@@ -368,18 +406,36 @@ pub(in crate::kernels) fn kernel_grad_t(dut: &[f32], o: usize, c: usize) -> Vec<
     let mut dw = vec![0f32; o * c * 9];
     dw.par_chunks_exact_mut(c * 9).enumerate().for_each_init(
         || vec![0f32; 9 * c],
-        |rows, (oo, out)| {
-            kernel_grad_row(dut, c, o, oo, rows);
-            let src = Strided {
-                data: rows,
-                rows: 9,
-                cols: c,
-                stride: c,
-            };
-            transpose_into(src, out, 9);
-        },
+        |rows, (oo, out)| kernel_grad_one(dut, (o, c), oo, rows, out),
     );
     dw
+}
+
+/// Output channel `oo`'s kernel gradients `out` (C, 3, 3) from `dUᵀ [36][o][C]`, through
+/// `rows` (room for 9·C values).
+fn kernel_grad_one(
+    dut: &[f32],
+    (o, c): (usize, usize),
+    oo: usize,
+    rows: &mut [f32],
+    out: &mut [f32],
+) {
+    kernel_grad_row(dut, c, o, oo, rows);
+    let src = Strided {
+        data: rows,
+        rows: 9,
+        cols: c,
+        stride: c,
+    };
+    transpose_into(src, out, 9);
+}
+
+/// [`kernel_grad_t`] on the calling thread for a block of `o` output channels: their
+/// gradients `dw` (o, C, 3, 3) from their `dUᵀ [36][o][C]`; `rows` is room for 9·C values.
+pub(super) fn kernel_grad_block(dut: &[f32], o: usize, c: usize, rows: &mut [f32], dw: &mut [f32]) {
+    for (oo, out) in dw.chunks_exact_mut(c * 9).enumerate() {
+        kernel_grad_one(dut, (o, c), oo, rows, out);
+    }
 }
 
 /// Lanes `j…j+N` of row `r`'s kernel gradients (`dUᵀ` holds `rows` rows of `len` per
