@@ -31,7 +31,12 @@
 //!
 //! - this file: the geometry, the batch's transforms into and out of the 36 position blocks,
 //!   the products, the forward and backward passes;
+//! Where `U` is small (under 36·256·256 values: a ResNet's stages 1 and 2), the forward pass
+//! goes a few images at a time instead (`by_images.rs`): each group's transforms and products
+//! one after the other on one thread, its `V` and `M` in cache.
+//!
 //! - `blocked.rs`: the products by blocks of channels, and when they are taken;
+//! - `by_images.rs`: the forward pass by groups of images, and when it is taken;
 //! - `tile.rs`: one tile's arithmetic (the 1-D transforms, the 2-D tile transforms on lanes
 //!   of channels, the kernel transform `U`, its transpose `Uᵀ`, and the adjoint from `dUᵀ`);
 //! - `tests.rs`: adjoints, a direct f64 convolution, finite differences.
@@ -135,6 +140,7 @@ impl Wino {
 }
 
 mod blocked;
+mod by_images;
 mod tile;
 
 use tile::{
@@ -411,10 +417,45 @@ pub(super) fn forward_act(
     y: &mut [f32],
     keep: bool,
 ) -> Saved {
+    let path = if k.by_blocks {
+        Path::Blocks
+    } else if by_images::worth_it(g) {
+        Path::Images
+    } else {
+        Path::Whole
+    };
+    forward_by(g, (x, act), k, (y, keep), path)
+}
+
+/// How a forward pass goes: three passes over the batch (the input transform, the products,
+/// the output transform), by groups of images (`by_images.rs`), or by blocks of channels
+/// (`blocked.rs`, for weights prepared for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Whole,
+    Images,
+    Blocks,
+}
+
+fn forward_by(
+    g: &Wino,
+    (x, act): (&[f32], Act<'_>),
+    k: &Weights,
+    (y, keep): (&mut [f32], bool),
+    path: Path,
+) -> Saved {
+    assert_eq!(
+        k.by_blocks,
+        path == Path::Blocks,
+        "winograd: weights prepared for another path"
+    );
+    if path == Path::Images {
+        return by_images::forward(g, (x, act), &k.k, y, keep);
+    }
     let mut v = Buf::scratch(g.v_len());
     input_transform(g, x, act, &mut v);
     let mut m = Buf::scratch(P * g.nt() * g.o);
-    if k.by_blocks {
+    if path == Path::Blocks {
         blocked::multiply(g, &k.k, &v, &mut m);
         output_transform(g, &m, blocked::BLOCK, y);
     } else {

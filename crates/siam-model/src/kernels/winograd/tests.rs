@@ -177,58 +177,78 @@ fn transposed_kernel_transform_and_its_adjoint() {
     }
 }
 
-/// The products by blocks of channels (what a ResNet's stages 3 and 4 take) compute what the
-/// whole-batch products compute: the forward pass against the direct f64 convolution, and
-/// the output, dX and dW against the whole-batch path within rounding, on shapes of one, two
-/// and four blocks, padding 0 and 1, partial tiles, through an activation and BatchNorm's
-/// backward.
+/// The three forward paths — the whole batch, groups of images, blocks of channels — and the
+/// backward pass by blocks compute what the whole-batch passes compute: each forward against
+/// the direct f64 convolution, and the outputs, the kept `V`, dX and dW against the whole
+/// batch's within rounding (`V` bit for bit), on shapes of one, two and four blocks, padding
+/// 0 and 1, partial tiles, groups of images that do not divide the batch, through an
+/// activation; the paths without blocks also on every shape of [`SHAPES`].
 #[test]
-fn products_by_blocks_match_the_whole_batch() {
+fn forward_paths_and_backward_by_blocks_match_the_whole_batch() {
     use super::blocked::BLOCK;
-    for (i, &(n, c, o, h, w, pad)) in [
+    let blocky = [
         (2, 16, 32, 9, 7, 1),
         (1, 32, 16, 4, 4, 1),
         (3, 16, 16, 6, 5, 0),
         (2, 64, 48, 3, 3, 1),
-    ]
-    .iter()
-    .enumerate()
-    {
+        (7, 16, 16, 5, 5, 1),
+    ];
+    for (i, &(n, c, o, h, w, pad)) in blocky.iter().chain(SHAPES.iter()).enumerate() {
         let g = Wino::new(n, c, o, h, w, pad).unwrap();
-        assert!(c % BLOCK == 0 && o % BLOCK == 0);
         let x = values(n * c * h * w, 90 + i as u64);
         let wt = values(o * c * 9, 91 + i as u64);
         let up = values(n * g.ho * g.wo * o, 92 + i as u64);
         let (a, b) = (values(c, 93), values(c, 94));
         let act: Act<'_> = Some((&a, &b));
-        let run = |blocks: bool| {
-            let k = Weights::with(&wt, (o, c), blocks);
+        let run = |path: Path| {
+            let k = Weights::with(&wt, (o, c), path == Path::Blocks);
             let mut y = vec![0f32; up.len()];
-            let plain = forward(&g, &x, &k, &mut y, false);
+            let plain = forward_by(&g, (&x, None), &k, (&mut y, false), path);
             assert_eq!(plain.v.len(), 0, "nothing kept");
             let mut ya = vec![0f32; up.len()];
-            let saved = forward_act(&g, &x, act, &k, &mut ya, true);
+            let saved = forward_by(&g, (&x, act), &k, (&mut ya, true), path);
+            let blocks = path == Path::Blocks;
             let (gx, gw) = backward_in(&g, &saved, GradOut::Plain(&up), &wt, true, blocks);
-            (y, ya, gx.unwrap().to_vec(), gw)
+            (y, ya, saved.v.to_vec(), gx.unwrap().to_vec(), gw)
         };
-        let (blocked, whole) = (run(true), run(false));
+        let whole = run(Path::Whole);
+        let whole_blocks = c % BLOCK == 0 && o % BLOCK == 0;
+        let paths: &[Path] = if whole_blocks {
+            &[Path::Images, Path::Blocks]
+        } else {
+            &[Path::Images]
+        };
         let (r, s) = direct(&g, &x, &wt);
-        for k in 0..r.len() {
-            let err = (f64::from(blocked.0[k]) - r[k]).abs();
-            assert!(err <= 1e-4 * s[k].max(1e-3), "case {i}, output {k}");
-        }
-        for (what, p, q) in [
-            ("output", &blocked.0, &whole.0),
-            ("output through the activation", &blocked.1, &whole.1),
-            ("dX", &blocked.2, &whole.2),
-            ("dW", &blocked.3, &whole.3),
-        ] {
-            let scale = q.iter().fold(0f32, |m, v| m.max(v.abs()));
-            for (k, (u, v)) in p.iter().zip(q.iter()).enumerate() {
+        for &path in paths {
+            let other = run(path);
+            for k in 0..r.len() {
+                let err = (f64::from(other.0[k]) - r[k]).abs();
                 assert!(
-                    (u - v).abs() <= 1e-5 * scale,
-                    "case {i}: {what}[{k}] by blocks {u} vs whole {v}"
+                    err <= 1e-4 * s[k].max(1e-3),
+                    "case {i}, {path:?}, output {k}"
                 );
+            }
+            assert!(
+                other
+                    .2
+                    .iter()
+                    .zip(&whole.2)
+                    .all(|(p, q)| p.to_bits() == q.to_bits()),
+                "case {i}, {path:?}: the kept V differs"
+            );
+            for (what, p, q) in [
+                ("output", &other.0, &whole.0),
+                ("output through the activation", &other.1, &whole.1),
+                ("dX", &other.3, &whole.3),
+                ("dW", &other.4, &whole.4),
+            ] {
+                let scale = q.iter().fold(0f32, |m, v| m.max(v.abs()));
+                for (k, (u, v)) in p.iter().zip(q.iter()).enumerate() {
+                    assert!(
+                        (u - v).abs() <= 1e-5 * scale,
+                        "case {i}, {path:?}: {what}[{k}] {u} vs whole batch {v}"
+                    );
+                }
             }
         }
     }
