@@ -29,12 +29,12 @@
 //! block, `[O/16][36][N·T][16]` and `[C/16][36][N·T][16]`, as the output and input-gradient
 //! transforms read them.
 //!
-//! - this file: the geometry, the batch's transforms into and out of the 36 position blocks,
-//!   the products, the forward and backward passes;
 //! Where `U` is small (under 36·256·256 values: a ResNet's stages 1 and 2), the forward pass
 //! goes a few images at a time instead (`by_images.rs`): each group's transforms and products
 //! one after the other on one thread, its `V` and `M` in cache.
 //!
+//! - this file: the geometry, the batch's transforms into and out of the 36 position blocks,
+//!   the products, the forward and backward passes;
 //! - `blocked.rs`: the products by blocks of channels, and when they are taken;
 //! - `by_images.rs`: the forward pass by groups of images, and when it is taken;
 //! - `tile.rs`: one tile's arithmetic (the 1-D transforms, the 2-D tile transforms on lanes
