@@ -332,12 +332,17 @@ pub(super) fn kernel_transform_block(w: &[f32], o: usize, c: usize, wt: &mut [f3
         stride: c * 9,
     };
     transpose_into(src, wt, o);
-    for (mut part, taps) in super::by_part(u, c, o)
-        .into_iter()
-        .zip(wt.chunks_exact(9 * o))
-    {
+    for (cc, taps) in wt.chunks_exact(9 * o).enumerate() {
+        let mut part = rows_of(u, o, (cc, c));
         kernel_transform_rows(taps, o, &mut part);
     }
+}
+
+/// The 36 rows of `len` values of row `r` in a `[36][rows][len]` buffer (no allocation: the
+/// blocks' transforms take them once per row).
+fn rows_of(buf: &mut [f32], len: usize, (r, rows): (usize, usize)) -> [&mut [f32]; P] {
+    let mut it = buf.chunks_exact_mut(len).skip(r).step_by(rows);
+    std::array::from_fn(|_| it.next().expect("a [36][rows][len] buffer"))
 }
 
 /// `Uᵀ [36][O][len]` of input channels `from..from + len` of the weights (O, C, 3, 3), on the
@@ -350,7 +355,8 @@ pub(super) fn kernel_transform_t_block(
     rows: &mut [f32],
     ut: &mut [f32],
 ) {
-    for (oo, mut part) in super::by_part(ut, o, len).into_iter().enumerate() {
+    for oo in 0..o {
+        let mut part = rows_of(ut, len, (oo, o));
         kernel_transform_t_row(&w[(oo * c + from) * 9..][..len * 9], len, rows, &mut part);
     }
 }
