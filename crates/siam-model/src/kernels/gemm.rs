@@ -11,7 +11,17 @@ pub(crate) struct Mat<'a> {
     pub(crate) cs: usize,
 }
 
-impl Mat<'_> {
+impl<'a> Mat<'a> {
+    /// Block `i` of a buffer of row-major `rows × cols` blocks (a Winograd position's operand
+    /// in a `[36][rows][cols]` buffer), row-major.
+    pub(crate) fn block(data: &'a [f32], i: usize, (rows, cols): (usize, usize)) -> Self {
+        Self {
+            data: &data[i * rows * cols..][..rows * cols],
+            rs: cols,
+            cs: 1,
+        }
+    }
+
     fn fits(&self, rows: usize, cols: usize) -> bool {
         rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
     }

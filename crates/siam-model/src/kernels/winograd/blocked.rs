@@ -15,8 +15,8 @@
 use rayon::prelude::*;
 
 use super::tile::{kernel_grad_block, kernel_transform_block, kernel_transform_t_block};
-use super::{P, Wino};
-use crate::kernels::gemm::{Mat, gemm_into};
+use super::{P, Wino, per_position_here};
+use crate::kernels::gemm::Mat;
 use crate::kernels::scratch::Buf;
 
 /// Channels per block: one sixteen-lane group of the tile transforms.
@@ -56,27 +56,12 @@ pub(super) fn multiply(g: &Wino, w: &[f32], v: &[f32], m: &mut [f32]) {
             || (Buf::scratch(9 * c * BLOCK), Buf::scratch(P * c * BLOCK)),
             |(wt, u), (mb, wb)| {
                 kernel_transform_block(wb, BLOCK, c, wt, u);
-                for pos in 0..P {
-                    let a = Mat {
-                        data: &v[pos * nt * c..][..nt * c],
-                        rs: c,
-                        cs: 1,
-                    };
-                    let b = Mat {
-                        data: &u[pos * c * BLOCK..][..c * BLOCK],
-                        rs: BLOCK,
-                        cs: 1,
-                    };
-                    gemm_into(
-                        &mut mb[pos * nt * BLOCK..][..nt * BLOCK],
-                        nt,
-                        BLOCK,
-                        c,
-                        a,
-                        b,
-                        false,
-                    );
-                }
+                per_position_here(
+                    mb,
+                    (nt, BLOCK, c),
+                    |pos| Mat::block(v, pos, (nt, c)),
+                    |pos| Mat::block(u, pos, (c, BLOCK)),
+                );
             },
         );
 }
@@ -92,27 +77,16 @@ pub(super) fn weight_grad(g: &Wino, dy: &[f32], v: &[f32]) -> Vec<f32> {
         .for_each_init(
             || (Buf::scratch(P * BLOCK * c), Buf::scratch(9 * c)),
             |(dut, rows), (blk, out)| {
-                for pos in 0..P {
-                    let a = Mat {
+                per_position_here(
+                    dut,
+                    (BLOCK, c, nt),
+                    |pos| Mat {
                         data: &dy[pos * nt * o + blk * BLOCK..][..(nt - 1) * o + BLOCK],
                         rs: 1,
                         cs: o,
-                    };
-                    let b = Mat {
-                        data: &v[pos * nt * c..][..nt * c],
-                        rs: c,
-                        cs: 1,
-                    };
-                    gemm_into(
-                        &mut dut[pos * BLOCK * c..][..BLOCK * c],
-                        BLOCK,
-                        c,
-                        nt,
-                        a,
-                        b,
-                        false,
-                    );
-                }
+                    },
+                    |pos| Mat::block(v, pos, (nt, c)),
+                );
                 kernel_grad_block(dut, BLOCK, c, rows, out);
             },
         );
@@ -130,27 +104,12 @@ pub(super) fn input_grad_products(g: &Wino, dy: &[f32], w: &[f32], dv: &mut [f32
             || (Buf::scratch(9 * BLOCK), Buf::scratch(P * o * BLOCK)),
             |(rows, ut), (blk, db)| {
                 kernel_transform_t_block(w, (o, c), (blk * BLOCK, BLOCK), rows, ut);
-                for pos in 0..P {
-                    let a = Mat {
-                        data: &dy[pos * nt * o..][..nt * o],
-                        rs: o,
-                        cs: 1,
-                    };
-                    let b = Mat {
-                        data: &ut[pos * o * BLOCK..][..o * BLOCK],
-                        rs: BLOCK,
-                        cs: 1,
-                    };
-                    gemm_into(
-                        &mut db[pos * nt * BLOCK..][..nt * BLOCK],
-                        nt,
-                        BLOCK,
-                        o,
-                        a,
-                        b,
-                        false,
-                    );
-                }
+                per_position_here(
+                    db,
+                    (nt, BLOCK, o),
+                    |pos| Mat::block(dy, pos, (nt, o)),
+                    |pos| Mat::block(ut, pos, (o, BLOCK)),
+                );
             },
         );
 }

@@ -6,10 +6,10 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::gemm::{Mat, gemm_into};
+use crate::kernels::gemm::Mat;
 use crate::kernels::scratch::Buf;
 
-use super::{Act, P, Saved, Wino, input_image, output_image, per_image};
+use super::{Act, P, Saved, Wino, input_image, output_image, per_image, per_position_here};
 
 /// Rows of each product (tiles of a group of images) aimed at: the group is the fewest images
 /// with at least this many tiles.
@@ -80,27 +80,12 @@ pub(super) fn forward(
                     input_image(&gg, xn, act, plane_in, &mut pieces);
                 }
                 let rows = kk * t;
-                for pos in 0..P {
-                    let a = Mat {
-                        data: &vb[pos * rows * c..][..rows * c],
-                        rs: c,
-                        cs: 1,
-                    };
-                    let b = Mat {
-                        data: &u[pos * c * o..][..c * o],
-                        rs: o,
-                        cs: 1,
-                    };
-                    gemm_into(
-                        &mut mb[pos * rows * o..][..rows * o],
-                        rows,
-                        o,
-                        c,
-                        a,
-                        b,
-                        false,
-                    );
-                }
+                per_position_here(
+                    mb,
+                    (rows, o, c),
+                    |pos| Mat::block(vb, pos, (rows, c)),
+                    |pos| Mat::block(u, pos, (c, o)),
+                );
                 for (i, yn) in yg.chunks_exact_mut(img_out).enumerate() {
                     output_image(&gg, mb, o, i, yn, plane_out);
                 }

@@ -225,22 +225,27 @@ fn per_position<'a>(
         .for_each(|(pos, d)| gemm_into(d, rows, cols, depth, a(pos), b(pos), false));
 }
 
+/// [`per_position`] with every product on the calling thread: one block's or one group's
+/// products, its operands in cache.
+pub(super) fn per_position_here<'a>(
+    dst: &mut [f32],
+    (rows, cols, depth): (usize, usize, usize),
+    a: impl Fn(usize) -> Mat<'a>,
+    b: impl Fn(usize) -> Mat<'a>,
+) {
+    for (pos, d) in dst.chunks_exact_mut(rows * cols).enumerate() {
+        gemm_into(d, rows, cols, depth, a(pos), b(pos), false);
+    }
+}
+
 /// `M[ξ] (N·T × O) = V[ξ] (N·T × C) · U[ξ] (C × O)`.
 fn multiply(g: &Wino, u: &[f32], v: &[f32], m: &mut [f32]) {
     let (nt, c, o) = (g.nt(), g.c, g.o);
     per_position(
         m,
         (nt, o, c),
-        |pos| Mat {
-            data: &v[pos * nt * c..][..nt * c],
-            rs: c,
-            cs: 1,
-        },
-        |pos| Mat {
-            data: &u[pos * c * o..][..c * o],
-            rs: o,
-            cs: 1,
-        },
+        |pos| Mat::block(v, pos, (nt, c)),
+        |pos| Mat::block(u, pos, (c, o)),
     );
 }
 
@@ -552,16 +557,8 @@ fn backward_in(
         per_position(
             &mut dv,
             (nt, c, o),
-            |pos| Mat {
-                data: &dy[pos * nt * o..][..nt * o],
-                rs: o,
-                cs: 1,
-            },
-            |pos| Mat {
-                data: &ut[pos * o * c..][..o * c],
-                rs: c,
-                cs: 1,
-            },
+            |pos| Mat::block(&dy, pos, (nt, o)),
+            |pos| Mat::block(&ut, pos, (o, c)),
         );
         drop(ut);
         let mut gx = Buf::scratch(g.n * g.h * g.w * c);
